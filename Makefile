@@ -1,0 +1,37 @@
+# `make test` and `make run` build their own virtual environment, so a fresh clone needs only
+# Python >= 3.11 and pip.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SHARED ?= ../shared/data
+DATA ?= pneumoniamnist
+RUN_ARGS ?=
+
+.PHONY: install test lint run bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Re-install only when the dependency list changes.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+test: lint
+	$(PY) -m pytest -q
+
+run: $(STAMP)
+	$(VENV)/bin/lightlayers run configs/cpu-study.yaml --data $(DATA) $(RUN_ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_cpu.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Subcommands of the ``lightlayers`` CLI (one module each)."""
