@@ -1,0 +1,144 @@
+"""``lightlayers data``: list the dataset short names, or summarise a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    lst = sub.add_parser("list", help="the dataset short names", description="the short names")
+    lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    s = sub.add_parser(
+        "summary",
+        help="splits, classes, counts, size, duplicates, cache",
+        description="Load SOURCE (decoding and caching it on first use) and describe it.",
+    )
+    s.add_argument("source", help="a path (folder, .tar.gz/.tgz/.zip, .npz, IDX folder) or name")
+    s.add_argument("--size", type=int, default=None, metavar="PX", help="square side in pixels")
+    s.add_argument("--in-chans", type=int, choices=(1, 3), default=None)
+    s.add_argument("--resize", choices=("stretch", "crop"), default="stretch")
+    s.add_argument("--val-fraction", type=float, default=0.1, metavar="F")
+    s.add_argument("--resplit", type=float, default=None, metavar="F", help="pool and re-split")
+    s.add_argument("--seed", type=int, default=0, metavar="N")
+    s.add_argument("--patient-pattern", default=None, metavar="REGEX")
+    s.add_argument("--no-patient-grouping", action="store_true")
+    s.add_argument("--on-bad-image", choices=("error", "skip"), default="error")
+    s.add_argument("--json", action="store_true", help="print one JSON object to stdout")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.data_command == "list":
+        return _list(args)
+    return _summary(args)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from lightlayers.data.registry import list_named_sources
+
+    rows = list_named_sources()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": r.name,
+                        "kind": r.kind,
+                        "description": r.description,
+                        "url": r.url,
+                        "md5": r.md5,
+                        "classes": list(r.classes),
+                        "license": r.license,
+                    }
+                    for r in rows
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="dataset short names (a path to your own data works too)")
+    for col in ("name", "what", "license"):
+        table.add_column(col, no_wrap=col == "name")
+    for r in rows:
+        table.add_row(r.name, r.description, r.license)
+    console = Console()
+    console.print(table)
+    for r in rows:
+        if r.url:
+            console.print(f"{r.name}: {r.url} MD5 {r.md5}", soft_wrap=True, markup=False)
+    return 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from lightlayers.cli import CliError
+    from lightlayers.data import DataError, load_dataset
+    from lightlayers.data.splits import DEFAULT_PATIENT_PATTERN
+
+    pattern = (
+        None if args.no_patient_grouping else (args.patient_pattern or DEFAULT_PATIENT_PATTERN)
+    )
+    try:
+        ds = load_dataset(
+            args.source,
+            size=args.size,
+            in_chans=args.in_chans,
+            resize=args.resize,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            resplit=args.resplit,
+            patient_pattern=pattern,
+            on_bad_image=args.on_bad_image,
+        )
+    except DataError as e:
+        raise CliError(str(e)) from e
+    summary = ds.summary()
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2)
+        print()
+        return 0
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    c, h, w = s["image_size"]
+    table = Table(title=f"{s['name']}: {c}x{h}x{w}, {len(s['classes'])} classes")
+    # One row per class keeps the table narrow however many classes there are.
+    splits = list(s["splits"])
+    table.add_column("class")
+    for split in (*splits, "total"):
+        table.add_column(split, justify="right")
+    for name in s["classes"]:
+        row = [s["splits"][split][name] for split in splits]
+        table.add_row(name, *(f"{n:,}" for n in (*row, sum(row))))
+    totals = [sum(s["splits"][split].values()) for split in splits]
+    table.add_row("total", *(f"{n:,}" for n in (*totals, sum(totals))), style="bold")
+    console.print(table)
+    dups = ", ".join(f"{k} {v}" for k, v in s["duplicates"].items())
+    console.print(f"duplicates across splits: {dups}")
+    within = ", ".join(f"{k} {v}" for k, v in s["duplicates_within"].items())
+    console.print(f"duplicates within splits: {within}")
+    p = s["patient_grouping"]
+    if p:
+        console.print(
+            f"patient grouping: {p['pattern']}, {p['patients']:,} patients on "
+            f"{p['images_with_id']:,} images; patients in train and val: {s['patient_overlap']}"
+        )
+    else:
+        console.print("patient grouping: none")
+    if s["positive_class"] is not None:
+        console.print(f"positive class: {s['classes'][s['positive_class']]}")
+    console.print(f"cache: {s['cache']}", soft_wrap=True)
+    for note in s["notes"]:
+        console.print(f"note: {note}", soft_wrap=True, markup=False)

@@ -1,0 +1,270 @@
+"""``load_dataset``: source -> decoded-image cache -> train/val/test :class:`Dataset`."""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lightlayers.data.cache import cache_key, entry_path, load_entry, store_entry
+from lightlayers.data.errors import DataError, DuplicateImagesWarning
+from lightlayers.data.preprocess import Decoded, PreprocessOptions, decode_arrays, decode_files
+from lightlayers.data.sources import ArraySet, Source, open_source
+from lightlayers.data.splits import DEFAULT_PATIENT_PATTERN, plan_splits
+
+__all__ = ["Dataset", "Split", "load_dataset"]
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """One split: read-only uint8 images (N, C, H, W), int64 labels (N,), and file names."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    ids: tuple[str, ...] | None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A loaded dataset: always "train", "val" and "test" splits, in ``classes`` label order."""
+
+    name: str
+    source: str
+    classes: tuple[str, ...]
+    splits: dict[str, Split]
+    positive_class: int | None
+    identity: dict[str, Any]
+    notes: tuple[str, ...]
+    # Duplicates, patient grouping and split sizes as computed at load time (see summary()).
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.splits["train"].images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.splits["train"].images.shape[2])
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-serialisable description (what ``lightlayers data summary --json`` prints)."""
+        counts = {
+            name: {
+                c: int(n)
+                for c, n in zip(
+                    self.classes, np.bincount(s.labels, minlength=self.num_classes), strict=True
+                )
+            }
+            for name, s in self.splits.items()
+        }
+        patients = self.details.get("patients")
+        return {
+            "name": self.name,
+            "source": self.source,
+            "classes": list(self.classes),
+            "positive_class": self.positive_class,
+            "splits": counts,
+            "split_sizes": {name: len(s) for name, s in self.splits.items()},
+            "image_size": list(self.splits["train"].images.shape[1:]),
+            "cache": self.identity.get("cache_path"),
+            "duplicates": dict(self.details.get("duplicates", {})),
+            "duplicates_within": dict(self.details.get("duplicates_within", {})),
+            "patient_grouping": patients,
+            # Patients in both train and val (the split this library carves; 0 by design).
+            "patient_overlap": patients["overlap"].get("train/val", 0) if patients else 0,
+            "notes": list(self.notes),
+            "identity": self.identity,
+        }
+
+
+def _positive_class(classes: tuple[str, ...]) -> int | None:
+    lower = [c.lower() for c in classes]
+    if "pneumonia" in lower:
+        return lower.index("pneumonia")
+    return 1 if len(classes) == 2 else None
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    a.flags.writeable = False
+    return a
+
+
+def _take(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Rows ``idx`` of a (memory-mapped) array: a zero-copy view when they are one run."""
+    if len(idx) and idx[-1] - idx[0] + 1 == len(idx):
+        return _read_only(a[idx[0] : idx[-1] + 1])
+    return _read_only(np.take(a, idx, axis=0))
+
+
+def _check_options(
+    size: int | None,
+    in_chans: int | None,
+    resize: str,
+    val_fraction: float,
+    resplit: float | None,
+    patient_pattern: str | None,
+    on_bad_image: str,
+) -> None:
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+        raise DataError(f"size must be a positive int or None, got {size!r}")
+    if in_chans not in (None, 1, 3):
+        raise DataError(f"in_chans must be 1, 3 or None (= as the source), got {in_chans!r}")
+    if resize not in ("stretch", "crop"):
+        raise DataError(f"resize must be 'stretch' or 'crop', got {resize!r}")
+    if on_bad_image not in ("error", "skip"):
+        raise DataError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+    if not 0 < val_fraction < 1:
+        raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction!r}")
+    if resplit is not None and not 0 < resplit < 1:
+        raise DataError(f"resplit (the test share) must be between 0 and 1, got {resplit!r}")
+    if patient_pattern is not None:
+        try:
+            re.compile(patient_pattern)
+        except re.error as e:
+            raise DataError(f"patient_pattern {patient_pattern!r} is not a regex: {e}") from e
+
+
+def _decoded(
+    src: Source, opts: PreprocessOptions, on_bad_image: str, progress: bool
+) -> tuple[Decoded, str, str]:
+    """The decoded images from the cache, or decoded now and cached; with key and path.
+
+    With ``in_chans=None`` the channel count is only known after decoding, so the entries for
+    1 and 3 channels are tried first: one made from a grey source is the 1-channel answer.
+    """
+    tries = [opts] if opts.in_chans else [opts.with_chans(1), opts.with_chans(3)]
+    for o in tries:
+        key = cache_key(src.identity, o)
+        path = entry_path(src.name, key)
+        entry = load_entry(path)
+        if entry is not None and (opts.in_chans or entry.source_is_gray == (o.in_chans == 1)):
+            return entry, key, str(path)
+    raw = src.read()
+    if isinstance(raw, ArraySet):
+        decoded = decode_arrays(raw, opts)
+    else:
+        decoded = decode_files(raw, opts, on_bad_image, src.location, progress)
+    resolved = opts.with_chans(decoded.images.shape[1])
+    key = cache_key(src.identity, resolved)
+    path = entry_path(src.name, key)
+    info = {"source": src.location, "identity": src.identity, "options": resolved.key_fields()}
+    return store_entry(path, decoded, info), key, str(path)
+
+
+def load_dataset(
+    source: str | os.PathLike[str],
+    size: int | None = None,
+    in_chans: int | None = None,
+    resize: str = "stretch",
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    resplit: float | None = None,
+    patient_pattern: str | None = DEFAULT_PATIENT_PATTERN,
+    on_bad_image: str = "error",
+    progress: bool = True,
+) -> Dataset:
+    """Load a dataset as uint8 train/val/test arrays, decoding it only on the first call.
+
+    Args:
+        source: a path (image-folder tree, .tar.gz/.tgz/.zip of one, MedMNIST-style .npz,
+            folder of MNIST IDX files) or a short name (``lightlayers data list``).
+        size: square output side in pixels; None keeps the native size (all images must share
+            it).
+        in_chans: 1 or 3; None gives 1 when every image is grey, else 3.
+        resize: "stretch" (ignore the aspect ratio, as the study) or "crop" (center square,
+            as MedMNIST).
+        val_fraction: share of train carved as val when the source has no usable val split.
+        seed: seed of every carved split.
+        resplit: pool all images and carve this test share afresh (0.3 -> 70/30).
+        patient_pattern: regex on file names whose first group is a patient id; images of one
+            patient never straddle a carved split. None disables grouping.
+        on_bad_image: "error" (list the unreadable files) or "skip" them (noted and warned).
+        progress: show a progress bar while decoding (only when stderr is a terminal).
+
+    Example::
+
+        ds = load_dataset("../shared/data/chest_xray_pneumonia/chest_xray_224.tar.gz", size=64)
+        ds.splits["train"].images.shape  # (4694, 1, 64, 64)
+    """
+    _check_options(size, in_chans, resize, val_fraction, resplit, patient_pattern, on_bad_image)
+    src = open_source(source)
+    opts = PreprocessOptions(size=size, in_chans=in_chans, resize=resize)
+    decoded, key, path = _decoded(src, opts, on_bad_image, progress)
+    if decoded.skipped and on_bad_image != "skip":
+        shown = ", ".join(decoded.skipped[:5]) + (" ..." if len(decoded.skipped) > 5 else "")
+        raise DataError(
+            f"{src.location}: {len(decoded.skipped)} image(s) cannot be decoded: {shown}. Replace "
+            "or remove them, or skip them with on_bad_image='skip' (CLI: --on-bad-image skip)."
+        )
+    plan = plan_splits(
+        decoded.labels,
+        decoded.split_codes,
+        decoded.digests,
+        decoded.ids,
+        val_fraction,
+        seed,
+        resplit,
+        patient_pattern,
+    )
+    notes = [*decoded.notes, *plan.notes]
+    if decoded.skipped:
+        warnings.warn(
+            f"{src.name}: skipped {len(decoded.skipped)} unreadable image(s)", stacklevel=2
+        )
+    if any(plan.duplicates.values()):
+        shown = ", ".join(f"{k}: {v}" for k, v in plan.duplicates.items() if v)
+        warnings.warn(
+            f"{src.name}: identical images in more than one split ({shown})",
+            DuplicateImagesWarning,
+            stacklevel=2,
+        )
+    splits = {
+        name: Split(
+            images=_take(decoded.images, idx),
+            labels=_take(decoded.labels, idx),
+            ids=None if decoded.ids is None else tuple(decoded.ids[i] for i in idx),
+        )
+        for name, idx in plan.indices.items()
+    }
+    identity = {
+        "source": src.location,
+        **{k: v for k, v in src.identity.items() if k != "kind"},
+        "kind": src.kind,
+        "options": {
+            **opts.with_chans(decoded.images.shape[1]).key_fields(),
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "resplit": resplit,
+            "patient_pattern": patient_pattern,
+            "on_bad_image": on_bad_image,
+        },
+        "cache_key": key,
+        "cache_path": path,
+    }
+    return Dataset(
+        name=src.name,
+        source=src.location,
+        classes=decoded.classes,
+        splits=splits,
+        positive_class=_positive_class(decoded.classes),
+        identity=identity,
+        notes=tuple(notes),
+        details={
+            "patients": plan.patients,
+            "duplicates": plan.duplicates,
+            "duplicates_within": plan.duplicates_within,
+        },
+    )

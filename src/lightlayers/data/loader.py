@@ -1,0 +1,155 @@
+"""Batches from cached uint8 images, built on the training device.
+
+The whole split is copied to the device once as uint8 (a quarter of float32); each batch is
+gathered, converted to float, augmented and normalised there, so no worker processes, no
+per-epoch decoding and no host-to-device copy per batch (the original study's bottleneck).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from lightlayers.data.augment import AugmentConfig, augment_batch
+from lightlayers.data.dataset import Split
+
+__all__ = ["DeviceLoader"]
+
+
+def _host_tensor(a: np.ndarray) -> torch.Tensor:
+    with warnings.catch_warnings():
+        # Cached arrays are read-only memory maps; nothing here writes to them in place.
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        return torch.from_numpy(np.asarray(a))
+
+
+def _place(t: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, bool]:
+    """(tensor, resident): the split on ``device`` when it fits in half the free memory, else
+    in pinned host memory, copied per batch."""
+    if device.type == "cpu":
+        return t, True
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if t.numel() * t.element_size() > free // 2:
+            return t.pin_memory(), False
+    try:
+        return t.to(device), True
+    except torch.OutOfMemoryError:
+        return t.pin_memory(), False
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0])
+
+
+class DeviceLoader:
+    """Yield ``(images, labels)``: float32 (B, C, H, W) and int64 (B,), both on ``device``.
+
+    Args:
+        split: a :class:`Split` of a loaded dataset.
+        batch_size: images per batch.
+        device: where batches are built.
+        shuffle: a new order every epoch, from (seed, epoch).
+        seed: seeds shuffling and augmentation.
+        drop_last: drop the last batch when it is smaller than ``batch_size``.
+        augment: random per-image changes, applied to whole batches on the device.
+        mean, std: per channel, applied after scaling to [0, 1] (as torchvision's Normalize
+            after ToTensor); one value or one per output channel. Default: [0, 1] scaling only.
+        out_chans: 3 repeats 1-channel images into 3 channels (for ImageNet backbones).
+
+    Example::
+
+        loader = DeviceLoader(ds.splits["train"], 64, "cuda", shuffle=True, seed=1)
+        for epoch in range(20):
+            loader.set_epoch(epoch)
+            for images, labels in loader:
+                ...
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        augment: AugmentConfig | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        out_chans: int | None = None,
+    ) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.augment = augment if augment is not None and augment.enabled else None
+        in_chans = split.images.shape[1]
+        self.out_chans = in_chans if out_chans is None else out_chans
+        if self.out_chans != in_chans and not (in_chans == 1 and self.out_chans == 3):
+            raise ValueError(
+                f"out_chans={out_chans} for {in_chans}-channel images; only 1 -> 3 is supported"
+            )
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std, or neither")
+        mean_t = torch.tensor([0.0] if mean is None else list(mean), dtype=torch.float32)
+        std_t = torch.tensor([1.0] if std is None else list(std), dtype=torch.float32)
+        for name, t in (("mean", mean_t), ("std", std_t)):
+            if t.ndim != 1 or len(t) not in (1, self.out_chans):
+                raise ValueError(f"{name} needs 1 or {self.out_chans} values, got {t.tolist()}")
+        if (std_t <= 0).any():
+            raise ValueError(f"std must be > 0, got {std_t.tolist()}")
+        # x_norm = (u8 / 255 - mean) / std as one multiply-add: u8 * a + b.
+        self._mul = (1 / (255 * std_t)).view(1, -1, 1, 1).to(self.device)
+        self._add = (-mean_t / std_t).view(1, -1, 1, 1).to(self.device)
+        self._std_inv = (1 / std_t).view(1, -1, 1, 1).to(self.device)
+        self._images, self.resident = _place(_host_tensor(split.images), self.device)
+        self._labels = torch.as_tensor(np.asarray(split.labels), dtype=torch.int64).to(self.device)
+        self.num_samples = len(self._labels)
+        self._epoch = 0
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order (and augmentation) of ``epoch``; later epochs follow from it."""
+        self._epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(_epoch_seed(self.seed, self._epoch))
+        self._epoch += 1
+        n, bs = self.num_samples, self.batch_size
+        order = torch.randperm(n, generator=gen) if self.shuffle else None
+        if order is not None and self.resident:
+            order = order.to(self.device)
+        for i in range(len(self)):
+            lo, hi = i * bs, min((i + 1) * bs, n)
+            if order is None:
+                xb, yb = self._images[lo:hi], self._labels[lo:hi]
+            else:
+                idx = order[lo:hi]
+                xb = self._images.index_select(0, idx)
+                yb = self._labels.index_select(0, idx.to(self.device))
+            if not self.resident:
+                xb = xb.to(self.device, non_blocking=True)
+            yield self._convert(xb, gen), yb
+
+    def _convert(self, xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        x = xb.to(torch.float32)
+        if self.augment is None:
+            if self.out_chans != x.shape[1]:
+                x = x.expand(-1, self.out_chans, -1, -1)
+            return x * self._mul + self._add
+        x = augment_batch(x / 255, self.augment, gen)
+        if self.out_chans != x.shape[1]:
+            x = x.expand(-1, self.out_chans, -1, -1)
+        return x * self._std_inv + self._add

@@ -1,0 +1,53 @@
+"""What every source hands to preprocessing: either encoded image files or decoded arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["SPLITS", "ArraySet", "FileItem", "FileSet", "Source"]
+
+# Split codes stored per image: index into SPLITS, or -1 for images of a source without splits.
+SPLITS: tuple[str, str, str] = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class FileItem:
+    id: str  # path relative to the dataset root, with "/" separators
+    split: str | None  # one of SPLITS, or None when the source has no split folders
+    label: int
+
+
+@dataclass
+class FileSet:
+    """Encoded images, in a stable order; ``payload`` gives a file's bytes or its local path."""
+
+    classes: tuple[str, ...]
+    items: list[FileItem]
+    payload: Callable[[FileItem], bytes | str]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ArraySet:
+    """Decoded uint8 images per split: (N, H, W) or (N, H, W, 3), labels (N,) int64. The key
+    None holds the images of a source without splits."""
+
+    classes: tuple[str, ...]
+    splits: dict[str | None, tuple[np.ndarray, np.ndarray]]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Source:
+    """A dataset before decoding. ``identity`` is cheap and names the exact bytes (it keys the
+    cache); ``read`` does the expensive listing or loading only on a cache miss."""
+
+    name: str
+    location: str
+    kind: str
+    identity: dict[str, Any]
+    read: Callable[[], FileSet | ArraySet]

@@ -1,0 +1,213 @@
+"""Train/val/test: official splits when usable, else stratified carving that keeps every patient
+(and every exact duplicate image) on one side, plus duplicate and patient-overlap checks."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+
+from lightlayers.data.sources.base import SPLITS
+
+__all__ = [
+    "DEFAULT_PATIENT_PATTERN",
+    "DEFAULT_TEST_FRACTION",
+    "SplitPlan",
+    "carve",
+    "group_images",
+    "plan_splits",
+]
+
+DEFAULT_PATIENT_PATTERN = r"person(\d+)_"
+# Test share carved when a source has no test split (and no resplit is asked for).
+DEFAULT_TEST_FRACTION = 0.2
+# A val split this small cannot rank checkpoints (the chest X-ray set ships 16 images).
+TINY_VAL_IMAGES = 50
+TINY_VAL_SHARE = 0.01
+
+
+@dataclass
+class SplitPlan:
+    indices: dict[str, np.ndarray]  # split -> ascending indices into the decoded arrays
+    notes: list[str] = field(default_factory=list)
+    patients: dict[str, Any] | None = None
+    duplicates: dict[str, int] = field(default_factory=dict)  # "a/b" -> distinct images in both
+    duplicates_within: dict[str, int] = field(default_factory=dict)
+
+
+def patient_ids(ids: list[str], pattern: str) -> list[str | None]:
+    """Patient id per file name (its first group, or the whole match), None without a match."""
+    rx = re.compile(pattern)
+    out: list[str | None] = []
+    for i in ids:
+        m = rx.search(posixpath.basename(i))
+        out.append(None if m is None else (m.group(1) if rx.groups else m.group(0)))
+    return out
+
+
+def group_images(patients: list[str | None] | None, digests: np.ndarray) -> np.ndarray:
+    """Group number per image: images of one patient, and identical images, share a group
+    (connected components; an image with neither is its own group)."""
+    n = len(digests)
+    parent = list(range(n))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    first: dict[tuple[str, object], int] = {}
+    for i in range(n):
+        keys: list[tuple[str, object]] = [("d", int(digests[i]))]
+        if patients is not None and patients[i] is not None:
+            keys.append(("p", patients[i]))
+        for key in keys:
+            j = first.setdefault(key, i)
+            if j != i:
+                ri, rj = find(i), find(j)
+                if ri != rj:
+                    parent[ri] = rj
+    return np.array([find(i) for i in range(n)], np.int64)
+
+
+def carve(
+    idx: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: float, seed: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``idx`` into (rest, carved) with ``fraction`` of each class's images carved, whole
+    groups only (each group counts for its majority class). A class with a single group stays
+    entirely in rest, so rest keeps every class."""
+    rng = np.random.default_rng(seed)
+    uniq, inv = np.unique(groups[idx], return_inverse=True)
+    sizes = np.bincount(inv)
+    per_class = np.zeros((len(uniq), int(labels.max()) + 1), np.int64)
+    np.add.at(per_class, (inv, labels[idx]), 1)
+    stratum = per_class.argmax(axis=1)
+    take = np.zeros(len(uniq), bool)
+    for c in np.unique(stratum):
+        members = np.flatnonzero(stratum == c)
+        target = max(1, round(fraction * int(sizes[members].sum())))
+        got, taken = 0, 0
+        for m in rng.permutation(members):
+            if got >= target or taken == len(members) - 1:
+                break
+            # Take a group when that lands closer to the target than leaving it.
+            if got + sizes[m] - target <= target - got:
+                take[m] = True
+                got += int(sizes[m])
+                taken += 1
+    carved = take[inv]
+    return idx[~carved], idx[carved]
+
+
+def _pairs(indices: dict[str, np.ndarray]) -> list[tuple[str, str]]:
+    return list(combinations([s for s in SPLITS if s in indices], 2))
+
+
+def _duplicates(
+    indices: dict[str, np.ndarray], digests: np.ndarray
+) -> tuple[dict[str, int], dict[str, int]]:
+    sets = {s: set(digests[i].tolist()) for s, i in indices.items()}
+    across = {f"{a}/{b}": len(sets[a] & sets[b]) for a, b in _pairs(indices)}
+    within = {s: len(i) - len(sets[s]) for s, i in indices.items()}
+    return across, within
+
+
+def _how(patients: list[str | None] | None, pattern: str | None) -> str:
+    if patients is None:
+        return "stratified (no file names, so no patient grouping)"
+    if pattern is None:
+        return "stratified, not grouped by patient (no patient pattern)"
+    if not any(p is not None for p in patients):
+        return f"stratified; no file name matches the patient pattern {pattern}, so ungrouped"
+    return f"stratified, grouped by patient ({pattern})"
+
+
+def plan_splits(
+    labels: np.ndarray,
+    split_codes: np.ndarray,
+    digests: np.ndarray,
+    ids: list[str] | None,
+    val_fraction: float,
+    seed: int,
+    resplit: float | None,
+    patient_pattern: str | None,
+) -> SplitPlan:
+    """Decide the train/val/test indices (see the module docstring); record every decision."""
+    codes = np.asarray(split_codes)
+    labels = np.asarray(labels)
+    digests = np.asarray(digests)
+    patients = None
+    if ids is not None:
+        patients = patient_ids(ids, patient_pattern) if patient_pattern else [None] * len(ids)
+    how = _how(patients, patient_pattern)
+    groups: np.ndarray | None = None
+
+    def cut(idx: np.ndarray, fraction: float, stream: int) -> tuple[np.ndarray, np.ndarray]:
+        nonlocal groups
+        if groups is None:
+            groups = group_images(patients, digests)
+        return carve(idx, labels, groups, fraction, [seed, stream])
+
+    notes: list[str] = []
+    if resplit is not None:
+        train, test = cut(np.arange(len(labels)), resplit, 0)
+        notes.append(
+            f"re-split: all {len(labels)} images pooled (official splits ignored), "
+            f"{round(100 * (1 - resplit))}/{round(100 * resplit)} train/test, {how}"
+        )
+        val = np.empty(0, np.int64)
+    else:
+        train = np.flatnonzero((codes == 0) | (codes == -1))
+        val = np.flatnonzero(codes == 1)
+        test = np.flatnonzero(codes == 2)
+        if len(val) > 0 and (len(val) < TINY_VAL_IMAGES or len(val) < TINY_VAL_SHARE * len(train)):
+            notes.append(
+                f"official val split has only {len(val)} images (< {TINY_VAL_IMAGES} or "
+                f"< {TINY_VAL_SHARE:.0%} of train): merged into train before carving val"
+            )
+            train, val = np.sort(np.concatenate([train, val])), np.empty(0, np.int64)
+        if len(test) == 0:
+            train, test = cut(train, DEFAULT_TEST_FRACTION, 0)
+            notes.append(
+                f"no test split: test carved from train: {DEFAULT_TEST_FRACTION:.0%}, {how} "
+                f"({len(test)} images)"
+            )
+    if len(val) == 0:
+        train, val = cut(train, val_fraction, 1)
+        notes.append(f"val carved from train: {val_fraction:.0%}, {how} ({len(val)} images)")
+    indices = {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+    across, within = _duplicates(indices, digests)
+    if any(across.values()):
+        shown = ", ".join(f"{k} {v}" for k, v in across.items() if v)
+        notes.append(f"exact duplicate images across splits (distinct images in both): {shown}")
+
+    patient_info = None
+    if patients is not None and patient_pattern and any(p is not None for p in patients):
+        per_split = {s: {patients[i] for i in idx} - {None} for s, idx in indices.items()}
+        patient_info = {
+            "pattern": patient_pattern,
+            "patients": len({p for p in patients if p is not None}),
+            "images_with_id": sum(p is not None for p in patients),
+            "overlap": {f"{a}/{b}": len(per_split[a] & per_split[b]) for a, b in _pairs(indices)},
+        }
+        shared = {k: v for k, v in patient_info["overlap"].items() if v}
+        if shared:
+            # Only splits we carved are grouped; published splits are kept as published.
+            notes.append(
+                "patient ids found in two splits: "
+                + ", ".join(f"{k} {v}" for k, v in shared.items())
+                + " (official splits are kept as published)"
+            )
+    return SplitPlan(
+        indices=indices,
+        notes=notes,
+        patients=patient_info,
+        duplicates=across,
+        duplicates_within=within,
+    )
