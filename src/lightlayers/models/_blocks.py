@@ -79,6 +79,8 @@ class Classifier(nn.Module):
         super().__init__()
         self.stages = stages
         self.head = head
+        # Dropout before the head: p = 0 (a no-op) unless a training protocol sets it.
+        self.drop = nn.Dropout(0.0)
         self.min_input_size = min_input_size
         self._warned = False
 
@@ -99,7 +101,7 @@ class Classifier(nn.Module):
         return torch.flatten(F.adaptive_avg_pool2d(self.stages(x), 1), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))
+        return self.head(self.drop(self.forward_features(x)))
 
 
 def head(cin: int, num_classes: int, light_k: int | None = None) -> nn.Module:

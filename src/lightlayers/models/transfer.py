@@ -58,6 +58,7 @@ class TransferModel(nn.Module):
         self.head = nn.Linear(features, num_classes)
         nn.init.xavier_uniform_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        self.drop = nn.Dropout(0.0)  # set by a training protocol
         self.weights = weights
         self.frozen = frozen
         if frozen:
@@ -74,7 +75,7 @@ class TransferModel(nn.Module):
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))
+        return self.head(self.drop(self.forward_features(x)))
 
 
 def _hub_file(url: str) -> Path:

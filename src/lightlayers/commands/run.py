@@ -1,0 +1,65 @@
+"""``lightlayers run``: train a study and record it (flags override the YAML)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") \
+            from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="study YAML file (configs/*.yaml); flags override it")
+    p.add_argument("--data", help="dataset path or short name (see `lightlayers data list`)")
+    p.add_argument("--models", help="comma-separated model names (see `lightlayers models`)")
+    p.add_argument("--seeds", type=_ints, help="comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--size", type=int, help="square image size in pixels")
+    p.add_argument("--in-chans", type=int, choices=(1, 3))
+    p.add_argument("--protocol", choices=("seed", "improved"))
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    p.add_argument("--weights", help="transfer backbones: DEFAULT, a torchvision weights name, "
+                                     "'none', or a local .pth/.safetensors state dict")
+    p.add_argument("--out", help="run folder (default runs/study)")
+    p.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def main(args: argparse.Namespace) -> int:
+    from lightlayers.cli import CliError
+    from lightlayers.config import ConfigError, load_config
+    from lightlayers.data import DataError
+    from lightlayers.runner import run_study
+    from lightlayers.store import StoreError
+
+    try:
+        cfg = load_config(
+            args.config, data=args.data, models=args.models, seeds=args.seeds,
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, size=args.size,
+            in_chans=args.in_chans, protocol=args.protocol, device=args.device,
+            threads=args.threads, weights=args.weights, out=args.out,
+            report=False if args.no_report else None,
+        )
+        outcome = run_study(cfg, progress=not args.quiet)
+    except (ConfigError, DataError, StoreError) as e:
+        raise CliError(str(e)) from None
+    c = outcome.counts
+    print(f"{outcome.out_dir}: {c['done']} done, {c['failed']} failed "
+          f"({outcome.ran} run now, {outcome.skipped} already done)", file=sys.stderr)
+    if cfg.report:
+        try:
+            from lightlayers.report import write_report
+        except ImportError:  # the report module is optional while it is being built
+            write_report = None
+        if write_report is not None:
+            write_report(outcome.out_dir)
+    return 1 if c["failed"] else 0

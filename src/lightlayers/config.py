@@ -1,0 +1,241 @@
+"""Study configuration: YAML file + CLI flags -> one validated, frozen :class:`StudyConfig`."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from lightlayers.data.augment import AugmentConfig as Augment
+
+PROTOCOLS = ("seed", "improved")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type; the message names it."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How one model is trained. ``seed`` reproduces the study; ``improved`` is our recipe."""
+
+    name: str = "seed"
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: Literal["adam", "adamw"] = "adam"
+    adam_eps: float = 1e-7  # Keras' default, used by the study
+    weight_decay: float = 0.0
+    light_l2: bool = True  # the reference's L2 penalty on LightConv2d kernels
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    class_weighting: bool = False
+    dropout: float = 0.0
+    augment: Augment = field(default_factory=Augment)
+    select: Literal["val_loss", "val_auc", "val_acc", "last"] = "val_loss"
+    threshold: Literal["argmax", "val_youden"] = "argmax"
+    amp: bool = True  # bf16 autocast on CUDA only; never on the CPU
+
+
+# The improved recipe; every ingredient can be switched off in the YAML's `protocol_overrides`.
+IMPROVED = Protocol(
+    name="improved",
+    epochs=40,
+    optimizer="adamw",
+    weight_decay=5e-4,
+    light_l2=False,
+    schedule="cosine",
+    warmup_epochs=2,
+    label_smoothing=0.1,
+    class_weighting=True,
+    augment=Augment(rotate_deg=7.0, translate=0.06, scale=0.08, brightness=0.1, contrast=0.1),
+    select="val_auc",
+    threshold="val_youden",
+)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything a study needs; trials are ``models x seeds`` under one protocol."""
+
+    data: str = "pneumoniamnist"
+    models: tuple[str, ...] = ("study-light-k1",)
+    seeds: tuple[int, ...] = (0,)
+    protocol: str = "seed"
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    protocol_overrides: dict[str, Any] = field(default_factory=dict)
+    size: int | None = None
+    in_chans: int | None = None
+    resize: Literal["stretch", "crop"] = "stretch"
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = None
+    weights: str | None = "DEFAULT"
+    model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    out: str = "runs/study"
+    report: bool = True
+
+    def resolved_protocol(self) -> Protocol:
+        base = IMPROVED if self.protocol == "improved" else Protocol()
+        changes: dict[str, Any] = dict(self.protocol_overrides)
+        for key in ("epochs", "batch_size", "lr"):
+            if getattr(self, key) is not None:
+                changes[key] = getattr(self, key)
+        merged = {f.name: getattr(base, f.name) for f in fields(base)}
+        augment = dataclasses.asdict(base.augment)
+        aug_changes = changes.pop("augment", {})
+        if not isinstance(aug_changes, dict):
+            raise ConfigError(
+                f"protocol_overrides.augment: expected a mapping, got {aug_changes!r}")
+        augment.update(aug_changes)
+        merged.update(changes)
+        merged.pop("augment")
+        proto = _build(Protocol, merged, "protocol_overrides")
+        proto = dataclasses.replace(
+            proto, augment=_build(Augment, augment, "protocol_overrides.augment"))
+        _check(proto, "protocol")
+        return proto
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["models"], d["seeds"] = list(self.models), list(self.seeds)
+        return d
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = get_origin(tp)
+    if tp is Any:
+        return True
+    if origin is Literal:
+        return value in get_args(tp)
+    if origin in (types.UnionType, typing.Union):
+        return any(_type_ok(value, a) for a in get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is tuple:
+        (inner, _) = get_args(tp)
+        return isinstance(value, tuple) and all(_type_ok(v, inner) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True
+
+
+def _describe(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "None")
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}"
+        )
+    out = {}
+    for key, value in values.items():
+        tp = hints[key]
+        if get_origin(tp) is tuple and isinstance(value, list):
+            value = tuple(value)
+        if tp is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, str) and (tp is float or float in get_args(tp)):
+            # YAML 1.1 reads 1e-3 (no dot) as a string.
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if not _type_ok(value, tp):
+            raise ConfigError(f"{where}.{key}: expected {_describe(tp)}, got {value!r}")
+        out[key] = value
+    try:
+        return cls(**out)
+    except (TypeError, ValueError) as e:  # a dataclass's own range checks
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _check(proto: Protocol, where: str) -> None:
+    checks = [
+        (proto.epochs >= 1, "epochs must be >= 1"),
+        (proto.batch_size >= 1, "batch_size must be >= 1"),
+        (proto.lr > 0, "lr must be > 0"),
+        (0 <= proto.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+        (0 <= proto.dropout < 1, "dropout must be in [0, 1)"),
+        (proto.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+        (proto.weight_decay >= 0, "weight_decay must be >= 0"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(f"{where}: {msg}")
+
+
+def validate(cfg: StudyConfig) -> StudyConfig:
+    if not cfg.models:
+        raise ConfigError("models: give at least one model (see `lightlayers models`)")
+    if not cfg.seeds:
+        raise ConfigError("seeds: give at least one seed")
+    if len(set(cfg.models)) != len(cfg.models) or len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError("models and seeds must not repeat")
+    if cfg.protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol: must be one of {', '.join(PROTOCOLS)}, got {cfg.protocol!r}")
+    if cfg.size is not None and cfg.size < 8:
+        raise ConfigError(f"size: must be >= 8 pixels, got {cfg.size}")
+    if cfg.in_chans not in (None, 1, 3):
+        raise ConfigError(f"in_chans: must be 1 or 3, got {cfg.in_chans}")
+    if not 0 < cfg.val_fraction < 1:
+        raise ConfigError(f"val_fraction: must be in (0, 1), got {cfg.val_fraction}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ConfigError(f"threads: must be >= 1, got {cfg.threads}")
+    from lightlayers.models import model_info
+
+    for name in cfg.models:
+        try:
+            model_info(name)
+        except ValueError as e:
+            raise ConfigError(f"models: {e}") from None
+    for name, opts in cfg.model_options.items():
+        if name not in cfg.models:
+            raise ConfigError(f"model_options: {name!r} is not one of the study's models")
+        if not isinstance(opts, dict):
+            raise ConfigError(f"model_options.{name}: expected a mapping, got {opts!r}")
+    cfg.resolved_protocol()
+    return cfg
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> StudyConfig:
+    """Read a YAML study file (optional) and apply ``overrides`` (None values are ignored)."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+        values.update(loaded)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    where = str(path) if path is not None else "config"
+    if isinstance(values.get("models"), str):
+        values["models"] = [m.strip() for m in values["models"].split(",") if m.strip()]
+    return validate(_build(StudyConfig, values, where))

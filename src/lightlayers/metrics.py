@@ -1,0 +1,97 @@
+"""Test-set metrics: computed from stored probabilities, so any of them can be recomputed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Decision threshold on the positive-class score maximising Youden's J (sens + spec - 1).
+
+    Meant for the validation split only: the test split never chooses anything.
+    """
+    from sklearn.metrics import roc_curve
+
+    if len(np.unique(labels)) < 2:
+        return 0.5
+    fpr, tpr, thr = roc_curve(labels, scores)
+    best = int(np.argmax(tpr - fpr))
+    return float(np.clip(thr[best], 0.0, 1.0))
+
+
+def classification_metrics(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    positive_class: int | None = None,
+    threshold: float | None = None,
+) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, sensitivity, specificity, precision, F1, ROC AUC, confusion.
+
+    Binary tasks (``positive_class`` set, 2 columns): the positive class is predicted when its
+    probability is >= ``threshold`` (default 0.5, i.e. argmax). Sensitivity is the positive
+    class's recall, specificity the negative class's. Multiclass: argmax; precision, recall
+    (as sensitivity), specificity and F1 are macro averages; AUC is one-vs-rest macro.
+    ``collapsed`` is true when every prediction falls in one class.
+    """
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        confusion_matrix,
+        f1_score,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
+
+    labels = np.asarray(labels, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or len(probs) != len(labels):
+        raise ValueError(f"probs must be (N, C) for N={len(labels)} labels, got {probs.shape}")
+    n_classes = probs.shape[1]
+    all_classes = list(range(n_classes))
+    binary = positive_class is not None and n_classes == 2
+    if binary:
+        thr = 0.5 if threshold is None else float(threshold)
+        preds = np.where(probs[:, positive_class] >= thr, positive_class, 1 - positive_class)
+    else:
+        thr = None
+        preds = probs.argmax(axis=1)
+    cm = confusion_matrix(labels, preds, labels=all_classes)
+    out: dict[str, Any] = {
+        "accuracy": float(accuracy_score(labels, preds)),
+        "balanced_accuracy": float(balanced_accuracy_score(labels, preds)),
+        "collapsed": bool(len(np.unique(preds)) == 1),
+        "confusion": cm.tolist(),
+        "threshold": thr,
+    }
+    present = len(np.unique(labels)) == n_classes
+    if binary:
+        neg = 1 - positive_class
+        out["sensitivity"] = float(recall_score(labels, preds, pos_label=positive_class,
+                                                zero_division=0))
+        out["specificity"] = float(recall_score(labels, preds, pos_label=neg, zero_division=0))
+        out["precision"] = float(precision_score(labels, preds, pos_label=positive_class,
+                                                 zero_division=0))
+        out["f1"] = float(f1_score(labels, preds, pos_label=positive_class, zero_division=0))
+        out["auc"] = (float(roc_auc_score(labels == positive_class, probs[:, positive_class]))
+                      if present else None)
+    else:
+        out["sensitivity"] = float(recall_score(labels, preds, labels=all_classes,
+                                                average="macro", zero_division=0))
+        tn = cm.sum() - cm.sum(0) - cm.sum(1) + np.diag(cm)
+        fp = cm.sum(0) - np.diag(cm)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            spec = np.where(tn + fp > 0, tn / (tn + fp), 0.0)
+        out["specificity"] = float(spec.mean())
+        out["precision"] = float(precision_score(labels, preds, labels=all_classes,
+                                                 average="macro", zero_division=0))
+        out["f1"] = float(f1_score(labels, preds, labels=all_classes, average="macro",
+                                   zero_division=0))
+        if present:
+            p = probs / probs.sum(axis=1, keepdims=True)
+            out["auc"] = float(roc_auc_score(labels, p, multi_class="ovr", average="macro"))
+        else:
+            out["auc"] = None
+    return out

@@ -1,0 +1,375 @@
+"""A study: plan trials (models x seeds), run each, record everything in the run folder.
+
+Run folder: ``results.db`` (the record), ``results.csv`` (one row per trial), ``config.yaml``
+(the resolved config) and ``checkpoints/`` (selected weights as float32 safetensors).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import random
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lightlayers.config import ConfigError, Protocol, StudyConfig
+from lightlayers.data import Dataset, DeviceLoader, load_dataset
+from lightlayers.metrics import classification_metrics
+from lightlayers.models import create_model, model_info
+from lightlayers.params import count_params
+from lightlayers.progress import ProgressReporter
+from lightlayers.store import ResultsStore, trial_key
+from lightlayers.train import (
+    TensorLoader,
+    amp_in_use,
+    autocast,
+    evaluate,
+    fit,
+    synchronize,
+)
+
+CSV_COLUMNS = [
+    "model", "seed", "protocol", "status", "params_total", "params_trainable", "size_mb", "macs",
+    "accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1", "auc",
+    "collapsed", "threshold", "test_loss", "total_time_s", "epoch_time_s", "first_epoch_s",
+    "feature_time_s", "infer_img_s", "latency_ms", "best_epoch", "epochs_run", "attempts", "error",
+]
+# Settings that change a trial's numbers: a run folder holds one value of each.
+_SETTINGS_EXCLUDED = ("models", "seeds", "out", "report", "device", "threads")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    model: str
+    seed: int
+    protocol: str
+
+    def key(self, data_key: str) -> str:
+        return trial_key(self.model, self.seed, self.protocol, data_key)
+
+
+def data_size_for(cfg: StudyConfig, model: str) -> int | None:
+    """An explicit --size wins; otherwise a transfer backbone gets its own input size."""
+    if cfg.size is not None:
+        return cfg.size
+    info = model_info(model)
+    return info.input_size if info.family == "transfer" else None
+
+
+def data_key(ds: Dataset) -> str:
+    return f"{ds.name}@{ds.identity['cache_key'][:12]}"
+
+
+def _model_kwargs(cfg: StudyConfig, name: str) -> dict[str, Any]:
+    kw = dict(cfg.model_options.get(name, {}))
+    if model_info(name).family == "transfer":
+        kw.setdefault("weights", cfg.weights)
+    return kw
+
+
+def _loader_options(model: nn.Module, data_chans: int) -> dict[str, Any]:
+    info = model.model_info
+    opts: dict[str, Any] = {}
+    if info.family == "transfer":
+        opts["mean"], opts["std"] = list(info.extra["mean"]), list(info.extra["std"])
+    if info.in_chans == 3 and data_chans == 1:
+        opts["out_chans"] = 3  # grey images replicated, as the study fed RGB copies of X-rays
+    return opts
+
+
+def save_checkpoint(model: nn.Module, path: Path, metadata: dict[str, str]) -> float:
+    """Float32 safetensors of the full state; returns its size in MB (10^6 bytes)."""
+    from safetensors.torch import save_file
+
+    state = {k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path.stat().st_size / 1e6
+
+
+def count_macs(model: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates for one image (FLOP counter / 2, matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x[:1])
+    return int(counter.get_total_flops() // 2)
+
+
+@torch.no_grad()
+def measure_inference(model: nn.Module, x: torch.Tensor, device: torch.device,
+                      budget_s: float = 1.0) -> tuple[float, float]:
+    """Images/s at the batch size of ``x`` and median batch-1 latency in ms."""
+    model.eval()
+    model(x)  # warm-up (allocations, cudnn autotune)
+    synchronize(device)
+    n, t0 = 0, time.perf_counter()
+    while n == 0 or (time.perf_counter() - t0 < budget_s and n < 20):
+        model(x)
+        synchronize(device)
+        n += 1
+    throughput = n * len(x) / (time.perf_counter() - t0)
+    one = x[:1]
+    model(one)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < budget_s / 2 and len(times) < 50):
+        synchronize(device)
+        t = time.perf_counter()
+        model(one)
+        synchronize(device)
+        times.append(time.perf_counter() - t)
+    return float(throughput), float(np.median(times) * 1e3)
+
+
+def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
+              protocol: Protocol, device: torch.device, out_dir: Path,
+              reporter: ProgressReporter | None = None) -> dict[str, Any]:
+    """Train and evaluate one model with one seed; returns what the store records."""
+    seed_everything(spec.seed)
+    model = create_model(spec.model, num_classes=ds.num_classes,
+                         in_chans=cfg.in_chans or _model_in_chans(spec.model, ds.in_chans),
+                         **_model_kwargs(cfg, spec.model))
+    model.drop.p = protocol.dropout
+    model.to(device)
+    lo = _loader_options(model, ds.in_chans)
+    bs = protocol.batch_size
+    amp = amp_in_use(device, protocol)
+    aug = protocol.augment if protocol.augment.enabled else None
+    train_ld = DeviceLoader(ds.splits["train"], bs, device, shuffle=True, seed=spec.seed,
+                            augment=aug, **lo)
+    val_ld = DeviceLoader(ds.splits["val"], bs, device, **lo)
+    test_ld = DeviceLoader(ds.splits["test"], bs, device, **lo)
+    notes: list[str] = []
+    feature_time = None
+    feature_hit = None
+    frozen = getattr(model, "frozen", False)
+    trainee: nn.Module = model
+    if frozen and aug is None:
+        from lightlayers.features import cached_features, feature_key
+
+        key = feature_key(data_id, spec.model, model.weights, ds.image_size, lo, amp)
+        feats, feature_time, feature_hit = cached_features(
+            key, model.backbone, {"train": train_ld, "val": val_ld, "test": test_ld}, device,
+            amp is not None)
+        notes.append("backbone features: " + ("reused from the feature cache" if feature_hit
+                                              else f"computed once in {feature_time:.1f}s"))
+        if reporter:
+            reporter.log(f"  {notes[-1]}")
+        trainee = nn.Sequential(model.drop, model.head)
+        trainee.frozen = False  # type: ignore[attr-defined]
+        train_ld = TensorLoader(*feats["train"], bs, shuffle=True, seed=spec.seed)
+        val_ld = TensorLoader(*feats["val"], bs)
+        test_ld = TensorLoader(*feats["test"], bs)
+    elif frozen:
+        notes.append("augmentation is on: frozen features cannot be cached, full forwards used")
+        if reporter:
+            reporter.log(f"  {notes[-1]}")
+
+    if reporter:
+        reporter.start_trial(f"{spec.model} seed {spec.seed}", protocol.epochs)
+    result = fit(
+        trainee, train_ld, val_ld, protocol, device,
+        train_labels=np.asarray(ds.splits["train"].labels), num_classes=ds.num_classes,
+        positive_class=ds.positive_class,
+        on_epoch=(lambda row: reporter.epoch(row, protocol.epochs)) if reporter else None,
+    )
+    test = evaluate(trainee, test_ld, device, amp is not None)
+    m = classification_metrics(test.labels, test.probs, ds.positive_class, result.threshold)
+
+    ckpt = out_dir / "checkpoints" / f"{spec.model}__seed{spec.seed}__{spec.protocol}.safetensors"
+    size_mb = save_checkpoint(model, ckpt, {
+        "model": spec.model, "seed": str(spec.seed), "protocol": spec.protocol,
+        "classes": json.dumps(list(ds.classes)), "in_chans": str(model.model_info.in_chans),
+        "image_size": str(ds.image_size), "data": data_id,
+    })
+    x_test = next(iter(DeviceLoader(ds.splits["test"], 64, device, **lo)))[0]
+    macs = count_macs(model, x_test)
+    with autocast(device, amp is not None):
+        infer_img_s, latency_ms = measure_inference(model, x_test, device)
+    counts = count_params(model)
+    metrics = {
+        "params_total": counts.total, "params_trainable": counts.trainable, "size_mb": size_mb,
+        "macs": macs, "test_loss": test.loss,
+        **{k: m[k] for k in ("accuracy", "balanced_accuracy", "sensitivity", "specificity",
+                             "precision", "f1", "auc", "collapsed", "threshold")},
+        "total_time_s": result.total_time_s + (feature_time or 0.0),
+        "epoch_time_s": result.epoch_time_s, "first_epoch_s": result.first_epoch_s,
+        "feature_time_s": feature_time, "infer_img_s": infer_img_s, "latency_ms": latency_ms,
+        "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+    }
+    extra = {
+        "amp": result.amp, "device": str(device), "threads": torch.get_num_threads(),
+        "image_size": ds.image_size, "in_chans": model.model_info.in_chans,
+        "weights": getattr(model, "weights", None), "feature_cache_hit": feature_hit,
+        "head_time_s": result.total_time_s if feature_time is not None else None,
+        "notes": notes + result.notes, "protocol": dataclasses.asdict(protocol),
+        "loader": lo,
+    }
+    return {
+        "metrics": metrics, "history": result.history, "confusion": m["confusion"],
+        "predictions": {"classes": list(ds.classes), "labels": test.labels, "probs": test.probs},
+        "extra": extra, "checkpoint": str(ckpt.relative_to(out_dir)),
+    }
+
+
+def _model_in_chans(name: str, data_chans: int) -> int:
+    """The model's own channel count, unless the data has more (3-channel data, 1-ch model)."""
+    own = model_info(name).in_chans
+    return max(own, data_chans)
+
+
+def write_results_csv(store: ResultsStore, path: Path) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for t in store.trials():
+        row = dict(t)
+        if row.get("collapsed") is not None:
+            row["collapsed"] = int(row["collapsed"])
+        w.writerow(row)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def _settings(cfg: StudyConfig) -> dict[str, Any]:
+    d = cfg.to_dict()
+    for k in _SETTINGS_EXCLUDED:
+        d.pop(k, None)
+    return json.loads(json.dumps(d, sort_keys=True))
+
+
+@dataclass
+class StudyOutcome:
+    out_dir: Path
+    counts: dict[str, int]
+    ran: int
+    skipped: int
+
+
+def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
+    """Run every pending trial of ``cfg``; done trials in the run folder are skipped."""
+    import yaml
+
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    protocol = cfg.resolved_protocol()
+    reporter = ProgressReporter(len(cfg.models) * len(cfg.seeds), enabled=progress)
+    store = ResultsStore(out / "results.db")
+    try:
+        previous = store.meta().get("settings")
+        if previous is not None and previous != _settings(cfg):
+            diff = sorted(k for k in set(previous) | set(_settings(cfg))
+                          if previous.get(k) != _settings(cfg).get(k))
+            raise ConfigError(
+                f"{out} holds a study with other settings ({', '.join(diff)} differ); "
+                "use another --out folder, or the same settings to resume or extend it"
+            )
+        datasets: dict[int | None, Dataset] = {}
+
+        def dataset_for(model: str) -> Dataset:
+            size = data_size_for(cfg, model)
+            if size not in datasets:
+                reporter.log(f"loading data {cfg.data}" + (f" at {size}px" if size else ""))
+                datasets[size] = load_dataset(
+                    cfg.data, size=size, in_chans=cfg.in_chans, resize=cfg.resize,
+                    val_fraction=cfg.val_fraction, seed=cfg.split_seed, progress=progress)
+            return datasets[size]
+
+        specs = [TrialSpec(m, s, cfg.protocol) for m in cfg.models for s in cfg.seeds]
+        keyed = []
+        for spec in specs:
+            ds = dataset_for(spec.model)
+            keyed.append((spec, ds, data_key(ds)))
+        first = datasets[next(iter(datasets))]
+        store.set_meta(
+            settings=_settings(cfg), config=cfg.to_dict(),
+            protocol=dataclasses.asdict(protocol), environment=_env(device),
+            data=_jsonable(first.summary()),
+        )
+        (out / "config.yaml").write_text(yaml.safe_dump(
+            {**cfg.to_dict(), "resolved_protocol": dataclasses.asdict(protocol)},
+            sort_keys=False))
+        redo = store.reset_interrupted()
+        if redo:
+            reporter.log(f"redoing {len(redo)} trial(s) interrupted by an earlier crash")
+        store.add_trials({"model": sp.model, "seed": sp.seed, "protocol": sp.protocol,
+                          "data": dk, "config": {"model_options": _model_kwargs(cfg, sp.model)}}
+                         for sp, _, dk in keyed)
+        status = {t["key"]: t["status"] for t in store.trials()}
+        todo = [(sp, ds, dk) for sp, ds, dk in keyed if status[sp.key(dk)] != "done"]
+        skipped = len(keyed) - len(todo)
+        if skipped:
+            reporter.log(f"{skipped} trial(s) already done in {out}: skipped")
+        reporter.total = len(todo)
+        for spec, ds, dk in todo:
+            key = spec.key(dk)
+            store.mark_running(key)
+            try:
+                res = run_trial(spec, ds, dk, cfg, protocol, device, out, reporter)
+            except KeyboardInterrupt:
+                store.reset_interrupted()
+                raise
+            except Exception as e:  # the study goes on; the reason is recorded with the trial
+                detail = "".join(traceback.format_exception_only(type(e), e)).strip()
+                store.record_failed(key, detail, {"traceback": traceback.format_exc(limit=8)})
+                reporter.end_trial(f"  FAILED {spec.model} seed {spec.seed}: {detail}")
+                continue
+            store.record_done(key, res["metrics"], res["history"], res["predictions"],
+                              res["confusion"], res["extra"], res["checkpoint"])
+            m = res["metrics"]
+            auc = "n/a" if m["auc"] is None else f"{m['auc']:.3f}"
+            reporter.end_trial(
+                f"  done {spec.model} seed {spec.seed}: acc {m['accuracy']:.4f} auc {auc} "
+                f"({m['total_time_s']:.1f}s, {m['epoch_time_s']:.2f}s/epoch)"
+                + ("  [collapsed: one class predicted]" if m["collapsed"] else ""))
+        write_results_csv(store, out / "results.csv")
+        counts = store.counts()
+        return StudyOutcome(out, counts, ran=len(todo), skipped=skipped)
+    finally:
+        reporter.close()
+        store.close()
+
+
+def _env(device: torch.device) -> dict[str, Any]:
+    from lightlayers.environment import environment
+
+    return environment(device)
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
