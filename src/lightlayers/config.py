@@ -80,6 +80,9 @@ class StudyConfig:
     threads: int | None = None
     weights: str | None = "DEFAULT"
     model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Per-model image size, e.g. {transfer-inception_v3: 75}: the backbone's smallest input
+    # while the small models train at `size`.
+    sizes: dict[str, int] = field(default_factory=dict)
     out: str = "runs/study"
     report: bool = True
 
@@ -212,6 +215,11 @@ def validate(cfg: StudyConfig) -> StudyConfig:
             raise ConfigError(f"model_options: {name!r} is not one of the study's models")
         if not isinstance(opts, dict):
             raise ConfigError(f"model_options.{name}: expected a mapping, got {opts!r}")
+    for name, px in cfg.sizes.items():
+        if name not in cfg.models:
+            raise ConfigError(f"sizes: {name!r} is not one of the study's models")
+        if not isinstance(px, int) or isinstance(px, bool) or px < 8:
+            raise ConfigError(f"sizes.{name}: expected an int >= 8 pixels, got {px!r}")
     cfg.resolved_protocol()
     return cfg
 

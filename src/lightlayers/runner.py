@@ -28,7 +28,7 @@ from lightlayers.metrics import classification_metrics
 from lightlayers.models import create_model, model_info
 from lightlayers.params import count_params
 from lightlayers.progress import ProgressReporter
-from lightlayers.store import ResultsStore, trial_key
+from lightlayers.store import ResultsStore, StoreError, trial_key
 from lightlayers.train import (
     TensorLoader,
     amp_in_use,
@@ -73,7 +73,9 @@ class TrialSpec:
 
 
 def data_size_for(cfg: StudyConfig, model: str) -> int | None:
-    """An explicit --size wins; otherwise a transfer backbone gets its own input size."""
+    """``sizes[model]``, else an explicit --size, else a transfer backbone's own input size."""
+    if model in cfg.sizes:
+        return cfg.sizes[model]
     if cfg.size is not None:
         return cfg.size
     info = model_info(model)
@@ -288,6 +290,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     protocol = cfg.resolved_protocol()
+    lock = _lock_run_folder(out)
     reporter = ProgressReporter(len(cfg.models) * len(cfg.seeds), enabled=progress)
     store = ResultsStore(out / "results.db")
     try:
@@ -363,6 +366,23 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
     finally:
         reporter.close()
         store.close()
+        lock.close()
+
+
+def _lock_run_folder(out: Path) -> Any:
+    """One process per run folder: a second one would reset the first one's running trial."""
+    import fcntl
+
+    handle = open(out / ".lock", "a+")  # noqa: SIM115  (held open for the whole study)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StoreError(
+            f"another `lightlayers run` is using {out}; wait for it to finish or use another "
+            "--out folder"
+        ) from None
+    return handle
 
 
 def _env(device: torch.device) -> dict[str, Any]:

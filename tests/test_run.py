@@ -1,0 +1,206 @@
+"""`lightlayers run` end to end on real data: records, resume, crash safety, failures."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import PNEUMONIA_NPZ
+
+import lightlayers as L
+from lightlayers.cli import main as cli
+from lightlayers.config import load_config
+from lightlayers.metrics import classification_metrics
+from lightlayers.runner import CSV_COLUMNS, run_study
+from lightlayers.store import ResultsStore
+
+BASE = ["run", "--data", str(PNEUMONIA_NPZ), "--size", "28", "--quiet", "--no-report"]
+ISSUE_COLUMNS = ("model,seed,status,params_total,params_trainable,size_mb,macs,accuracy,"
+                 "balanced_accuracy,sensitivity,specificity,f1,auc,collapsed,total_time_s,"
+                 "epoch_time_s,first_epoch_s,infer_img_s,latency_ms").split(",")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "check"
+    rc = cli([*BASE, "--models", "study-light-k2,study-conv", "--seeds", "0,1", "--epochs", "2",
+              "--out", str(out)])
+    assert rc == 0
+    return out
+
+
+def test_run_records_every_trial(study):
+    store = ResultsStore(study / "results.db", create=False)
+    trials = store.trials()
+    assert [(t["model"], t["seed"], t["status"]) for t in trials] == [
+        ("study-light-k2", 0, "done"), ("study-light-k2", 1, "done"),
+        ("study-conv", 0, "done"), ("study-conv", 1, "done")]
+    for t in trials:
+        model = L.create_model(t["model"])
+        c = L.count_params(model)
+        assert (t["params_total"], t["params_trainable"]) == (c.total, c.trainable)
+        ckpt = study / t["checkpoint"]
+        assert t["size_mb"] == pytest.approx(ckpt.stat().st_size / 1e6)
+        assert t["macs"] > 0 and t["infer_img_s"] > 0 and t["latency_ms"] > 0
+        assert t["total_time_s"] >= t["first_epoch_s"] > 0 and t["epoch_time_s"] > 0
+        history = store.history(t["id"])
+        assert [h["epoch"] for h in history] == [1, 2]
+        assert all(h["val_loss"] is not None and h["time_s"] > 0 for h in history)
+        # The best checkpoint is the lowest validation loss of the history.
+        best = min(history, key=lambda h: h["val_loss"])["epoch"]
+        assert t["best_epoch"] == best
+        assert t["extra"]["amp"] is None  # no reduced precision on the CPU
+    rows = (study / "results.csv").read_text().splitlines()
+    assert rows[0].split(",") == CSV_COLUMNS
+    assert set(ISSUE_COLUMNS) <= set(CSV_COLUMNS)
+    assert len(rows) == 5 and all(",done," in r for r in rows[1:])
+    assert (study / "config.yaml").is_file()
+    meta = store.meta()
+    assert meta["data"]["split_sizes"] == {"train": 4708, "val": 524, "test": 624}
+    assert meta["environment"]["torch"]
+
+
+def test_metrics_recompute_from_stored_predictions(study):
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    store = ResultsStore(study / "results.db", create=False)
+    for t in store.trials(status="done"):
+        p = store.predictions(t["id"])
+        assert p["classes"] == ["normal", "pneumonia"] and p["probs"].shape == (624, 2)
+        np.testing.assert_allclose(p["probs"].sum(1), 1.0, atol=1e-6)
+        preds = (p["probs"][:, 1] >= 0.5).astype(int)
+        assert t["accuracy"] == pytest.approx(accuracy_score(p["labels"], preds))
+        assert t["auc"] == pytest.approx(roc_auc_score(p["labels"], p["probs"][:, 1]), abs=1e-6)
+        m = classification_metrics(p["labels"], p["probs"], 1, t["threshold"])
+        assert t["confusion"] == m["confusion"]
+        assert t["collapsed"] == (len(set(preds)) == 1)
+
+
+def test_second_run_trains_nothing(study):
+    before = {t["key"]: t["finished_at"] for t in ResultsStore(study / "results.db").trials()}
+    outcome = run_study(load_config(data=str(PNEUMONIA_NPZ), size=28, epochs=2,
+                                    models="study-light-k2,study-conv", seeds=(0, 1),
+                                    out=str(study), report=False), progress=False)
+    assert outcome.ran == 0 and outcome.skipped == 4
+    after = {t["key"]: t["finished_at"] for t in ResultsStore(study / "results.db").trials()}
+    assert after == before
+
+
+def test_changed_settings_in_same_folder_are_refused(study, capsys):
+    rc = cli([*BASE, "--models", "study-light-k2", "--seeds", "0", "--epochs", "3",
+              "--out", str(study)])
+    assert rc == 2
+    assert "epochs" in capsys.readouterr().err
+
+
+def test_same_command_gives_same_metrics(tmp_path):
+    results = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert cli([*BASE, "--models", "study-light-k1", "--seeds", "3", "--epochs", "1",
+                    "--out", str(out)]) == 0
+        store = ResultsStore(out / "results.db")
+        (t,) = store.trials()
+        results.append((t, store.predictions(t["id"])["probs"]))
+    (a, pa), (b, pb) = results
+    for k in ("accuracy", "auc", "test_loss", "sensitivity", "specificity", "best_epoch"):
+        assert a[k] == b[k], k
+    np.testing.assert_array_equal(pa, pb)
+
+
+def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path):
+    out = tmp_path / "fail"
+    # No pretrained weights in the (empty) torch hub and no network: that trial must fail.
+    rc = cli([*BASE, "--models", "transfer-resnet18,study-light-k1", "--seeds", "0",
+              "--epochs", "1", "--size", "32", "--out", str(out)])
+    assert rc == 1
+    by_model = {t["model"]: t for t in ResultsStore(out / "results.db").trials()}
+    failed = by_model["transfer-resnet18"]
+    assert failed["status"] == "failed"
+    assert "resnet18-f37072fd.pth" in failed["error"] and "--weights" in failed["error"]
+    assert by_model["study-light-k1"]["status"] == "done"
+    csv_rows = (out / "results.csv").read_text()
+    assert "transfer-resnet18,0,seed,failed" in csv_rows
+
+
+def _count(db, status):
+    with sqlite3.connect(db) as c:
+        return c.execute("SELECT COUNT(*) FROM trials WHERE status=?", (status,)).fetchone()[0]
+
+
+def test_kill_9_mid_study_then_resume(tmp_path):
+    out = tmp_path / "crash"
+    db = out / "results.db"
+    args = [*BASE, "--models", "study-light-k1,study-light-k2", "--seeds", "0", "--epochs", "4",
+            "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "lightlayers.cli", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            if db.exists() and _count(db, "done") == 1 and _count(db, "running") == 1:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended before it could be killed: {proc.stderr.read()}")
+            time.sleep(0.2)
+        else:
+            pytest.fail("the first trial did not finish in time")
+        time.sleep(1.0)  # well inside the second trial
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    first = ResultsStore(db).trials(status="done")
+    assert len(first) == 1 and _count(db, "running") == 1
+    assert cli(args) == 0
+    trials = ResultsStore(db).trials()
+    assert len(trials) == 2 and all(t["status"] == "done" for t in trials)
+    kept = next(t for t in trials if t["key"] == first[0]["key"])
+    assert kept["finished_at"] == first[0]["finished_at"] and kept["attempts"] == 1
+    redone = next(t for t in trials if t["key"] != first[0]["key"])
+    assert redone["attempts"] == 2
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 3
+
+
+def test_bad_config_field_names_it(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("models: [study-light-k1]\nepoch: 3\n")
+    assert cli(["run", str(cfg), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "epoch" in err and "unknown key" in err and str(cfg) in err
+    cfg.write_text("models: [study-light-k1]\nlr: fast\n")
+    assert cli(["run", str(cfg), "--quiet"]) == 2
+    assert "lr" in capsys.readouterr().err
+    assert cli(["run", "--models", "study-lite-k1", "--quiet"]) == 2
+    assert "study-light-k1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["study", "cpu-study", "paper-mnist", "paper-cifar10",
+                                  "cpu-demo"])
+def test_shipped_configs_are_valid(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    cfg = load_config(path)
+    assert cfg.models and cfg.resolved_protocol().epochs >= 1
+    json.dumps(cfg.to_dict())
+
+
+def test_second_process_on_same_folder_is_refused(tmp_path, capsys):
+    import fcntl
+
+    out = tmp_path / "locked"
+    out.mkdir()
+    with open(out / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        rc = cli([*BASE, "--models", "study-light-k1", "--epochs", "1", "--out", str(out)])
+    assert rc == 2
+    assert "another `lightlayers run` is using" in capsys.readouterr().err
+    assert not (out / "results.db").exists()
