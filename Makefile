@@ -24,8 +24,12 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
-test: lint
+test: lint chromium
 	$(PY) -m pytest -q
+
+# The report test opens report.html in headless Chromium (Debian's package).
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
 
 run: $(STAMP)
 	$(VENV)/bin/lightlayers run configs/cpu-study.yaml --data $(DATA) $(RUN_ARGS)
