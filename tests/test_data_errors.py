@@ -363,3 +363,10 @@ def test_published_checksums_and_urls() -> None:
     assert NAMED_SOURCES["pneumoniamnist-224"].url == (
         "https://zenodo.org/records/10519652/files/pneumoniamnist_224.npz?download=1"
     )
+
+
+def test_unwritable_cache_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a_file").write_text("x")
+    monkeypatch.setenv("LIGHTLAYERS_CACHE", str(tmp_path / "a_file" / "cache"))
+    with pytest.raises(DataError, match="Point LIGHTLAYERS_CACHE at a writable folder"):
+        load_dataset("digits", progress=False)

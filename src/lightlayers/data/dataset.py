@@ -161,7 +161,13 @@ def _decoded(
     key = cache_key(src.identity, resolved)
     path = entry_path(src.name, key)
     info = {"source": src.location, "identity": src.identity, "options": resolved.key_fields()}
-    return store_entry(path, decoded, info), key, str(path)
+    try:
+        return store_entry(path, decoded, info), key, str(path)
+    except OSError as e:
+        raise DataError(
+            f"cannot write the decoded-image cache at {path} ({e}). Point LIGHTLAYERS_CACHE at "
+            "a writable folder with room for it."
+        ) from e
 
 
 def load_dataset(

@@ -110,6 +110,7 @@ class DeviceLoader:
         self._mul = (1 / (255 * std_t)).view(1, -1, 1, 1).to(self.device)
         self._add = (-mean_t / std_t).view(1, -1, 1, 1).to(self.device)
         self._std_inv = (1 / std_t).view(1, -1, 1, 1).to(self.device)
+        self._shift = bool((mean_t != 0).any())
         self._images, self.resident = _place(_host_tensor(split.images), self.device)
         self._labels = torch.as_tensor(np.asarray(split.labels), dtype=torch.int64).to(self.device)
         self.num_samples = len(self._labels)
@@ -144,12 +145,15 @@ class DeviceLoader:
             yield self._convert(xb, gen), yb
 
     def _convert(self, xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        # One fresh float tensor per batch, then in-place ops: on the CPU each extra
+        # full-size temporary costs about as much as the conversion itself.
         x = xb.to(torch.float32)
-        if self.augment is None:
-            if self.out_chans != x.shape[1]:
-                x = x.expand(-1, self.out_chans, -1, -1)
-            return x * self._mul + self._add
-        x = augment_batch(x / 255, self.augment, gen)
+        scale = self._mul
+        if self.augment is not None:
+            x = augment_batch(x.div_(255), self.augment, gen)
+            scale = self._std_inv
         if self.out_chans != x.shape[1]:
-            x = x.expand(-1, self.out_chans, -1, -1)
-        return x * self._std_inv + self._add
+            x = x.expand(-1, self.out_chans, -1, -1) * scale
+        else:
+            x = x.mul_(scale)
+        return x.add_(self._add) if self._shift else x

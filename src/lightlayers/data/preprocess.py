@@ -143,13 +143,20 @@ def _progress(
     return (lambda n: bar.advance(task, n)), bar.stop
 
 
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may use (containers)
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def parallel_map(
     fn: Callable[[Any], Any], jobs: Iterable[Any], total: int, desc: str, progress: bool
 ) -> Iterator[Any]:
     """``map(fn, jobs)`` in order, on all cores when there is enough work."""
     advance, stop = _progress(total, desc, progress)
     try:
-        workers = min(os.cpu_count() or 1, max(1, total // _MIN_PARALLEL))
+        workers = min(_cpu_count(), max(1, total // _MIN_PARALLEL))
         if workers == 1:
             for job in jobs:
                 yield fn(job)
@@ -224,12 +231,14 @@ def decode_files(
                     f"have no images{f' in {split}' if split else ''}. Fix the images first."
                 )
     arrays = [r[0] for r in good]
+    all_gray = all(r[1] for r in good)
+    digests = np.array([r[2] for r in good], np.uint64)
+    del results, good  # so _to_nchw can free each decoded image as it copies it
     shapes: dict[tuple[int, ...], str] = {}
     for it, a in zip(items, arrays, strict=True):
         shapes.setdefault(a.shape[:2], it.id)
     if len(shapes) > 1:
         raise _size_mismatch_error(where, shapes)
-    all_gray = all(r[1] for r in good)
     in_chans = _resolve_chans(opts.in_chans, all_gray)
     if in_chans == 3:
         arrays = [np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
@@ -237,7 +246,7 @@ def decode_files(
         images=_to_nchw(arrays, in_chans),
         labels=np.array([it.label for it in items], np.int64),
         split_codes=np.array([SPLITS.index(it.split) if it.split else -1 for it in items], np.int8),
-        digests=np.array([r[2] for r in good], np.uint64),
+        digests=digests,
         classes=files.classes,
         ids=[it.id for it in items],
         source_is_gray=all_gray,
