@@ -130,7 +130,11 @@ def test_rgb_images_give_three_channels_grey_ones_one(tmp_path: Path) -> None:
             Image.fromarray(np.stack([g] * 3, -1)).save(grey_rgb / cls / f"{i}.jpg", quality=90)
     ds = load_dataset(grey_rgb, val_fraction=0.2, progress=False)
     assert ds.in_chans == 1
-    assert load_dataset(grey_rgb, in_chans=3, val_fraction=0.2, progress=False).in_chans == 3
+    rgb = (
+        load_dataset(grey_rgb, in_chans=3, val_fraction=0.2, progress=False).splits["train"].images
+    )
+    grey = ds.splits["train"].images
+    assert rgb.shape[1] == 3 and all((rgb[:, c] == grey[:, 0]).all() for c in range(3))
 
 
 @needs_shared

@@ -84,6 +84,15 @@ def _as_l_or_rgb(im: Image.Image) -> tuple[Image.Image, bool]:
     return rgb, False
 
 
+def _resize(im: Image.Image, size: int, resize: str) -> Image.Image:
+    box = None
+    if resize == "crop":
+        w, h = im.size
+        s = min(w, h)
+        box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
+    return im.resize((size, size), _RESAMPLE[RESAMPLE], box=box)
+
+
 def decode_image(
     payload: bytes | str, size: int | None, in_chans: int | None, resize: str
 ) -> tuple[np.ndarray, bool, int] | str:
@@ -105,12 +114,7 @@ def decode_image(
     if in_chans == 1 and base.mode == "RGB":
         base = base.convert("L")  # ITU-R 601 luma
     if size is not None:
-        box = None
-        if resize == "crop":
-            w, h = base.size
-            s = min(w, h)
-            box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
-        base = base.resize((size, size), _RESAMPLE[RESAMPLE], box=box)
+        base = _resize(base, size, resize)
     return np.asarray(base), gray, digest
 
 
@@ -184,7 +188,8 @@ def _bad_images_error(where: str, bad: list[tuple[str, str]]) -> DataError:
 
 
 def _to_nchw(arrays: list[np.ndarray], in_chans: int) -> np.ndarray:
-    """Stack (H, W) / (H, W, 3) arrays into (N, C, H, W), freeing each input as it is copied."""
+    """Stack (H, W) / (H, W, 3) arrays into (N, C, H, W), freeing each input as it is copied;
+    a grey (H, W) image fills every channel."""
     h, w = arrays[0].shape[:2]
     out = np.empty((len(arrays), in_chans, h, w), np.uint8)
     for i, a in enumerate(arrays):
@@ -240,8 +245,6 @@ def decode_files(
     if len(shapes) > 1:
         raise _size_mismatch_error(where, shapes)
     in_chans = _resolve_chans(opts.in_chans, all_gray)
-    if in_chans == 3:
-        arrays = [np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
     return Decoded(
         images=_to_nchw(arrays, in_chans),
         labels=np.array([it.label for it in items], np.int64),
@@ -259,16 +262,6 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     """PIL's convert("L") on (..., 3) uint8, so array and file sources agree."""
     r, g, b = (rgb[..., i].astype(np.uint32) for i in range(3))
     return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
-
-
-def _resize_array(a: np.ndarray, size: int, resize: str) -> np.ndarray:
-    im = Image.fromarray(a)
-    box = None
-    if resize == "crop":
-        w, h = im.size
-        s = min(w, h)
-        box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
-    return np.asarray(im.resize((size, size), _RESAMPLE[RESAMPLE], box=box))
 
 
 def decode_arrays(arrays: ArraySet, opts: PreprocessOptions) -> Decoded:
@@ -297,7 +290,9 @@ def decode_arrays(arrays: ArraySet, opts: PreprocessOptions) -> Decoded:
         images = _luma(images)
     native_square = images.shape[1] == images.shape[2]
     if opts.size is not None and not (opts.size == images.shape[1] and native_square):
-        images = np.stack([_resize_array(im, opts.size, opts.resize) for im in images])
+        images = np.stack(
+            [np.asarray(_resize(Image.fromarray(im), opts.size, opts.resize)) for im in images]
+        )
     if images.ndim == 3:
         images = images[:, None]
         if in_chans == 3:
