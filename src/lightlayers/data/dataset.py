@@ -13,7 +13,13 @@ import numpy as np
 
 from lightlayers.data.cache import cache_key, entry_path, load_entry, store_entry
 from lightlayers.data.errors import DataError, DuplicateImagesWarning
-from lightlayers.data.preprocess import Decoded, PreprocessOptions, decode_arrays, decode_files
+from lightlayers.data.preprocess import (
+    Decoded,
+    PreprocessOptions,
+    bad_images_error,
+    decode_arrays,
+    decode_files,
+)
 from lightlayers.data.sources import ArraySet, Source, open_source
 from lightlayers.data.splits import DEFAULT_PATIENT_PATTERN, plan_splits
 
@@ -203,18 +209,15 @@ def load_dataset(
     Example::
 
         ds = load_dataset("../shared/data/chest_xray_pneumonia/chest_xray_224.tar.gz", size=64)
-        ds.splits["train"].images.shape  # (4694, 1, 64, 64)
+        ds.splits["train"].images.shape  # (4692, 1, 64, 64)
     """
     _check_options(size, in_chans, resize, val_fraction, resplit, patient_pattern, on_bad_image)
     src = open_source(source)
     opts = PreprocessOptions(size=size, in_chans=in_chans, resize=resize)
     decoded, key, path = _decoded(src, opts, on_bad_image, progress)
     if decoded.skipped and on_bad_image != "skip":
-        shown = ", ".join(decoded.skipped[:5]) + (" ..." if len(decoded.skipped) > 5 else "")
-        raise DataError(
-            f"{src.location}: {len(decoded.skipped)} image(s) cannot be decoded: {shown}. Replace "
-            "or remove them, or skip them with on_bad_image='skip' (CLI: --on-bad-image skip)."
-        )
+        # The cached entry was built with on_bad_image="skip"; strict mode still refuses it.
+        raise bad_images_error(src.location, [(i, "cannot be decoded") for i in decoded.skipped])
     plan = plan_splits(
         decoded.labels,
         decoded.split_codes,

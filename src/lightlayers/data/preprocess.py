@@ -178,7 +178,7 @@ def parallel_map(
         stop()
 
 
-def _bad_images_error(where: str, bad: list[tuple[str, str]]) -> DataError:
+def bad_images_error(where: str, bad: list[tuple[str, str]]) -> DataError:
     shown = "; ".join(f"{i}: {msg}" for i, msg in bad[:5])
     more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
     return DataError(
@@ -217,7 +217,7 @@ def decode_files(
     results = list(parallel_map(_decode_job, jobs, len(files.items), f"decoding {where}", progress))
     bad = [(it.id, r) for it, r in zip(files.items, results, strict=True) if isinstance(r, str)]
     if bad and on_bad_image != "skip":
-        raise _bad_images_error(where, bad)
+        raise bad_images_error(where, bad)
     keep = [i for i, r in enumerate(results) if not isinstance(r, str)]
     items = [files.items[i] for i in keep]
     good = [results[i] for i in keep]
