@@ -14,6 +14,7 @@ import os
 import random
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -339,27 +340,23 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
         if skipped:
             reporter.log(f"{skipped} trial(s) already done in {out}: skipped")
         reporter.total = len(todo)
-        for spec, ds, dk in todo:
-            key = spec.key(dk)
-            store.mark_running(key)
-            try:
-                res = run_trial(spec, ds, dk, cfg, protocol, device, out, reporter)
-            except KeyboardInterrupt:
-                store.reset_interrupted()
-                raise
-            except Exception as e:  # the study goes on; the reason is recorded with the trial
-                detail = "".join(traceback.format_exception_only(type(e), e)).strip()
-                store.record_failed(key, detail, {"traceback": traceback.format_exc(limit=8)})
-                reporter.end_trial(f"  FAILED {spec.model} seed {spec.seed}: {detail}")
-                continue
-            store.record_done(key, res["metrics"], res["history"], res["predictions"],
-                              res["confusion"], res["extra"], res["checkpoint"])
-            m = res["metrics"]
-            auc = "n/a" if m["auc"] is None else f"{m['auc']:.3f}"
-            reporter.end_trial(
-                f"  done {spec.model} seed {spec.seed}: acc {m['accuracy']:.4f} auc {auc} "
-                f"({m['total_time_s']:.1f}s, {m['epoch_time_s']:.2f}s/epoch)"
-                + ("  [collapsed: one class predicted]" if m["collapsed"] else ""))
+        tasks = [Task(spec, ds, dk) for spec, ds, dk in todo]
+        executor = LocalExecutor(cfg, protocol, device, out, reporter)
+        try:
+            for task, res, error in executor.run(tasks, start=lambda t: store.mark_running(t.key)):
+                spec = task.spec
+                if error is not None:
+                    store.record_failed(task.key, error["error"], error)
+                    reporter.end_trial(f"  FAILED {spec.model} seed {spec.seed}: {error['error']}")
+                    continue
+                assert res is not None
+                store.record_done(task.key, res["metrics"], res["history"], res["predictions"],
+                                  res["confusion"], res["extra"], res["checkpoint"])
+                reporter.end_trial(_done_line(spec, res["metrics"]))
+        except KeyboardInterrupt:
+            # Finished trials stay recorded; the interrupted one is redone by the next run.
+            store.reset_interrupted()
+            raise
         write_results_csv(store, out / "results.csv")
         counts = store.counts()
         return StudyOutcome(out, counts, ran=len(todo), skipped=skipped)
@@ -383,6 +380,58 @@ def _lock_run_folder(out: Path) -> Any:
             "--out folder"
         ) from None
     return handle
+
+
+@dataclass(frozen=True)
+class Task:
+    spec: TrialSpec
+    data: Dataset
+    data_key: str
+
+    @property
+    def key(self) -> str:
+        return self.spec.key(self.data_key)
+
+
+TaskOutcome = tuple[Task, dict[str, Any] | None, dict[str, Any] | None]
+
+
+def failure(e: BaseException) -> dict[str, Any]:
+    """What the store records of a failed trial: the one-line reason and a short traceback."""
+    detail = "".join(traceback.format_exception_only(type(e), e)).strip()
+    tb = "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=8))
+    return {"error": detail, "traceback": tb}
+
+
+class LocalExecutor:
+    """Runs trials one after another in this process (the default executor).
+
+    An executor yields ``(task, result, None)`` or ``(task, None, failure)`` per task and calls
+    ``start(task)`` when a task begins; the caller is the only writer of the results store.
+    """
+
+    def __init__(self, cfg: StudyConfig, protocol: Protocol, device: torch.device, out: Path,
+                 reporter: ProgressReporter | None) -> None:
+        self.cfg, self.protocol, self.device = cfg, protocol, device
+        self.out, self.reporter = out, reporter
+
+    def run(self, tasks: list[Task], start: Any) -> Iterator[TaskOutcome]:
+        for task in tasks:
+            start(task)
+            try:
+                res = run_trial(task.spec, task.data, task.data_key, self.cfg, self.protocol,
+                                self.device, self.out, self.reporter)
+            except Exception as e:  # the study goes on; the reason is recorded with the trial
+                yield task, None, failure(e)
+                continue
+            yield task, res, None
+
+
+def _done_line(spec: TrialSpec, m: dict[str, Any]) -> str:
+    auc = "n/a" if m["auc"] is None else f"{m['auc']:.3f}"
+    return (f"  done {spec.model} seed {spec.seed}: acc {m['accuracy']:.4f} auc {auc} "
+            f"({m['total_time_s']:.1f}s, {m['epoch_time_s']:.2f}s/epoch)"
+            + ("  [collapsed: one class predicted]" if m["collapsed"] else ""))
 
 
 def _env(device: torch.device) -> dict[str, Any]:

@@ -228,8 +228,8 @@ class ResultsStore:
                     "INSERT INTO predictions VALUES (?, ?, ?, ?)",
                     (tid, json.dumps(list(predictions["classes"])),
                      json.dumps(np.asarray(predictions["labels"]).astype(int).tolist()),
-                     json.dumps(np.round(np.asarray(predictions["probs"], dtype=float), 7)
-                                .tolist())),
+                     # Full precision: rounding creates ties that move the ROC AUC.
+                     json.dumps(np.asarray(predictions["probs"], dtype=float).tolist())),
                 )
 
     def record_failed(self, key: str, error: str, extra: dict[str, Any] | None = None) -> None:

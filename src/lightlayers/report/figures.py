@@ -1,0 +1,386 @@
+"""The report's figures (matplotlib, no display): one bar chart per criterion, the training
+history of each model, accuracy against parameters with its Pareto front, ROC curves and
+confusion matrices.
+
+Every figure must read in greyscale print, so models differ by hatching, marker and line style
+as well as by colour (viridis: its luminance rises monotonically, so greys stay distinct).
+Files are byte-identical from one run to the next: fixed SVG hash salt, no dates in metadata.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: never open a window, never need a display
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from lightlayers.report.load import Group, RunData
+from lightlayers.report.stats import pareto_front, summarize
+from lightlayers.report.table import Row
+
+HATCHES = ("", "//", "\\\\", "xx", "..", "++", "oo", "--", "**", "||")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
+LOG_RATIO = 50  # a log axis once the values span more than this factor
+DPI = 110
+SAVE_OPTIONS: dict[str, dict[str, Any]] = {
+    "png": {"dpi": DPI, "metadata": {"Software": None}},
+    "svg": {"metadata": {"Date": None}},
+}
+RC = {"svg.hashsalt": "lightlayers-report", "svg.fonttype": "path", "font.size": 9}
+
+# (store field, axis label with unit, chart title)
+CRITERIA: tuple[tuple[str, str, str], ...] = (
+    ("params_total", "Total parameters (count, incl. BN running stats)", "Total parameters"),
+    ("params_trainable", "Trainable parameters (count)", "Trainable parameters"),
+    ("size_mb", "Model size (MB = 10⁶ bytes, float32 weights file)", "Model size"),
+    ("accuracy", "Test accuracy (fraction correct)", "Test accuracy"),
+    ("total_time_s", "Total training time (s, wall clock)", "Total training time"),
+    ("epoch_time_s", "Time per epoch (s, wall clock, train + val)", "Time per epoch"),
+)
+
+
+@dataclass
+class FigureSpec:
+    name: str  # file stem under report/figures/
+    caption: str
+    section: str  # "criteria" | "history" | "tradeoff" | "roc" | "confusion"
+    figure: Figure
+
+
+def style(i: int, n: int) -> dict[str, Any]:
+    """Colour, hatch, marker and line style of the i-th of n models."""
+    cmap = colormaps["viridis"]
+    return {
+        "color": cmap(0.1 + 0.8 * (i / max(n - 1, 1))),
+        "hatch": HATCHES[i % len(HATCHES)],
+        "marker": MARKERS[i % len(MARKERS)],
+        "linestyle": LINESTYLES[i % len(LINESTYLES)],
+    }
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
+
+
+def use_log(values: Sequence[float]) -> bool:
+    pos = [v for v in values if v is not None and v > 0]
+    return len(pos) == len(values) and len(pos) > 1 and max(pos) / min(pos) > LOG_RATIO
+
+
+def _new(width: float, height: float) -> Figure:
+    # Figure, not pyplot: no global figure registry to leak into or to close.
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+# --- one bar chart per criterion ------------------------------------------------------------
+def criterion_chart(rows: Sequence[Row], key: str, ylabel: str, title: str) -> Figure | None:
+    from lightlayers.report.table import COLUMNS
+
+    col = next(c for c in COLUMNS if c.key == key)
+    styled = [(i, r) for i, r in enumerate(rows) if r.stats[key].mean is not None]
+    if not styled:
+        return None
+    means = [r.stats[key].mean for _, r in styled]
+    stds = [r.stats[key].std or 0.0 for _, r in styled]
+    log = use_log(means)
+    fig = _new(max(4.8, 1.15 * len(styled) + 2.2), 4.2)
+    ax = fig.add_subplot()
+    x = np.arange(len(styled))
+    err = None
+    if any(stds):
+        # On a log axis the lower whisker must stay above zero.
+        lower = [min(s, 0.95 * m) if log else s for m, s in zip(means, stds, strict=True)]
+        err = np.array([lower, stds])
+    bars = ax.bar(x, means, yerr=err, capsize=5, edgecolor="black", linewidth=0.8,
+                  error_kw={"elinewidth": 1.2, "ecolor": "black"})
+    for bar, (i, _) in zip(bars, styled, strict=True):
+        st = style(i, len(rows))
+        bar.set_facecolor(st["color"])
+        bar.set_hatch(st["hatch"])
+    if col.spread:
+        # Each seed's value, so the reader sees n and the spread, not only mean ± std.
+        for xi, (_, r) in zip(x, styled, strict=True):
+            vals = [t[key] for t in r.group.done if t[key] is not None]
+            if len(vals) > 1:
+                ax.plot([xi] * len(vals), vals, linestyle="none", marker="o", markersize=4,
+                        markerfacecolor="white", markeredgecolor="black", zorder=3)
+    ticks = [f"{r.label}\n{col.fmt(m)}" for (_, r), m in zip(styled, means, strict=True)]
+    ax.set_xticks(x, ticks, rotation=20 if len(styled) > 4 else 0, ha="center", fontsize=8)
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylabel(ylabel + (" — log scale" if log else ""))
+    ax.set_xlabel("Model (value: mean over seeds)")
+    spread = "mean ± std, dots = seeds" if col.spread and any(stds) else "per model"
+    ax.set_title(f"{title} ({spread})")
+    ax.grid(axis="y", which="both", linewidth=0.4, alpha=0.5)
+    ax.set_axisbelow(True)
+    return fig
+
+
+# --- training history -----------------------------------------------------------------------
+def _band(series: list[dict[int, float]]) -> tuple[np.ndarray, ...] | None:
+    epochs = sorted({e for s in series for e in s})
+    if not epochs:
+        return None
+    mean, lo, hi = [], [], []
+    for e in epochs:
+        vals = [s[e] for s in series if e in s]
+        mean.append(float(np.mean(vals)))
+        lo.append(min(vals))
+        hi.append(max(vals))
+    return np.array(epochs), np.array(mean), np.array(lo), np.array(hi)
+
+
+def history_figure(group: Group, histories: dict[int, list[dict[str, Any]]]) -> Figure | None:
+    runs = [histories.get(t["id"], []) for t in group.done]
+    if not any(runs):
+        return None
+    fig = _new(9.0, 3.8)
+    axes = fig.subplots(1, 2)
+    panels = (("acc", "Accuracy (fraction correct)"), ("loss", "Loss (cross-entropy)"))
+    phases = (("train", "train", "-", "o", "tab:blue", "////"),
+              ("val", "validation", "--", "s", "tab:orange", "\\\\\\\\"))
+    for ax, (metric, ylabel) in zip(axes, panels, strict=True):
+        last = 1
+        for phase, name, ls, marker, color, hatch in phases:
+            field = f"{phase}_{metric}"
+            series = [{h["epoch"]: h[field] for h in run if h.get(field) is not None}
+                      for run in runs]
+            band = _band([s for s in series if s])
+            if band is None:
+                continue
+            ep, mean, lo, hi = band
+            last = max(last, int(ep[-1]))
+            ax.plot(ep, mean, linestyle=ls, marker=marker, color=color, label=f"{name} (mean)")
+            if len([s for s in series if s]) < 2:
+                continue
+            if len(ep) == 1:  # a band of one epoch has no width: whiskers show the range
+                ax.errorbar(ep, mean, yerr=[mean - lo, hi - mean], color=color, capsize=6,
+                            linestyle="none", label=f"{name} (min–max)")
+            else:
+                ax.fill_between(ep, lo, hi, color=color, alpha=0.18, hatch=hatch,
+                                edgecolor=color, linewidth=0, label=f"{name} (min–max)")
+        ax.set_xlabel("Epoch")
+        ax.set_ylabel(ylabel)
+        # MaxNLocator falls back to fractions when under two integers fit: list short runs.
+        if last <= 20:
+            ax.set_xticks(range(1, last + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0.5, last + 0.5)
+        ax.grid(linewidth=0.4, alpha=0.5)
+        ax.legend(fontsize=8)
+    n = len(group.done)
+    fig.suptitle(f"{group.label}: training history "
+                 f"({'mean of ' + str(n) + ' seeds, band = min–max' if n > 1 else '1 seed'})")
+    return fig
+
+
+# --- accuracy against parameters ---------------------------------------------------------------
+def tradeoff_figure(rows: Sequence[Row]) -> tuple[Figure, list[str]] | None:
+    pts = [(i, r) for i, r in enumerate(rows)
+           if r.stats["params_total"].mean and r.stats["accuracy"].mean is not None]
+    if not pts:
+        return None
+    xs = [r.stats["params_total"].mean for _, r in pts]
+    ys = [r.stats["accuracy"].mean for _, r in pts]
+    front = pareto_front(xs, ys)
+    fig = _new(7.2, 4.6)
+    ax = fig.add_subplot()
+    for (i, r), x, y in zip(pts, xs, ys, strict=True):
+        st = style(i, len(rows))
+        ax.errorbar(x, y, yerr=r.stats["accuracy"].std or 0.0, marker=st["marker"],
+                    color=st["color"], markeredgecolor="black", markersize=8, capsize=4,
+                    ecolor="black", linestyle="none", label=r.label)
+        ax.annotate(r.label, (x, y), textcoords="offset points", xytext=(7, 5), fontsize=8)
+    fx, fy = [xs[j] for j in front], [ys[j] for j in front]
+    ax.step(fx, fy, where="post", color="black", linestyle=":", linewidth=1.2,
+            label="Pareto front")
+    ax.plot(fx, fy, linestyle="none", marker="o", markersize=15, markerfacecolor="none",
+            markeredgecolor="black", label="on the front")
+    ax.set_xscale("log")
+    ax.set_xlabel("Total parameters (count) — log scale")
+    ax.set_ylabel("Test accuracy (mean ± std over seeds)")
+    ax.set_title("Accuracy against parameters (fewer parameters and higher accuracy win)")
+    ax.grid(which="both", linewidth=0.4, alpha=0.5)
+    ax.legend(fontsize=8, loc="best")
+    return fig, [pts[j][1].label for j in front]
+
+
+# --- ROC ------------------------------------------------------------------------------------
+def _roc_scores(pred: dict[str, Any], positive: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(truth, score) for one curve: the positive class when binary, else the micro-average
+    of one-vs-rest (every class's column, flattened)."""
+    labels, probs = pred["labels"], pred["probs"]
+    if probs.shape[1] == 2:
+        pos = 1 if positive is None else positive
+        return (labels == pos).astype(int), probs[:, pos]
+    onehot = np.eye(probs.shape[1], dtype=int)[labels]
+    return onehot.ravel(), probs.ravel()
+
+
+def roc_figure(run: RunData) -> tuple[Figure | None, str | None]:
+    """The figure, or None and the reason it was skipped."""
+    from sklearn.metrics import auc, roc_curve
+
+    positive = (run.meta.get("data") or {}).get("positive_class")
+    grid = np.linspace(0.0, 1.0, 201)
+    curves = []
+    classes: list[str] = []
+    for i, g in enumerate(run.groups):
+        tprs, aucs = [], []
+        for t in g.done:
+            pred = run.predictions.get(t["id"])
+            if pred is None or len(pred["labels"]) == 0:
+                continue
+            classes = classes or list(pred["classes"])
+            truth, score = _roc_scores(pred, positive)
+            if len(np.unique(truth)) < 2:
+                continue  # one class only in the test labels: no ROC
+            fpr, tpr, _ = roc_curve(truth, score)
+            aucs.append(float(auc(fpr, tpr)))
+            # Vertical averaging: every seed's TPR read off on one FPR grid.
+            interp = np.interp(grid, fpr, tpr)
+            interp[0] = 0.0
+            tprs.append(interp)
+        if tprs:
+            curves.append((i, g, np.mean(tprs, axis=0), summarize(aucs)))
+    if not curves:
+        return None, "ROC curves skipped: no stored test probabilities with both classes"
+    multiclass = len(classes) > 2
+    fig = _new(6.4, 5.4)
+    ax = fig.add_subplot()
+    for i, g, tpr, s in curves:
+        st = style(i, len(run.groups))
+        spread = f" ± {s.std:.3f}" if s.std is not None else ""
+        ax.plot(grid, tpr, color=st["color"], linestyle=st["linestyle"], marker=st["marker"],
+                markevery=20, markeredgecolor="black", linewidth=1.6,
+                label=f"{g.label} (AUC {s.mean:.3f}{spread}, n={s.n})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("False positive rate (1 − specificity)")
+    ax.set_ylabel("True positive rate (sensitivity)")
+    if multiclass:
+        what = "micro-average one-vs-rest"
+    else:
+        pos = 1 if positive is None else positive
+        what = f"positive class: {classes[pos] if pos < len(classes) else pos}"
+    ax.set_title(f"ROC on the test split ({what}; mean over seeds)")
+    ax.grid(linewidth=0.4, alpha=0.5)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig, None
+
+
+# --- confusion matrices ---------------------------------------------------------------------
+def confusion_figure(group: Group, run: RunData) -> Figure | None:
+    mats = [np.asarray(t["confusion"]) for t in group.done if t.get("confusion")]
+    if not mats:
+        return None
+    cm = np.sum(mats, axis=0)
+    k = cm.shape[0]
+    names = _class_names(group, run, k)
+    fig = _new(max(5.0, 0.6 * k + 3.4), max(4.2, 0.55 * k + 2.8))
+    ax = fig.add_subplot()
+    image = ax.imshow(cm, cmap="Greys", vmin=0, vmax=max(int(cm.max()), 1))
+    fig.colorbar(image, ax=ax, label="Test images (count)", shrink=0.8)
+    rows = cm.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(rows > 0, cm / rows, 0.0)
+    small = 7 if k > 5 else 9
+    for r in range(k):
+        for c in range(k):
+            dark = cm[r, c] > cm.max() / 2
+            ax.text(c, r, f"{int(cm[r, c]):,}\n({share[r, c]:.0%})", ha="center", va="center",
+                    fontsize=small, color="white" if dark else "black")
+    ax.set_xticks(range(k), names, rotation=30 if k > 3 else 0)
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("Predicted class")
+    ax.set_ylabel("True class")
+    n = len(mats)
+    fig.suptitle(f"{group.label}: test confusion matrix\n(counts summed over {n} seed"
+                 f"{'s' if n != 1 else ''}; % of the true class)")
+    return fig
+
+
+def _class_names(group: Group, run: RunData, k: int) -> list[str]:
+    for t in group.done:
+        pred = run.predictions.get(t["id"])
+        if pred is not None and len(pred["classes"]) == k:
+            return [str(c) for c in pred["classes"]]
+    classes = (run.meta.get("data") or {}).get("classes")
+    if isinstance(classes, list) and len(classes) == k:
+        return [str(c) for c in classes]
+    return [str(i) for i in range(k)]
+
+
+# --- all of them ------------------------------------------------------------------------------
+def build_figures(run: RunData, rows: Sequence[Row]) -> tuple[list[FigureSpec], list[str]]:
+    """Every figure the run allows, and a note for each one it does not."""
+    with matplotlib.rc_context(RC):  # font sizes are read when the text is created
+        return _build_figures(run, rows)
+
+
+def _build_figures(run: RunData, rows: Sequence[Row]) -> tuple[list[FigureSpec], list[str]]:
+    specs: list[FigureSpec] = []
+    notes: list[str] = []
+    names: set[str] = set()
+
+    def add(name: str, caption: str, section: str, fig: Figure) -> None:
+        stem, n = name, 2
+        while stem in names:  # two labels with the same slug
+            stem, n = f"{name}-{n}", n + 1
+        names.add(stem)
+        specs.append(FigureSpec(stem, caption, section, fig))
+
+    for key, ylabel, title in CRITERIA:
+        fig = criterion_chart(rows, key, ylabel, title)
+        if fig is None:
+            notes.append(f"{title}: no finished trial records it; chart skipped")
+        else:
+            add(f"criterion_{key}", f"{title} per model.", "criteria", fig)
+    for g in run.groups:
+        fig = history_figure(g, run.histories)
+        if fig is not None:
+            add(f"history_{slug(g.label)}",
+                f"{g.label}: accuracy and loss per epoch, train and validation.", "history", fig)
+        elif g.done:
+            notes.append(f"{g.label}: no per-epoch history recorded; history figure skipped")
+    trade = tradeoff_figure(rows)
+    if trade is not None:
+        fig, front = trade
+        add("accuracy_vs_params",
+            "Test accuracy against total parameters (log scale); Pareto front: "
+            + ", ".join(front) + ".", "tradeoff", fig)
+    fig, why = roc_figure(run)
+    if fig is not None:
+        add("roc", "ROC curves of all models on the test split.", "roc", fig)
+    elif why:
+        notes.append(why)
+    for g in run.groups:
+        fig = confusion_figure(g, run)
+        if fig is not None:
+            add(f"confusion_{slug(g.label)}",
+                f"{g.label}: confusion matrix on the test split, summed over seeds.",
+                "confusion", fig)
+    return specs, notes
+
+
+def render(fig: Figure, fmt: str) -> bytes:
+    """The figure's bytes in ``fmt`` ("png" or "svg"), reproducibly."""
+    buf = io.BytesIO()
+    with matplotlib.rc_context(RC):
+        fig.savefig(buf, format=fmt, **SAVE_OPTIONS[fmt])
+    return buf.getvalue()

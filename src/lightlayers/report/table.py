@@ -1,0 +1,184 @@
+"""The comparison table: one row per model, metrics as mean ± std over seeds.
+
+Written as ``table.csv`` (mean, std, 95% CI, n per metric: for further analysis) and
+``table.md`` (formatted, with notes on partial results), and printed with rich.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lightlayers.report.load import Group, RunData
+from lightlayers.report.stats import Summary, summarize
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str  # trial field
+    header: str
+    fmt: Callable[[float], str]
+    # Architecture-determined numbers (parameters, size, MACs) do not vary over seeds:
+    # a "± 0" would be noise in the table.
+    spread: bool = True
+
+
+def _int(v: float) -> str:
+    return f"{v:,.0f}"
+
+
+def _f4(v: float) -> str:
+    return f"{v:.4f}"
+
+
+def _f2(v: float) -> str:
+    return f"{v:.2f}"
+
+
+def _size(v: float) -> str:
+    return f"{v:.4f}" if v < 10 else f"{v:.1f}"
+
+
+# The study's columns first (DESIGN.md §1), then what we add.
+COLUMNS: tuple[Column, ...] = (
+    Column("params_total", "Total params", _int, spread=False),
+    Column("params_trainable", "Trainable params", _int, spread=False),
+    Column("size_mb", "Size (MB)", _size, spread=False),
+    Column("accuracy", "Accuracy", _f4),
+    Column("total_time_s", "Total time (s)", _f2),
+    Column("epoch_time_s", "Time per epoch (s)", _f2),
+    Column("auc", "AUC", _f4),
+    Column("sensitivity", "Sensitivity", _f4),
+    Column("specificity", "Specificity", _f4),
+    Column("f1", "F1", _f4),
+    Column("macs", "MACs", _int, spread=False),
+    Column("infer_img_s", "Inference (img/s)", _int),
+)
+HEADERS: tuple[str, ...] = ("Model", *(c.header for c in COLUMNS), "Seeds", "Collapsed runs")
+MISSING = "—"
+
+
+@dataclass(frozen=True)
+class Row:
+    group: Group
+    stats: dict[str, Summary]
+    collapsed: int
+
+    @property
+    def label(self) -> str:
+        return self.group.label
+
+    def cells(self, marker: str = "*") -> list[str]:
+        """Formatted cells in :data:`HEADERS` order; an incomplete model's name gets ``marker``."""
+        name = self.label + (marker if self.group.incomplete else "")
+        cells = [name]
+        for c in COLUMNS:
+            cells.append(format_cell(self.stats[c.key], c))
+        cells += [str(len(self.group.done)), str(self.collapsed)]
+        return cells
+
+
+def format_cell(s: Summary, col: Column) -> str:
+    if s.mean is None:
+        return MISSING
+    text = col.fmt(s.mean)
+    if s.std is not None and (col.spread or s.std > 0):
+        text += f" ± {col.fmt(s.std)}"
+    return text
+
+
+def build_rows(run: RunData) -> list[Row]:
+    return [
+        Row(g, {c.key: summarize(t[c.key] for t in g.done) for c in COLUMNS},
+            sum(1 for t in g.done if t.get("collapsed")))
+        for g in run.groups
+    ]
+
+
+def partial_notes(run: RunData) -> list[str]:
+    """Plain sentences on what is missing: incomplete models, failed and unfinished trials."""
+    notes = []
+    for g in run.groups:
+        if not g.incomplete:
+            continue
+        missing = ", ".join(str(s) for s in g.missing_seeds) or "none planned"
+        notes.append(f"{g.label}: {len(g.done)} of {run.max_seeds} seeds finished "
+                     f"(missing seeds: {missing})")
+    if run.failed:
+        notes.append(f"{len(run.failed)} trial(s) failed; see the list of failures")
+    if run.unfinished:
+        notes.append(f"{len(run.unfinished)} trial(s) not finished yet (pending or running): "
+                     + ", ".join(f"{t['model']} seed {t['seed']}" for t in run.unfinished))
+    return notes
+
+
+# --- files --------------------------------------------------------------------------------
+CSV_STATS = ("mean", "std", "ci95_low", "ci95_high", "n")
+
+
+def table_csv(rows: list[Row]) -> str:
+    header = ["model", "protocol", "seeds", "n_seeds", "incomplete", "collapsed_runs"]
+    for c in COLUMNS:
+        header += [f"{c.key}_{s}" for s in CSV_STATS]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for r in rows:
+        g = r.group
+        line: list[Any] = [g.model, g.protocol, " ".join(str(s) for s in g.seeds),
+                           len(g.done), int(g.incomplete), r.collapsed]
+        for c in COLUMNS:
+            s = r.stats[c.key]
+            line += [_num(s.mean), _num(s.std), _num(s.ci_low), _num(s.ci_high), s.n]
+        w.writerow(line)
+    return buf.getvalue()
+
+
+def _num(v: float | None) -> str:
+    # repr of a float round-trips exactly: the CSV holds the numbers, not a rounding of them.
+    return "" if v is None else repr(float(v))
+
+
+def table_markdown(rows: list[Row], notes: list[str]) -> str:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    out = [line(list(HEADERS)),
+           "| " + " | ".join(["---"] + ["---:"] * (len(HEADERS) - 1)) + " |"]
+    out += [line(r.cells()) for r in rows]
+    out.append("")
+    out.append("Metrics are mean ± sample standard deviation over seeds (95% CI in table.csv). "
+               "Accuracy etc. on the test split; times are wall clock.")
+    if any(r.group.incomplete for r in rows):
+        out.append("")
+        out.append("\\* fewer finished seeds than planned or than the other models.")
+    if notes:
+        out.append("")
+        out += [f"- {n}" for n in notes]
+    return "\n".join(out) + "\n"
+
+
+def print_table(rows: list[Row], notes: list[str], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    cells = [r.cells() for r in rows]
+    console = Console()
+    if not console.is_terminal:
+        # rich assumes 80 columns when piped, which folds a 15-column table beyond reading:
+        # give it the width it needs (cell, padding and border per column).
+        widest = [max(len(c) for c in col) for col in zip(HEADERS, *cells, strict=True)]
+        console = Console(width=max(80, sum(widest) + 3 * len(widest) + 1))
+    table = Table(title=Text(title), title_justify="left")
+    for i, h in enumerate(HEADERS):
+        table.add_column(h, justify="left" if i == 0 else "right", no_wrap=i == 0)
+    for row in cells:
+        # Text, not markup: a label such as "model [improved]" is not a style tag.
+        table.add_row(*(Text(c) for c in row))
+    console.print(table)
+    for n in notes:
+        console.print(f"  {n}", markup=False, highlight=False)

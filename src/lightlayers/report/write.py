@@ -1,0 +1,113 @@
+"""``write_report``: read a run folder's store, write the table, figures and HTML page."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightlayers.report.load import ReportError, load_run
+from lightlayers.report.table import (
+    Row,
+    build_rows,
+    partial_notes,
+    print_table,
+    table_csv,
+    table_markdown,
+)
+
+FORMATS = ("html", "md", "csv", "png", "svg")
+FIGURE_FORMATS = ("png", "svg")
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What :func:`write_report` wrote and what it found."""
+
+    out_dir: Path  # RUN_DIR/report
+    files: tuple[Path, ...]  # every file written, sorted
+    html: Path | None
+    rows: tuple[Row, ...]  # one per model (and protocol)
+    notes: tuple[str, ...]  # partial results, skipped figures
+    failed: tuple[dict[str, Any], ...]  # failed trials, as the store returns them
+
+
+def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
+    items = formats.split(",") if isinstance(formats, str) else list(formats)
+    chosen = [f.strip().lower() for f in items if f.strip()]
+    unknown = sorted(set(chosen) - set(FORMATS))
+    if unknown or not chosen:
+        raise ReportError(f"unknown report format(s) {unknown or chosen}; "
+                          f"choose from {', '.join(FORMATS)}")
+    return tuple(f for f in FORMATS if f in chosen)
+
+
+def write_report(
+    run_dir: str | Path,
+    formats: str | Sequence[str] = FORMATS,
+    console: bool = True,
+) -> ReportResult:
+    """Write ``RUN_DIR/report/``: ``table.csv``, ``table.md``, ``figures/*.png|svg`` and
+    ``report.html`` (those of ``formats``), and print the table when ``console``.
+
+    Safe on a partial run: failed and unfinished trials are listed, models with fewer seeds
+    marked. Raises :class:`ReportError` when the folder holds no results. Re-running on an
+    unchanged folder writes byte-identical files.
+
+    Example:
+        >>> result = write_report("runs/study", formats=("html", "csv"))
+        >>> result.html
+        PosixPath('runs/study/report/report.html')
+    """
+    fmts = parse_formats(formats)
+    run = load_run(run_dir)
+    rows = build_rows(run)
+    notes = partial_notes(run)
+    out = run.run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def put(path: Path, data: bytes | str) -> None:
+        path.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        written.append(path)
+
+    if "csv" in fmts:
+        put(out / "table.csv", table_csv(rows))
+    figure_notes: list[str] = []
+    html_path = None
+    if {"png", "svg", "html"} & set(fmts):
+        from lightlayers.report import figures as F
+
+        specs, figure_notes = F.build_figures(run, rows)
+        fig_dir = out / "figures"
+        fig_dir.mkdir(exist_ok=True)
+        png: dict[str, bytes] = {}
+        for spec in specs:
+            for fmt in FIGURE_FORMATS:
+                if fmt in fmts or (fmt == "png" and "html" in fmts):
+                    data = F.render(spec.figure, fmt)
+                    if fmt == "png":
+                        png[spec.name] = data
+                    if fmt in fmts:
+                        put(fig_dir / f"{spec.name}.{fmt}", data)
+        # Figures of an earlier report that this one no longer draws (e.g. renamed models)
+        # would otherwise sit next to the current ones looking current.
+        for fmt in FIGURE_FORMATS:
+            if fmt in fmts:
+                current = {f"{s.name}.{fmt}" for s in specs}
+                for old in fig_dir.glob(f"*.{fmt}"):
+                    if old.name not in current:
+                        old.unlink()
+        if "html" in fmts:
+            from lightlayers.report.html import page
+
+            html_path = out / "report.html"
+            put(html_path, page(run, rows, notes + figure_notes, specs, png, "svg" in fmts))
+    all_notes = notes + figure_notes
+    if "md" in fmts:
+        put(out / "table.md", table_markdown(rows, all_notes))
+    if console:
+        print_table(rows, all_notes, f"{run.run_dir}: {len(rows)} model(s)")
+    return ReportResult(out, tuple(sorted(written)), html_path, tuple(rows), tuple(all_notes),
+                        tuple(run.failed))
