@@ -107,8 +107,9 @@ def partial_notes(run: RunData) -> list[str]:
         missing = ", ".join(str(s) for s in g.missing_seeds) or "none planned"
         notes.append(f"{g.label}: {len(g.done)} of {run.max_seeds} seeds finished "
                      f"(missing seeds: {missing})")
-    if run.failed:
-        notes.append(f"{len(run.failed)} trial(s) failed; see the list of failures")
+    for t in run.failed:
+        error = (t.get("error") or "no error recorded").strip().splitlines() or [""]
+        notes.append(f"failed: {t['model']} seed {t['seed']} ({t['protocol']}): {error[-1]}")
     if run.unfinished:
         notes.append(f"{len(run.unfinished)} trial(s) not finished yet (pending or running): "
                      + ", ".join(f"{t['model']} seed {t['seed']}" for t in run.unfinished))
