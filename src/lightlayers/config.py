@@ -30,6 +30,7 @@ class Protocol:
     optimizer: Literal["adam", "adamw"] = "adam"
     adam_eps: float = 1e-7  # Keras' default, used by the study
     weight_decay: float = 0.0
+    backbone_lr_scale: float = 0.1  # fine-tuned backbone stages learn at lr x this
     light_l2: bool = True  # the reference's L2 penalty on LightConv2d kernels
     schedule: Literal["constant", "cosine"] = "constant"
     warmup_epochs: int = 0
@@ -85,6 +86,14 @@ class StudyConfig:
     sizes: dict[str, int] = field(default_factory=dict)
     out: str = "runs/study"
     report: bool = True
+    # Where trials run: "local" (one after another in this process) or "ray" (one Ray task
+    # each; see docs/ray.md). None of these change a trial's numbers, so a run folder can be
+    # resumed with another executor.
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = None  # None starts a local Ray instance; "auto" or HOST:PORT joins
+    gpus_per_trial: float = 0.0  # fractions (0.25) let several small models share one GPU
+    cpus_per_trial: int = 1  # also the torch thread count of a Ray trial unless `threads` is set
+    max_retries: int = 2  # resubmissions of a trial whose Ray worker or node died
 
     def resolved_protocol(self) -> Protocol:
         base = IMPROVED if self.protocol == "improved" else Protocol()
@@ -180,6 +189,7 @@ def _check(proto: Protocol, where: str) -> None:
         (0 <= proto.dropout < 1, "dropout must be in [0, 1)"),
         (proto.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
         (proto.weight_decay >= 0, "weight_decay must be >= 0"),
+        (proto.backbone_lr_scale > 0, "backbone_lr_scale must be > 0"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -203,6 +213,7 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         raise ConfigError(f"val_fraction: must be in (0, 1), got {cfg.val_fraction}")
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"threads: must be >= 1, got {cfg.threads}")
+    _check_executor(cfg)
     from lightlayers.models import model_info
 
     for name in cfg.models:
@@ -222,6 +233,36 @@ def validate(cfg: StudyConfig) -> StudyConfig:
             raise ConfigError(f"sizes.{name}: expected an int >= 8 pixels, got {px!r}")
     cfg.resolved_protocol()
     return cfg
+
+
+def _check_executor(cfg: StudyConfig) -> None:
+    if cfg.gpus_per_trial < 0 or (cfg.gpus_per_trial > 1 and not cfg.gpus_per_trial.is_integer()):
+        # Ray's own rule: a fraction of one GPU, or whole GPUs.
+        raise ConfigError("gpus_per_trial: must be a fraction in [0, 1] or a whole number of "
+                          f"GPUs, got {cfg.gpus_per_trial}")
+    if cfg.cpus_per_trial < 1:
+        raise ConfigError(f"cpus_per_trial: must be >= 1, got {cfg.cpus_per_trial}")
+    if cfg.max_retries < 0:
+        raise ConfigError(f"max_retries: must be >= 0, got {cfg.max_retries}")
+    if cfg.executor == "local":
+        if cfg.ray_address is not None:
+            raise ConfigError("ray_address: only used with executor ray (--executor ray)")
+        return
+    if cfg.ray_address is not None and not cfg.ray_address.strip():
+        raise ConfigError("ray_address: give 'auto', HOST:PORT or ray://HOST:PORT, or leave it "
+                          "out to start a local Ray instance")
+    # Ray hides the GPUs from a task that asks for none, so these could never work.
+    if cfg.device == "cuda" and cfg.gpus_per_trial == 0:
+        raise ConfigError("device cuda with executor ray needs gpus_per_trial > 0, e.g. "
+                          "--gpus-per-trial 0.25")
+    if cfg.device == "cpu" and cfg.gpus_per_trial > 0:
+        raise ConfigError(f"gpus_per_trial {cfg.gpus_per_trial} with device cpu: the GPUs would "
+                          "be reserved and never used; use --device auto or cuda")
+
+
+def config_from_dict(values: dict[str, Any]) -> StudyConfig:
+    """Rebuild and validate a config from :meth:`StudyConfig.to_dict` (how Ray workers get it)."""
+    return validate(_build(StudyConfig, dict(values), "config"))
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> StudyConfig:

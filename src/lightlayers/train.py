@@ -171,15 +171,15 @@ def fit(
     from sklearn.metrics import roc_auc_score
 
     amp = amp_in_use(device, protocol)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    if not any(p.requires_grad for p in model.parameters()):
         raise TrialError("the model has no trainable parameters")
-    if protocol.optimizer == "adamw":
-        opt: torch.optim.Optimizer = torch.optim.AdamW(
-            params, lr=protocol.lr, eps=protocol.adam_eps, weight_decay=protocol.weight_decay)
+    if hasattr(model, "param_groups"):  # fine-tuned backbones learn at a lower rate
+        params: Any = model.param_groups(protocol.lr, protocol.backbone_lr_scale)
     else:
-        opt = torch.optim.Adam(params, lr=protocol.lr, eps=protocol.adam_eps,
-                               weight_decay=protocol.weight_decay)
+        params = [p for p in model.parameters() if p.requires_grad]
+    optim_cls = torch.optim.AdamW if protocol.optimizer == "adamw" else torch.optim.Adam
+    opt = optim_cls(params, lr=protocol.lr, eps=protocol.adam_eps,
+                    weight_decay=protocol.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(protocol, len(train)))
     weight = class_weights(train_labels, num_classes).to(device) if protocol.class_weighting \
         else None

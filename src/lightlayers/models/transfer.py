@@ -45,14 +45,16 @@ class WeightsError(RuntimeError):
 
 
 class TransferModel(nn.Module):
-    """A headless backbone (frozen by default) followed by ``Linear(features, num_classes)``.
+    """A headless backbone followed by ``Linear(features, num_classes)``.
 
-    While frozen, the backbone stays in eval mode even when the model is put in train mode, so
-    its BatchNorm statistics are never updated: the backbone is a fixed feature extractor.
+    ``finetune``: ``"none"`` (default) freezes the whole backbone; ``"last-N"`` trains its last
+    N stages; ``"all"`` trains everything. Frozen stages stay in eval mode even when the model
+    is put in train mode, so their BatchNorm statistics never move; trained stages update theirs
+    as usual. A fully frozen backbone is a fixed function, so its features can be cached.
     """
 
     def __init__(self, backbone: nn.Module, features: int, num_classes: int,
-                 weights: str, frozen: bool = True) -> None:
+                 weights: str, finetune: str = "none") -> None:
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(features, num_classes)
@@ -60,22 +62,60 @@ class TransferModel(nn.Module):
         nn.init.zeros_(self.head.bias)
         self.drop = nn.Dropout(0.0)  # set by a training protocol
         self.weights = weights
-        self.frozen = frozen
-        if frozen:
-            self.backbone.requires_grad_(False)
-            self.backbone.eval()
+        self.finetune = finetune
+        stages = backbone_stages(backbone)
+        if finetune == "none":
+            trained: list[nn.Module] = []
+        elif finetune == "all":
+            trained = stages
+        else:
+            n = _parse_last_n(finetune, len(stages))
+            trained = stages[len(stages) - n:]
+        self._frozen_stages = [m for m in stages if not any(m is t for t in trained)]
+        for m in self._frozen_stages:
+            m.requires_grad_(False)
+        self.frozen = not trained
+        self.train(self.training)
 
     def train(self, mode: bool = True) -> TransferModel:
         super().train(mode)
-        if self.frozen:
-            self.backbone.eval()
+        for m in self._frozen_stages:
+            m.eval()
         return self
+
+    def param_groups(self, lr: float, backbone_lr_scale: float) -> list[dict]:
+        """The head at ``lr``; trained backbone stages at ``lr * backbone_lr_scale``."""
+        groups = [{"params": list(self.head.parameters()), "lr": lr}]
+        trained = [p for p in self.backbone.parameters() if p.requires_grad]
+        if trained:
+            groups.append({"params": trained, "lr": lr * backbone_lr_scale})
+        return groups
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.drop(self.forward_features(x)))
+
+
+def backbone_stages(backbone: nn.Module) -> list[nn.Module]:
+    """The backbone's stages in forward order: the blocks of ``features`` (MobileNet,
+    EfficientNet, DenseNet) or its top-level children (ResNet, Inception), parameter-free
+    ones (pooling, dropout) left out."""
+    root = backbone.features if isinstance(getattr(backbone, "features", None),
+                                           nn.Sequential) else backbone
+    return [m for m in root.children() if any(True for _ in m.parameters())]
+
+
+def _parse_last_n(finetune: str, n_stages: int) -> int:
+    prefix = "last-"
+    if finetune.startswith(prefix) and finetune[len(prefix):].isdigit():
+        n = int(finetune[len(prefix):])
+        if 1 <= n <= n_stages:
+            return n
+        raise ValueError(f"finetune={finetune!r}: this backbone has {n_stages} stages; "
+                         f"use last-1 .. last-{n_stages} or 'all'")
+    raise ValueError(f"finetune must be 'none', 'all' or 'last-N', got {finetune!r}")
 
 
 def _hub_file(url: str) -> Path:
@@ -154,19 +194,24 @@ def build_backbone(name: str, weights: str | os.PathLike | None) -> tuple[nn.Mod
         w = _torchvision_weights(spec.builder, weights)
         cache = _hub_file(w.url)
         kwargs.pop("init_weights", None)
+        cached = cache.is_file()
         try:
             model = builder(weights=w, progress=False, **kwargs)
-        except (urllib.error.URLError, OSError, ConnectionError) as e:
+        except Exception as e:
+            if cached:  # present but unusable: say which file and what to do
+                raise WeightsError(
+                    f"cannot use the cached {w} weights at {cache} ({type(e).__name__}: {e}); "
+                    "delete the file to download it again, or pass --weights PATH"
+                ) from e
+            if not isinstance(e, urllib.error.URLError | OSError | ConnectionError | RuntimeError):
+                raise
+            # torch hub checks the download against the hash in the file name and keeps
+            # nothing that fails it, so a failed download leaves no file behind.
             raise WeightsError(
                 f"could not download the {w} weights for {name} ({e}). Offline? Place the file "
-                f"{os.path.basename(w.url)} at {cache} (torch hub cache, set by TORCH_HOME), "
-                "or pass a local state dict with --weights PATH (or `weights: PATH` in the YAML)"
-            ) from e
-        except RuntimeError as e:
-            if "hash" not in str(e):
-                raise
-            raise WeightsError(
-                f"{cache} is corrupt ({e}); delete it and download again, or pass --weights PATH"
+                f"{os.path.basename(w.url)} (from {w.url}) at {cache} (the torch hub cache, "
+                "moved by TORCH_HOME), or pass a local state dict with --weights PATH "
+                "(or `weights: PATH` under model_options in the YAML)"
             ) from e
         label = str(w)
     else:
@@ -176,6 +221,7 @@ def build_backbone(name: str, weights: str | os.PathLike | None) -> tuple[nn.Mod
             # torchvision's ImageNet InceptionV3 expects its inputs re-normalised to [-1, 1].
             kwargs["transform_input"] = True
         model = builder(weights=None, **kwargs)
+        setattr(model, spec.head_attr, nn.Identity())  # the file's ImageNet head is not used
         load_backbone_state(model, state, str(path), spec.head_attr)
         label = str(path)
     setattr(model, spec.head_attr, nn.Identity())
@@ -184,14 +230,14 @@ def build_backbone(name: str, weights: str | os.PathLike | None) -> tuple[nn.Mod
 
 def _make_builder(backbone: str):
     def build(num_classes: int, in_chans: int, weights: str | None = "DEFAULT",
-              frozen: bool = True) -> TransferModel:
+              finetune: str = "none") -> TransferModel:
         if in_chans != 3:
             raise ValueError(
                 f"transfer-{backbone} takes 3-channel input (grey images are replicated to 3 "
                 f"channels by the data pipeline), got in_chans={in_chans}"
             )
         model, label = build_backbone(backbone, weights)
-        return TransferModel(model, BACKBONES[backbone].features, num_classes, label, frozen)
+        return TransferModel(model, BACKBONES[backbone].features, num_classes, label, finetune)
 
     return build
 
