@@ -278,3 +278,17 @@ def test_cli_formats(run, capsys):
     assert cli(["report", str(run_dir), "--format", "html,pdf"]) == 2
     assert "unknown report format(s) ['pdf']" in capsys.readouterr().err
     assert FORMATS == ("html", "md", "csv", "png", "svg")
+
+
+def test_several_protocols_get_one_row_each(tmp_path, capsys):
+    run_dir = build_store(tmp_path / "run", seeds=(0,), epochs=2, protocols=("seed", "improved"))
+    result = write_report(run_dir, formats=("csv", "md"))
+    labels = [r.label for r in result.rows]
+    assert labels == ["linear-8x8 [seed]", "linear-4x4 [seed]", "linear-8x8 [improved]",
+                      "linear-4x4 [improved]"]
+    rows = _csv_rows(run_dir / "report" / "table.csv")
+    assert [(r["model"], r["protocol"]) for r in rows] == [
+        ("linear-8x8", "seed"), ("linear-4x4", "seed"), ("linear-8x8", "improved"),
+        ("linear-4x4", "improved")]
+    # rich prints the labels as text: "[improved]" is not taken for a style tag.
+    assert "linear-4x4 [improved]" in capsys.readouterr().out
