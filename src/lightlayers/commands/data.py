@@ -139,6 +139,6 @@ def _print_summary(s: dict[str, Any]) -> None:
         console.print("patient grouping: none")
     if s["positive_class"] is not None:
         console.print(f"positive class: {s['classes'][s['positive_class']]}")
-    console.print(f"cache: {s['cache']}", soft_wrap=True)
+    console.print(f"cache: {s['cache']}", soft_wrap=True, highlight=False)
     for note in s["notes"]:
-        console.print(f"note: {note}", soft_wrap=True, markup=False)
+        console.print(f"note: {note}", soft_wrap=True, markup=False, highlight=False)
