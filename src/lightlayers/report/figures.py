@@ -26,7 +26,7 @@ from matplotlib.ticker import MaxNLocator
 
 from lightlayers.report.load import Group, RunData
 from lightlayers.report.stats import pareto_front, summarize
-from lightlayers.report.table import Row
+from lightlayers.report.table import COLUMNS, Row
 
 HATCHES = ("", "//", "\\\\", "xx", "..", "++", "oo", "--", "**", "||")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
@@ -85,8 +85,6 @@ def _new(width: float, height: float) -> Figure:
 
 # --- one bar chart per criterion ------------------------------------------------------------
 def criterion_chart(rows: Sequence[Row], key: str, ylabel: str, title: str) -> Figure | None:
-    from lightlayers.report.table import COLUMNS
-
     col = next(c for c in COLUMNS if c.key == key)
     styled = [(i, r) for i, r in enumerate(rows) if r.stats[key].mean is not None]
     if not styled:
@@ -189,6 +187,7 @@ def history_figure(group: Group, histories: dict[int, list[dict[str, Any]]]) -> 
 
 # --- accuracy against parameters ---------------------------------------------------------------
 def tradeoff_figure(rows: Sequence[Row]) -> tuple[Figure, list[str]] | None:
+    # A log axis has no place for zero parameters (a model that was never counted).
     pts = [(i, r) for i, r in enumerate(rows)
            if r.stats["params_total"].mean and r.stats["accuracy"].mean is not None]
     if not pts:

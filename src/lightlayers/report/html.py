@@ -141,10 +141,9 @@ def data_html(data: dict[str, Any]) -> str:
     ])]
     splits = data.get("splits")
     if isinstance(splits, dict) and splits:
-        names = sorted({c for counts in splits.values() if isinstance(counts, dict)
-                        for c in counts}, key=lambda c: (c not in classes,
-                                                         classes.index(c) if c in classes else 0,
-                                                         c))
+        seen = {c for counts in splits.values() if isinstance(counts, dict) for c in counts}
+        # The dataset's class order first, then any other name the counts use.
+        names = [c for c in classes if c in seen] + sorted(seen - set(classes))
         head = "".join(f"<th>{_e(c)}</th>" for c in ["Split", *names, "Total"])
         body = []
         for split in ("train", "val", "test", *sorted(set(splits) - {"train", "val", "test"})):
