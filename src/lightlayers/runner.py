@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,14 +39,19 @@ from lightlayers.train import (
     synchronize,
 )
 
+if TYPE_CHECKING:
+    from lightlayers.executors.ray import RayExecutor
+
 CSV_COLUMNS = [
     "model", "seed", "protocol", "status", "params_total", "params_trainable", "size_mb", "macs",
     "accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1", "auc",
     "collapsed", "threshold", "test_loss", "total_time_s", "epoch_time_s", "first_epoch_s",
     "feature_time_s", "infer_img_s", "latency_ms", "best_epoch", "epochs_run", "attempts", "error",
 ]
-# Settings that change a trial's numbers: a run folder holds one value of each.
-_SETTINGS_EXCLUDED = ("models", "seeds", "out", "report", "device", "threads")
+# Settings that change a trial's numbers: a run folder holds one value of each. Where trials
+# run is not one of them, so a study can be resumed with another executor.
+_SETTINGS_EXCLUDED = ("models", "seeds", "out", "report", "device", "threads", "executor",
+                      "ray_address", "gpus_per_trial", "cpus_per_trial", "max_retries")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -285,12 +290,15 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
 
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
+    # With Ray the trials run on the workers' devices: a head node without a GPU must not
+    # refuse --device cuda, so the driver only describes its own.
+    device = resolve_device(cfg.device if cfg.executor == "local" else "auto")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     protocol = cfg.resolved_protocol()
+    executor = _make_executor(cfg, protocol, device, out)
     lock = _lock_run_folder(out)
     reporter = ProgressReporter(len(cfg.models) * len(cfg.seeds), enabled=progress)
     store = ResultsStore(out / "results.db")
@@ -341,7 +349,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
             reporter.log(f"{skipped} trial(s) already done in {out}: skipped")
         reporter.total = len(todo)
         tasks = [Task(spec, ds, dk) for spec, ds, dk in todo]
-        executor = LocalExecutor(cfg, protocol, device, out, reporter)
+        executor.reporter = reporter
         try:
             for task, res, error in executor.run(tasks, start=lambda t: store.mark_running(t.key)):
                 spec = task.spec
@@ -364,6 +372,17 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
         reporter.close()
         store.close()
         lock.close()
+
+
+def _make_executor(cfg: StudyConfig, protocol: Protocol, device: torch.device,
+                   out: Path) -> LocalExecutor | RayExecutor:
+    """The executor ``cfg.executor`` names; built before any data is loaded, so that a missing
+    optional dependency (Ray) is reported at once."""
+    if cfg.executor == "ray":
+        from lightlayers.executors.ray import RayExecutor
+
+        return RayExecutor(cfg, protocol, out)
+    return LocalExecutor(cfg, protocol, device, out, None)
 
 
 def _lock_run_folder(out: Path) -> Any:

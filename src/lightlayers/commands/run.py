@@ -30,6 +30,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="transfer backbones: DEFAULT, a torchvision weights name, "
                                      "'none', or a local .pth/.safetensors state dict")
     p.add_argument("--out", help="run folder (default runs/study)")
+    ray = p.add_argument_group("executor", "where trials run (see docs/ray.md)")
+    ray.add_argument("--executor", choices=("local", "ray"),
+                     help="local: one after another here (default); ray: one Ray task each "
+                          "(pip install 'lightlayers[ray]')")
+    ray.add_argument("--ray-address", help="join this Ray cluster ('auto' or HOST:PORT); "
+                                           "default: start a local Ray instance")
+    ray.add_argument("--gpus-per-trial", type=float,
+                     help="GPUs per Ray trial; fractions (0.25) share one GPU (default 0)")
+    ray.add_argument("--cpus-per-trial", type=int,
+                     help="CPUs per Ray trial, also its torch threads unless --threads (default 1)")
+    ray.add_argument("--max-retries", type=int,
+                     help="resubmissions of a trial whose Ray worker died (default 2)")
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -47,6 +59,9 @@ def main(args: argparse.Namespace) -> int:
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, size=args.size,
             in_chans=args.in_chans, protocol=args.protocol, device=args.device,
             threads=args.threads, weights=args.weights, out=args.out,
+            executor=args.executor, ray_address=args.ray_address,
+            gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+            max_retries=args.max_retries,
             report=False if args.no_report else None,
         )
         outcome = run_study(cfg, progress=not args.quiet)
