@@ -109,9 +109,13 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="ImageFolder DataLoader workers")
     p.add_argument("--epochs", type=int, default=5, help="timed epochs of our loader (median)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for our loader")
     p.add_argument("--json", type=Path, default=None, metavar="PATH")
     args = p.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    # One intra-op thread by default: the conversion is memory-bound, and on a shared machine a
+    # second thread that is descheduled stalls every small parallel op (seen here: 64 px epochs
+    # of 7 ms quiet vs 2.4 s with another process busy). ImageFolder keeps its 2 workers.
+    torch.set_num_threads(args.threads)
 
     load_before = os.getloadavg()[0]
     rows: dict[str, Any] = {}
@@ -138,6 +142,8 @@ def main() -> None:
         "load_average_before_after": [load_before, os.getloadavg()[0]],
         "source": str(CHEST_TAR.resolve()),
         "batch": args.batch,
+        "torch_threads": args.threads,
+        "imagefolder_workers": args.workers,
         "sizes": rows,
         "decode_64px": pools,
     }
