@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightlayers.layers._light_fast import light_conv2d_fast
 from lightlayers.layers._utils import BiasInit, init_bias, pair, same_padding
 
 __all__ = ["LightConv2d"]
+
+Impl = Literal["auto", "reference", "fast"]
+IMPLS: tuple[str, ...] = ("auto", "reference", "fast")
 
 
 class LightConv2d(nn.Module):
@@ -32,6 +37,13 @@ class LightConv2d(nn.Module):
         bias_init: ``"zeros"`` (default) or ``"glorot"``, the reference's accidental
             U(-sqrt(3/n), sqrt(3/n)).
         l2: coefficient of the reference's L2 penalty on ``W1`` and ``W2``; see :meth:`penalty`.
+        impl: how the forward is computed, always with the same math. ``"reference"``: the two
+            convolutions as written. ``"fast"``: the rewrites of
+            :func:`~lightlayers.layers._light_fast.light_conv2d_fast` (they apply to
+            channels-last inputs: 1x1 layers as matmuls, k = 1 padded to 4 channels).
+            ``"auto"`` (default): ``"fast"`` on the CPU in eager mode, where it was measured
+            faster; ``"reference"`` on other devices, under ``torch.compile`` (measured faster
+            there) and while tracing or exporting, so exported graphs hold the plain formula.
 
     Example:
         >>> layer = LightConv2d(3, 8, 3, k=2)
@@ -50,6 +62,7 @@ class LightConv2d(nn.Module):
         bias: bool = True,
         bias_init: BiasInit = "zeros",
         l2: float = 1e-4,
+        impl: Impl = "auto",
     ) -> None:
         super().__init__()
         if not isinstance(k, int) or k < 1:
@@ -59,6 +72,9 @@ class LightConv2d(nn.Module):
                 raise ValueError(f"LightConv2d: {name} must be an integer >= 1, got {value!r}")
         if l2 < 0:
             raise ValueError(f"LightConv2d: l2 must be >= 0, got {l2!r}")
+        if impl not in IMPLS:
+            raise ValueError(f"LightConv2d: impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+        self.impl = impl
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = pair(kernel_size, "kernel_size")
@@ -91,8 +107,17 @@ class LightConv2d(nn.Module):
                 f"LightConv2d expects input of shape (N, {self.in_channels}, H, W), "
                 f"got {tuple(x.shape)}"
             )
+        if self._use_fast(x):
+            return light_conv2d_fast(x, self.weight1, self.bias1, self.weight2, self.bias2,
+                                     self.stride, self.padding)
         h = F.relu(F.conv2d(x, self.weight1, self.bias1, self.stride, self.padding))
         return F.conv2d(h, self.weight2, self.bias2, 1, self.padding)
+
+    def _use_fast(self, x: torch.Tensor) -> bool:
+        if self.impl != "auto":
+            return self.impl == "fast"
+        return (x.device.type == "cpu" and not torch.jit.is_tracing()
+                and not torch.compiler.is_compiling() and not torch.compiler.is_exporting())
 
     def penalty(self) -> torch.Tensor:
         """The reference's L2 term ``l2 * (sum W1^2 + sum W2^2)``, to add to the loss."""
@@ -113,4 +138,6 @@ class LightConv2d(nn.Module):
             s += f", bias_init={self.bias_init!r}"
         if not math.isclose(self.l2, 1e-4):
             s += f", l2={self.l2}"
+        if self.impl != "auto":
+            s += f", impl={self.impl!r}"
         return s
