@@ -70,11 +70,15 @@ def main(args: argparse.Namespace) -> int:
     c = outcome.counts
     print(f"{outcome.out_dir}: {c['done']} done, {c['failed']} failed "
           f"({outcome.ran} run now, {outcome.skipped} already done)", file=sys.stderr)
-    if cfg.report:
+    if cfg.report and c["done"]:
+        from lightlayers.report import ReportError, write_report
+
         try:
-            from lightlayers.report import write_report
-        except ImportError:  # the report module is optional while it is being built
-            write_report = None
-        if write_report is not None:
-            write_report(outcome.out_dir)
+            result = write_report(outcome.out_dir, console=not args.quiet)
+        except ReportError as e:
+            # The trials are recorded already; a report problem must not hide that.
+            print(f"lightlayers run: the report could not be written: {e}; the results are in "
+                  f"{outcome.out_dir / 'results.db'}", file=sys.stderr)
+        else:
+            print(f"report: {result.html}", file=sys.stderr)
     return 1 if c["failed"] else 0

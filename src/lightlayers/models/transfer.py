@@ -79,6 +79,8 @@ class TransferModel(nn.Module):
 
     def train(self, mode: bool = True) -> TransferModel:
         super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
         for m in self._frozen_stages:
             m.eval()
         return self
