@@ -20,6 +20,8 @@ from lightlayers.runner import CSV_COLUMNS, run_study
 from lightlayers.store import ResultsStore
 
 BASE = ["run", "--data", str(PNEUMONIA_NPZ), "--size", "28", "--quiet", "--no-report"]
+# Mechanics (determinism, failures, crashes) on scikit-learn's digits: seconds, not minutes.
+DIGITS = ["run", "--data", "digits", "--size", "32", "--quiet", "--no-report"]
 ISSUE_COLUMNS = ("model,seed,status,params_total,params_trainable,size_mb,macs,accuracy,"
                  "balanced_accuracy,sensitivity,specificity,f1,auc,collapsed,total_time_s,"
                  "epoch_time_s,first_epoch_s,infer_img_s,latency_ms").split(",")
@@ -102,7 +104,7 @@ def test_same_command_gives_same_metrics(tmp_path):
     results = []
     for name in ("a", "b"):
         out = tmp_path / name
-        assert cli([*BASE, "--models", "study-light-k1", "--seeds", "3", "--epochs", "1",
+        assert cli([*DIGITS, "--models", "study-light-k1", "--seeds", "3", "--epochs", "2",
                     "--out", str(out)]) == 0
         store = ResultsStore(out / "results.db")
         (t,) = store.trials()
@@ -116,8 +118,8 @@ def test_same_command_gives_same_metrics(tmp_path):
 def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path):
     out = tmp_path / "fail"
     # No pretrained weights in the (empty) torch hub and no network: that trial must fail.
-    rc = cli([*BASE, "--models", "transfer-resnet18,study-light-k1", "--seeds", "0",
-              "--epochs", "1", "--size", "32", "--out", str(out)])
+    rc = cli([*DIGITS, "--models", "transfer-resnet18,study-light-k1", "--seeds", "0",
+              "--epochs", "1", "--out", str(out)])
     assert rc == 1
     by_model = {t["model"]: t for t in ResultsStore(out / "results.db").trials()}
     failed = by_model["transfer-resnet18"]
@@ -136,8 +138,8 @@ def _count(db, status):
 def test_kill_9_mid_study_then_resume(tmp_path):
     out = tmp_path / "crash"
     db = out / "results.db"
-    args = [*BASE, "--models", "study-light-k1,study-light-k2", "--seeds", "0", "--epochs", "4",
-            "--out", str(out)]
+    args = [*DIGITS, "--models", "study-light-k1,study-light-k2", "--seeds", "0", "--epochs",
+            "12", "--out", str(out)]
     proc = subprocess.Popen([sys.executable, "-m", "lightlayers.cli", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ)
     deadline = time.time() + 240
@@ -200,7 +202,7 @@ def test_second_process_on_same_folder_is_refused(tmp_path, capsys):
     out.mkdir()
     with open(out / ".lock", "a+") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        rc = cli([*BASE, "--models", "study-light-k1", "--epochs", "1", "--out", str(out)])
+        rc = cli([*DIGITS, "--models", "study-light-k1", "--epochs", "1", "--out", str(out)])
     assert rc == 2
     assert "another `lightlayers run` is using" in capsys.readouterr().err
     assert not (out / "results.db").exists()
