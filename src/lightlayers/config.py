@@ -41,6 +41,11 @@ class Protocol:
     select: Literal["val_loss", "val_auc", "val_acc", "last"] = "val_loss"
     threshold: Literal["argmax", "val_youden"] = "argmax"
     amp: bool = True  # bf16 autocast on CUDA only; never on the CPU
+    # Speed only (float rounding aside); each trial records what it ran with. "auto" picks what
+    # was measured faster on the device (docs/performance.md). compile: torch.compile the
+    # training step with this mode; memory_format: the layout of weights and batches.
+    compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = "auto"
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
 
 
 # The improved recipe; every ingredient can be switched off in the YAML's `protocol_overrides`.

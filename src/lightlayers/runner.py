@@ -235,7 +235,8 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
         "best_epoch": result.best_epoch, "epochs_run": len(result.history),
     }
     extra = {
-        "amp": result.amp, "device": str(device), "threads": torch.get_num_threads(),
+        "amp": result.amp, "speed": result.speed, "device": str(device),
+        "threads": torch.get_num_threads(),
         "image_size": ds.image_size, "in_chans": model.model_info.in_chans,
         "weights": getattr(model, "weights", None), "feature_cache_hit": feature_hit,
         "head_time_s": result.total_time_s if feature_time is not None else None,

@@ -3,12 +3,17 @@
 Knows nothing of the results store: it returns numbers, the runner records them. Loss and
 accuracy are accumulated on the device and read once per epoch, so there is no host sync per
 step; times are wall clock with the device synchronised at epoch boundaries.
+
+Speed settings (``Protocol.compile``, ``Protocol.memory_format``, bf16 autocast) change float
+rounding only; :class:`FitResult` ``speed`` says what a run used. What "auto" picks, and why,
+is measured in docs/performance.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,8 +26,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightlayers.config import Protocol
-from lightlayers.layers import light_penalty
+from lightlayers.layers import LightConv2d, LightLinear
 from lightlayers.metrics import choose_threshold
+
+# "auto" compile on the CPU: torch.compile is used when the rest of the run is long enough to
+# repay compiling. Measured on the study models at 64 px on a 2-core CPU (docs/performance.md):
+# compiled training steps took 0.67-0.72x the eager time, and compiling the forward and backward
+# graphs took 12-37 s (about 2 s when torch's on-disk compile cache already holds them).
+COMPILE_GAIN = 0.25  # fraction of eager step time saved, on the conservative side
+COMPILE_COST_S = 30.0  # seconds a cold compile may cost
+PROBE_STEPS = 4  # eager steps timed (after one warm-up step) before deciding
 
 
 class TrialError(RuntimeError):
@@ -84,15 +97,30 @@ class EvalResult:
     probs: np.ndarray
 
 
-@torch.no_grad()
+def model_memory_format(model: nn.Module) -> torch.memory_format:
+    """``torch.channels_last`` when the model's convolution weights are stored that way."""
+    for p in model.parameters():
+        if p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(
+                memory_format=torch.channels_last):
+            return torch.channels_last
+    return torch.contiguous_format
+
+
+def _as_format(x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    # Only image batches have a layout to change; cached features are (B, D).
+    return x.contiguous(memory_format=fmt) if x.dim() == 4 else x
+
+
+@torch.inference_mode()  # no autograd bookkeeping at all (no_grad still tracks versions)
 def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
              device: torch.device, amp: bool = False) -> EvalResult:
     """Mean cross-entropy, accuracy, labels and softmax probabilities over ``loader``."""
     model.eval()
+    fmt = model_memory_format(model)
     losses, probs, labels = [], [], []
     for x, y in loader:
         with autocast(device, amp):
-            logits = model(x)
+            logits = model(_as_format(x, fmt))
         logits = logits.float()
         losses.append(F.cross_entropy(logits, y, reduction="sum"))
         probs.append(torch.softmax(logits, dim=1))
@@ -113,6 +141,9 @@ class FitResult:
     epoch_time_s: float
     amp: str | None
     notes: list[str] = field(default_factory=list)
+    # What the run used: memory_format, compile (mode or None), compile_s (seconds the first
+    # compiled step took beyond an eager one), optimizer ("fused" or "for-loop" Adam).
+    speed: dict[str, Any] = field(default_factory=dict)
 
 
 def _lr_lambda(protocol: Protocol, steps_per_epoch: int) -> Callable[[int], float]:
@@ -149,6 +180,54 @@ def _better(select: str, cand: dict[str, Any], best: dict[str, Any] | None) -> b
     return a > b or (a == b and cand["val_loss"] < best["val_loss"])
 
 
+def resolve_memory_format(setting: str, model: nn.Module,
+                          device: torch.device) -> torch.memory_format:
+    """The layout ``fit`` trains in. "auto" is contiguous (NCHW): on the CPU channels-last
+    training steps were measured slower in eager mode (BatchNorm's channels-last kernels) and no
+    faster compiled (docs/performance.md); on CUDA it stays until GPU timings are in."""
+    del model, device  # "auto" may depend on them once GPU timings are in
+    return torch.channels_last if setting == "channels_last" else torch.contiguous_format
+
+
+def _compile_blocker(device: torch.device, model: nn.Module) -> str | None:
+    """Why torch.compile cannot or need not run here, or None."""
+    if not any(p.dim() == 4 for p in model.parameters()):
+        return "no convolutions to speed up"
+    if device.type == "cpu" and not (shutil.which("c++") or shutil.which("g++")
+                                     or shutil.which("clang++")):
+        return "no C++ compiler on PATH (torch.compile's CPU backend needs one)"
+    if device.type not in ("cpu", "cuda"):
+        return f"not tried on {device.type}"
+    return None
+
+
+def _fused_adam_ok(params: Any, device: torch.device) -> bool:
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    tensors = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) \
+        else list(params)
+    return device.type in _get_fused_kernels_supported_devices() and all(
+        p.is_floating_point() and p.device == tensors[0].device for p in tensors)
+
+
+class _Penalty:
+    """The reference's L2 term over the model's LightLayers, found once rather than by walking
+    ``model.modules()`` on every step (same value as :func:`lightlayers.light_penalty`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = [m for m in model.modules()
+                       if isinstance(m, LightConv2d | LightLinear) and m.l2]
+
+    def __bool__(self) -> bool:
+        return bool(self.layers)
+
+    def __call__(self) -> torch.Tensor:
+        total = self.layers[0].penalty()
+        for m in self.layers[1:]:
+            total = total + m.penalty()
+        return total
+
+
 def fit(
     model: nn.Module,
     train: BatchSource,
@@ -166,24 +245,38 @@ def fit(
     ``train``/``val`` yield ``(inputs, labels)`` already on ``device`` (images, or cached
     backbone features when ``model`` is a head). The selected weights (best validation loss by
     default) are restored at the end; the decision threshold, if the protocol asks for one, is
-    chosen on validation only.
+    chosen on validation only. The model is left in the memory format it trained in.
     """
     from sklearn.metrics import roc_auc_score
 
     amp = amp_in_use(device, protocol)
     if not any(p.requires_grad for p in model.parameters()):
         raise TrialError("the model has no trainable parameters")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    fmt = resolve_memory_format(protocol.memory_format, model, device)
+    model.to(memory_format=fmt)
     if hasattr(model, "param_groups"):  # fine-tuned backbones learn at a lower rate
         params: Any = model.param_groups(protocol.lr, protocol.backbone_lr_scale)
     else:
         params = [p for p in model.parameters() if p.requires_grad]
     optim_cls = torch.optim.AdamW if protocol.optimizer == "adamw" else torch.optim.Adam
+    # One fused kernel for all parameters instead of a dozen small ops per parameter tensor.
+    fused = _fused_adam_ok(params, device)
     opt = optim_cls(params, lr=protocol.lr, eps=protocol.adam_eps,
-                    weight_decay=protocol.weight_decay)
+                    weight_decay=protocol.weight_decay, fused=fused or None)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(protocol, len(train)))
     weight = class_weights(train_labels, num_classes).to(device) if protocol.class_weighting \
         else None
-    use_l2 = protocol.light_l2
+    penalty = _Penalty(model) if protocol.light_l2 else None
+    notes: list[str] = []
+    speed: dict[str, Any] = {
+        "memory_format": "channels_last" if fmt == torch.channels_last else "contiguous",
+        "compile": None, "compile_s": None, "optimizer": "fused" if fused else "for-loop",
+    }
+    step = _Stepper(model, protocol, device, amp is not None, weight, penalty, opt, sched,
+                    notes, speed)
+    total_steps = protocol.epochs * len(train)
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     best_state: dict[str, torch.Tensor] | None = None
@@ -198,19 +291,13 @@ def fit(
         seen = 0
         lr = opt.param_groups[0]["lr"]
         for x, y in train:
-            with autocast(device, amp is not None):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, weight=weight,
-                                       label_smoothing=protocol.label_smoothing)
-            total = loss + light_penalty(model) if use_l2 else loss
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.detach() * len(y)
+            loss, logits = step(_as_format(x, fmt), y, total_steps)
+            loss_sum += loss * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-        train_loss = float(loss_sum.item()) / max(seen, 1)  # the one host sync of the epoch
+        # The one host sync of the training part of the epoch.
+        train_loss_sum, correct_n = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).tolist()
+        train_loss = train_loss_sum / max(seen, 1)
         if not math.isfinite(train_loss):
             raise TrialError(f"non-finite training loss ({train_loss}) in epoch {epoch}")
         ev = evaluate(model, val, device, amp is not None)
@@ -218,9 +305,12 @@ def fit(
         dt = time.perf_counter() - t0
         epoch_times.append(dt)
         row: dict[str, Any] = {
-            "epoch": epoch, "train_loss": train_loss, "train_acc": float(correct.item()) / seen,
+            "epoch": epoch, "train_loss": train_loss, "train_acc": correct_n / max(seen, 1),
             "val_loss": ev.loss, "val_acc": ev.accuracy, "lr": lr, "time_s": dt,
+            "compiled": step.compiled is not None,
         }
+        if speed["compile_s"] is not None and not any("compile_s" in h for h in history):
+            row["compile_s"] = speed["compile_s"]  # this epoch's time includes compiling
         if positive_class is not None and len(np.unique(ev.labels)) == 2:
             row["val_auc"] = float(roc_auc_score(ev.labels == positive_class,
                                                  ev.probs[:, positive_class]))
@@ -244,8 +334,111 @@ def fit(
     return FitResult(
         history=history, best_epoch=best["epoch"], threshold=threshold,
         total_time_s=total_time, first_epoch_s=epoch_times[0],
-        epoch_time_s=float(np.mean(steady)), amp=amp,
+        epoch_time_s=float(np.mean(steady)), amp=amp, notes=notes, speed=speed,
     )
+
+
+class _Stepper:
+    """One optimisation step; decides whether (and then runs) the compiled forward/backward.
+
+    Only full batches run compiled: the last, smaller batch of an epoch would otherwise cost a
+    second compile for a different shape. Returns the detached loss and the logits.
+    """
+
+    def __init__(self, model: nn.Module, protocol: Protocol, device: torch.device, amp: bool,
+                 weight: torch.Tensor | None, penalty: _Penalty | None,
+                 opt: torch.optim.Optimizer, sched: Any, notes: list[str],
+                 speed: dict[str, Any]) -> None:
+        self.model, self.protocol, self.device, self.amp = model, protocol, device, amp
+        self.weight, self.penalty, self.opt, self.sched = weight, penalty, opt, sched
+        self.notes, self.speed = notes, speed
+        self.compiled: nn.Module | None = None
+        self.compiled_mode = "off"
+        self.first_compiled = False
+        self.batch_size = protocol.batch_size
+        self.done = 0
+        self.probe: list[float] = []
+        self.mode = protocol.compile
+        if self.mode != "off":
+            blocker = _compile_blocker(device, model)
+            if blocker is None and self.mode == "auto" and device.type != "cpu":
+                blocker = "auto compiles on the CPU only until GPU timings are in"
+            if blocker is not None:
+                if self.mode != "auto":
+                    raise TrialError(f"compile={self.mode!r}: {blocker}")
+                self.mode = "off"
+            elif self.mode != "auto":
+                self._compile(self.mode)
+
+    def _compile(self, mode: str) -> None:
+        # dynamic=False: one graph for the one full-batch shape, no symbolic-shape guards.
+        self.compiled = torch.compile(self.model, mode=mode, dynamic=False)
+        self.compiled_mode = mode
+        self.first_compiled = True
+
+    def _run(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast(self.device, self.amp):
+            logits = net(x)
+            loss = F.cross_entropy(logits.float(), y, weight=self.weight,
+                                   label_smoothing=self.protocol.label_smoothing)
+        total = loss + self.penalty() if self.penalty else loss
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt.step()
+        self.sched.step()
+        return loss.detach(), logits.detach()
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor,
+                 total_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self.done += 1
+        full = len(y) == self.batch_size
+        if self.compiled is not None and full:
+            return self._run_compiled(x, y)
+        if self.mode != "auto" or not full:
+            return self._run(self.model, x, y)
+        # auto: time a few eager steps, then compile if the remaining steps repay it.
+        t = time.perf_counter()
+        out = self._run(self.model, x, y)
+        self.probe.append(time.perf_counter() - t)
+        if len(self.probe) == PROBE_STEPS + 1:
+            step_s = float(np.median(self.probe[1:]))  # the first step warms allocators
+            saving = COMPILE_GAIN * step_s * (total_steps - self.done)
+            if saving > COMPILE_COST_S:
+                self._compile("default")
+            else:
+                self.mode = "off"
+                self.notes.append(f"compile auto: off (about {saving:.0f}s to gain, "
+                                  f"compiling may cost {COMPILE_COST_S:.0f}s)")
+        return out
+
+    def _run_compiled(self, x: torch.Tensor, y: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.compiled is not None
+        if self.compiled_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are done
+        if not self.first_compiled:
+            return self._run(self.compiled, x, y)
+        self.first_compiled = False
+        synchronize(self.device)
+        t = time.perf_counter()
+        try:
+            out = self._run(self.compiled, x, y)
+        except Exception as e:  # the backend's errors have no common base class
+            if self.protocol.compile != "auto":
+                raise TrialError(f"torch.compile(mode={self.compiled_mode!r}) failed: "
+                                 f"{type(e).__name__}: {e}") from e
+            self.compiled, self.mode = None, "off"
+            self.notes.append(f"compile auto: torch.compile failed ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); trained eagerly")
+            return self._run(self.model, x, y)
+        synchronize(self.device)
+        eager = float(np.median(self.probe[1:])) if len(self.probe) > 1 else 0.0
+        self.speed["compile"] = self.compiled_mode
+        self.speed["compile_s"] = max(time.perf_counter() - t - eager, 0.0)
+        self.notes.append(f"torch.compile(mode={self.compiled_mode!r}): "
+                          f"{self.speed['compile_s']:.1f}s to compile")
+        return out
 
 
 def _mutable_state(model: nn.Module) -> dict[str, torch.Tensor]:
