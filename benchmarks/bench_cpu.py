@@ -1,0 +1,29 @@
+"""CPU benchmark of the training path (`make bench`): our trainer against a plain PyTorch loop.
+
+Per study model, at 64 px and batch 64 on the chest X-ray set: epoch time (train + validation)
+of ``lightlayers.train.fit`` as ``lightlayers run`` uses it, and of the loop a typical user
+writes (DataLoader over a TensorDataset of float32 images, shuffled, fp32, ``loss.item()``
+every step), epochs alternating in one process; then LightConv2d forward+backward against two
+``nn.Conv2d``, the data pipeline numbers of ``bench_data.py``, and, with ``--study``, the
+whole study's wall time and peak memory (20 epochs of 7 models take hours here: reduce them
+with ``--study-epochs``). InceptionV3 trains at 75 px, its smallest input. Writes JSON and
+prints tables; the numbers in docs/performance.md come from this script.
+
+    .venv/bin/python benchmarks/bench_cpu.py [--smoke] [--study --study-epochs 2] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import sys
+
+from _common import SuiteDefaults, main
+
+DEFAULTS = SuiteDefaults(
+    size=64, transfer_size=75, epochs=3, transfer_epochs=2, study=False,
+    json="benchmarks/results/cpu.json",
+    # How much of the speed comes from torch.compile: the same two models trained eagerly.
+    variants=(("compile off", {"compile": "off"}, ("study-light-k1", "study-conv")),),
+)
+
+if __name__ == "__main__":
+    sys.exit(main(__doc__.split("\n")[0], DEFAULTS, "CPU suite"))
