@@ -44,7 +44,9 @@ class Protocol:
     # Speed only (float rounding aside); each trial records what it ran with. "auto" picks what
     # was measured faster on the device (docs/performance.md). compile: torch.compile the
     # training step with this mode; memory_format: the layout of weights and batches.
-    compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = "auto"
+    # Off by default: "auto" decides from timed steps, so two runs of one command could take
+    # different paths and round differently; the same command must give the same numbers.
+    compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = "off"
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
 
 
