@@ -131,8 +131,11 @@ def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path):
 
 
 def _count(db, status):
-    with sqlite3.connect(db) as c:
-        return c.execute("SELECT COUNT(*) FROM trials WHERE status=?", (status,)).fetchone()[0]
+    try:
+        with sqlite3.connect(db) as c:
+            return c.execute("SELECT COUNT(*) FROM trials WHERE status=?", (status,)).fetchone()[0]
+    except sqlite3.OperationalError:  # the run has created the file but not its tables yet
+        return 0
 
 
 def test_kill_9_mid_study_then_resume(tmp_path):

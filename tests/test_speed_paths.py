@@ -196,12 +196,12 @@ def fake_compile(monkeypatch, fail=False):
 def test_auto_compile_decides_from_timed_eager_steps(monkeypatch):
     made = fake_compile(monkeypatch)
     # Short run: gaining a few milliseconds never repays a compile.
-    r = run_fit(small_light_model(), Protocol(epochs=2), n=96, batch=8)
+    r = run_fit(small_light_model(), Protocol(epochs=2, compile="auto"), n=96, batch=8)
     assert made == [] and r.speed["compile"] is None
     assert any(n.startswith("compile auto: off") for n in r.notes)
     # As if compiling were free: compiled after the probe steps, for full batches only.
     monkeypatch.setattr(train_mod, "COMPILE_COST_S", 0.0)
-    r = run_fit(small_light_model(), Protocol(epochs=2), n=100, batch=8)
+    r = run_fit(small_light_model(), Protocol(epochs=2, compile="auto"), n=100, batch=8)
     (fake, kw), = made
     assert kw == {"mode": "default", "dynamic": False}
     full = 100 // 8
@@ -212,7 +212,7 @@ def test_auto_compile_decides_from_timed_eager_steps(monkeypatch):
 def test_compile_failure_falls_back_only_in_auto(monkeypatch):
     fake_compile(monkeypatch, fail=True)
     monkeypatch.setattr(train_mod, "COMPILE_COST_S", 0.0)
-    r = run_fit(small_light_model(), Protocol(epochs=1), n=96, batch=8)
+    r = run_fit(small_light_model(), Protocol(epochs=1, compile="auto"), n=96, batch=8)
     assert r.speed["compile"] is None and np.isfinite(r.history[0]["train_loss"])
     assert any("torch.compile failed (RuntimeError: backend exploded)" in n for n in r.notes)
     with pytest.raises(TrialError, match=r"torch\.compile.*backend exploded"):
