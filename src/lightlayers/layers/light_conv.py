@@ -38,9 +38,9 @@ class LightConv2d(nn.Module):
             U(-sqrt(3/n), sqrt(3/n)).
         l2: coefficient of the reference's L2 penalty on ``W1`` and ``W2``; see :meth:`penalty`.
         impl: how the forward is computed, always with the same math. ``"reference"``: the two
-            convolutions as written. ``"fast"``: the rewrites of
-            :func:`~lightlayers.layers._light_fast.light_conv2d_fast` (they apply to
-            channels-last inputs: 1x1 layers as matmuls, k = 1 padded to 4 channels).
+            convolutions as written. ``"fast"``:
+            :func:`~lightlayers.layers._light_fast.light_conv2d_fast` (1x1 layers on
+            contiguous inputs as batched matmuls; other layers as the reference).
             ``"auto"`` (default): ``"fast"`` on the CPU in eager mode, where it was measured
             faster; ``"reference"`` on other devices, under ``torch.compile`` (measured faster
             there) and while tracing or exporting, so exported graphs hold the plain formula.
