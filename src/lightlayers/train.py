@@ -32,9 +32,9 @@ from lightlayers.metrics import choose_threshold
 # "auto" compile on the CPU: torch.compile is used when the rest of the run is long enough to
 # repay compiling. Measured on the study models at 64 px on a 2-core CPU (docs/performance.md):
 # compiled training steps took 0.67-0.72x the eager time, and compiling the forward and backward
-# graphs took 12-37 s (about 2 s when torch's on-disk compile cache already holds them).
+# graphs took 17-29 s (under 1 s when torch's on-disk compile cache already holds them).
 COMPILE_GAIN = 0.25  # fraction of eager step time saved, on the conservative side
-COMPILE_COST_S = 30.0  # seconds a cold compile may cost
+COMPILE_COST_S = 20.0  # seconds a compile is expected to cost (cold ones cost more, cached less)
 PROBE_STEPS = 4  # eager steps timed (after one warm-up step) before deciding
 
 
