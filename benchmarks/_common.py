@@ -121,14 +121,14 @@ def loader_options(model: nn.Module, data_chans: int) -> dict[str, Any]:
 
 def float_images(split: Split, opts: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """A split as a typical user holds it: float32 (N, C, H, W) normalised, int64 labels."""
-    x = torch.from_numpy(np.array(split.images)).float().div_(255)
+    x = torch.from_numpy(np.array(split.images)).float().div_(255)  # a copy: the cache is read-only
     if opts.get("out_chans", x.shape[1]) != x.shape[1]:
         x = x.expand(-1, opts["out_chans"], -1, -1).contiguous()
     if "mean" in opts:
         mean = torch.tensor(opts["mean"]).view(1, -1, 1, 1)
         std = torch.tensor(opts["std"]).view(1, -1, 1, 1)
         x = (x - mean) / std
-    return x, torch.as_tensor(np.asarray(split.labels), dtype=torch.int64)
+    return x, torch.tensor(np.asarray(split.labels), dtype=torch.int64)
 
 
 def mini_chest_tar(dst: Path, per_folder: int = 12) -> Path:
@@ -237,6 +237,7 @@ def time_model(name: str, ds: Dataset, device: torch.device, *, warmup: int, epo
     head on them, as ``lightlayers run`` does; the plain loop runs the backbone on every batch.
     """
     total = warmup + epochs
+    load_before = load_average()
     proto = replace(protocol or Protocol(), epochs=max(planned_epochs, total), batch_size=batch)
     ours_model = new_model(name, 0, weights).to(device)
     plain = PlainLoop.build(new_model(name, 0, weights), ds, device, batch)
@@ -289,6 +290,7 @@ def time_model(name: str, ds: Dataset, device: torch.device, *, warmup: int, epo
         "ours_warmup_epoch_s": ours_times[:warmup], "plain_warmup_epoch_s": plain_times[:warmup],
         "ours_epochs_s": ours_times[warmup:], "plain_epochs_s": plain_times[warmup:],
         "compiled": bool(rows[-1].get("compiled")), "compile_s": compile_s,
+        "load_average": [load_before, load_average()],  # 1-minute, before and after
         "protocol": {"amp": proto.amp, "compile": proto.compile,
                      "memory_format": proto.memory_format},
     }
@@ -468,7 +470,9 @@ class SuiteDefaults:
     variants: tuple[tuple[str, dict[str, Any], tuple[str, ...]], ...] = ()
     light_conv_amp: tuple[bool, ...] = (False,)
     light_conv_impls: tuple[Impl, ...] = ("auto",)
+    light_conv_layouts: tuple[bool, ...] = (False,)  # channels_last or not
     workers: int = 2
+    device: str = "auto"
 
 
 def parse_args(description: str, d: SuiteDefaults, argv: list[str] | None = None) -> Any:
@@ -477,7 +481,7 @@ def parse_args(description: str, d: SuiteDefaults, argv: list[str] | None = None
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--smoke", action="store_true",
                    help="tiny sizes, 1 epoch, few batches: checks the script end to end")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
     p.add_argument("--size", type=int, default=d.size, help="image side in px")
     p.add_argument("--transfer-size", type=int, default=d.transfer_size,
                    help="InceptionV3's input side in px")
@@ -593,7 +597,7 @@ def run_suite(args: Any, d: SuiteDefaults, title: str) -> dict[str, Any]:
     # no run does.
     for amp in (a for a in d.light_conv_amp if not a or device.type == "cuda"):
         for impl in d.light_conv_impls:
-            for cl in (False, True):
+            for cl in d.light_conv_layouts:
                 got = section(f"LightConv2d {impl} {'bf16' if amp else 'fp32'} "
                               f"{'channels_last' if cl else 'contiguous'}",
                               lambda cl=cl, amp=amp, impl=impl: time_light_conv(
@@ -679,7 +683,7 @@ def print_tables(result: dict[str, Any]) -> None:
     if models:
         t = Table(title=f"epoch time, our trainer vs a plain PyTorch loop ({where})")
         for col in ("model", "px", "ours s/epoch", "plain s/epoch", "ratio", "ours warm-up s",
-                    "compiled", "compile s", "features s"):
+                    "compiled", "compile s", "features s", "load"):
             t.add_column(col, justify="right")
         for r in models:
             t.add_row(r["model"], str(r["image_size"]), f"{r['ours_epoch_s']:.3f}",
@@ -687,7 +691,8 @@ def print_tables(result: dict[str, Any]) -> None:
                       ", ".join(f"{v:.2f}" for v in r["ours_warmup_epoch_s"]),
                       "yes" if r["compiled"] else "no",
                       "" if r["compile_s"] is None else f"{r['compile_s']:.1f}",
-                      f"{r['feature_s']:.1f}" if "feature_s" in r else "")
+                      f"{r['feature_s']:.1f}" if "feature_s" in r else "",
+                      "-".join(f"{v:.1f}" for v in r["load_average"]))
         console.print(t)
     for key, title in (("light_conv", "LightConv2d forward+backward vs two nn.Conv2d"),):
         rows = result.get(key, [])

@@ -35,6 +35,7 @@ DEFAULTS = SuiteDefaults(
     ),
     light_conv_amp=(False, True),
     light_conv_impls=("auto", "fast"),
+    light_conv_layouts=(False, True),
     workers=8,
 )
 
