@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightlayers.environment import cpu_name
+
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))  # bench_data sits next to this file
 
@@ -61,14 +63,7 @@ STUDY_MODELS = (*LIGHT_MODELS, "study-conv", TRANSFER)
 # ----------------------------------------------------------------------------- machine
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+cpu_model = cpu_name  # one definition, shared with the results' environment
 
 
 def machine(device: torch.device) -> dict[str, Any]:
