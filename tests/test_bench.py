@@ -17,7 +17,7 @@ BENCH = ROOT / "benchmarks"
 def test_gpu_suite_smoke_runs_end_to_end(tmp_path, shared_data):
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
     proc = subprocess.run([str(BENCH / "gpu.sh"), "--smoke"], env=env, capture_output=True,
-                          text=True, timeout=180, cwd=ROOT)
+                          text=True, timeout=480, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "gpu.json").read_text())
     cuda = torch.cuda.is_available()
