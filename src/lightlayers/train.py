@@ -183,8 +183,9 @@ def _better(select: str, cand: dict[str, Any], best: dict[str, Any] | None) -> b
 def resolve_memory_format(setting: str, model: nn.Module,
                           device: torch.device) -> torch.memory_format:
     """The layout ``fit`` trains in. "auto" is contiguous (NCHW): on the CPU channels-last
-    training steps were measured slower in eager mode (BatchNorm's channels-last kernels) and no
-    faster compiled (docs/performance.md); on CUDA it stays until GPU timings are in."""
+    training steps were measured slower in eager mode (BatchNorm's channels-last kernels) and not
+    consistently faster compiled (docs/performance.md); on CUDA it stays until GPU timings are
+    in."""
     del model, device  # "auto" may depend on them once GPU timings are in
     return torch.channels_last if setting == "channels_last" else torch.contiguous_format
 
