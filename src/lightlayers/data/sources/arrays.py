@@ -11,17 +11,9 @@ import numpy as np
 
 from lightlayers.data.errors import DataError
 from lightlayers.data.registry import MEDMNIST_LABELS
-from lightlayers.data.sources.base import SPLITS, ArraySet, Source
+from lightlayers.data.sources.base import SPLITS, ArraySet, Source, file_sha256
 
 __all__ = ["check_labels", "digits_source", "find_idx_files", "idx_source", "npz_source"]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_labels(labels: np.ndarray, n: int, where: str) -> np.ndarray:
@@ -141,7 +133,7 @@ def npz_source(path: Path) -> Source:
         name=path.name.removesuffix(".npz"),
         location=str(path),
         kind="npz",
-        identity={"kind": "npz", "sha256": _sha256(path)},
+        identity={"kind": "npz", "sha256": file_sha256(path)},
         read=lambda: read_npz(path),
     )
 
@@ -205,7 +197,7 @@ def idx_source(folder: Path, files: dict[str, tuple[Path, Path]]) -> Source:
     h = hashlib.sha256()
     for split in sorted(files):
         for p in files[split]:
-            h.update(f"{split}\t{p.name}\t{_sha256(p)}\n".encode())
+            h.update(f"{split}\t{p.name}\t{file_sha256(p)}\n".encode())
 
     def read() -> ArraySet:
         splits: dict[str | None, tuple[np.ndarray, np.ndarray]] = {}

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["SPLITS", "ArraySet", "FileItem", "FileSet", "Source"]
+__all__ = ["SPLITS", "ArraySet", "FileItem", "FileSet", "Source", "file_sha256"]
 
 # Split codes stored per image: index into SPLITS, or -1 for images of a source without splits.
 SPLITS: tuple[str, str, str] = ("train", "val", "test")
@@ -51,3 +53,12 @@ class Source:
     kind: str
     identity: dict[str, Any]
     read: Callable[[], FileSet | ArraySet]
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks (archives and .npz files identify sources)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from lightlayers.data.errors import DataError
-from lightlayers.data.sources.base import SPLITS, FileItem, FileSet, Source
+from lightlayers.data.sources.base import SPLITS, FileItem, FileSet, Source, file_sha256
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
@@ -202,14 +202,6 @@ def _plan_split_tree(
     return classes, items, {i.id: rel[i.id] for i in items}, notes
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _strip_archive_suffix(name: str) -> str:
     lower = name.lower()
     for suffix in ARCHIVE_SUFFIXES:
@@ -306,6 +298,6 @@ def archive_source(path: Path) -> Source:
         name=_strip_archive_suffix(path.name),
         location=str(path),
         kind="archive",
-        identity={"kind": "archive", "sha256": _sha256_file(path)},
+        identity={"kind": "archive", "sha256": file_sha256(path)},
         read=read,
     )
