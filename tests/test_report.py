@@ -292,3 +292,17 @@ def test_several_protocols_get_one_row_each(tmp_path, capsys):
         ("linear-4x4", "improved")]
     # rich prints the labels as text: "[improved]" is not taken for a style tag.
     assert "linear-4x4 [improved]" in capsys.readouterr().out
+
+
+def test_random_backbone_weights_are_labelled(tmp_path):
+    import json
+    import sqlite3
+
+    from lightlayers.report.load import load_run
+
+    run = build_store(tmp_path / "run", models=("linear-8x8", "linear-4x4"), seeds=(0,))
+    with sqlite3.connect(run / "results.db") as c:
+        c.execute("UPDATE trials SET extra=? WHERE model='linear-4x4'",
+                  (json.dumps({"weights": "none"}),))
+    labels = [g.label for g in load_run(run).groups]
+    assert labels == ["linear-8x8", "linear-4x4 (weights: none)"]

@@ -97,6 +97,10 @@ def load_run(run_dir: str | Path) -> RunData:
         g.planned_seeds.append(t["seed"])
         if t["status"] == "done":
             g.done.append(t)
+    for g in groups.values():
+        # Random backbone weights are an explicit choice; never let them pass for pretrained.
+        if any((t.get("extra") or {}).get("weights") == "none" for t in g.done):
+            g.label += " (weights: none)"
     data = RunData(
         run_dir=run_dir,
         groups=list(groups.values()),
