@@ -65,6 +65,10 @@ def test_youden_threshold():
     labels = np.array([0, 0, 0, 1, 1, 1])
     scores = np.array([0.1, 0.2, 0.3, 0.35, 0.6, 0.7])
     thr = choose_threshold(labels, scores)
-    assert 0.3 < thr <= 0.35
+    assert thr == pytest.approx(0.325)  # the middle of the gap between the classes
+    # Ties and an imperfect split: the best J (2/3) is cutting above 0.4, between 0.4 and 0.6.
+    labels = np.array([0, 0, 1, 0, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.6, 0.6])
+    assert choose_threshold(labels, scores) == pytest.approx(0.5)
     with pytest.raises(ValueError, match=r"\(N, C\)"):
         classification_metrics(labels, scores)

@@ -14,7 +14,7 @@ from conftest import PNEUMONIA_NPZ
 
 from lightlayers.cli import main as cli
 from lightlayers.config import ConfigError, load_config
-from lightlayers.runner import run_study, run_trial
+from lightlayers.runner import _DEFAULT_THREADS, resolve_threads, run_study, run_trial
 from lightlayers.store import ResultsStore
 
 # Scores that must not depend on where a trial ran (timings do).
@@ -22,6 +22,8 @@ COMPARED = ("params_total", "params_trainable", "size_mb", "macs", "test_loss", 
             "balanced_accuracy", "sensitivity", "specificity", "precision", "f1", "auc",
             "threshold", "best_epoch", "epochs_run")
 MODELS = "study-light-k1,study-light-k2"
+# Room for one default trial (all of this machine's torch threads) and for two 1-CPU trials.
+RAY_CPUS = max(2, _DEFAULT_THREADS)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,8 @@ def _args(data: Path, out: Path, *extra: str) -> list[str]:
 def ray_instance():
     """One local Ray instance for the module (start-up takes seconds)."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False,
+             ignore_reinit_error=True)
     yield ray
     ray.shutdown()
 
@@ -52,8 +55,8 @@ def ray_instance():
 @pytest.fixture(scope="module")
 def local_study(small_npz, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("local") / "study"
-    # One torch thread, as each Ray trial with one CPU: the same arithmetic, the same numbers.
-    assert cli(_args(small_npz, out, "--models", MODELS, "--seeds", "0,1", "--threads", "1")) == 0
+    # Defaults on both sides: one thread policy (runner.resolve_threads) for both executors.
+    assert cli(_args(small_npz, out, "--models", MODELS, "--seeds", "0,1")) == 0
     return out
 
 
@@ -61,7 +64,7 @@ def local_study(small_npz, tmp_path_factory) -> Path:
 def ray_study(ray_instance, small_npz, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ray") / "study"
     assert cli(_args(small_npz, out, "--models", MODELS, "--seeds", "0,1",
-                     "--executor", "ray", "--cpus-per-trial", "1")) == 0
+                     "--executor", "ray")) == 0
     return out
 
 
@@ -81,7 +84,7 @@ def test_ray_gives_the_local_numbers(local_study, ray_study):
         for col in COMPARED:
             assert b[col] == pytest.approx(a[col], abs=1e-4), (key, col)
         assert b["confusion"] == a["confusion"]
-        assert b["extra"]["threads"] == a["extra"]["threads"] == 1
+        assert b["extra"]["threads"] == a["extra"]["threads"] == _DEFAULT_THREADS
         assert b["extra"]["retries"] == 0 and b["extra"]["node"]
         np.testing.assert_allclose(store_r.predictions(b["id"])["probs"],
                                    store_l.predictions(a["id"])["probs"], atol=1e-4)
@@ -178,10 +181,10 @@ def test_dead_worker_is_retried_then_the_trial_fails(ray_instance, small_npz, tm
 def test_ctrl_c_cancels_running_trials_and_a_rerun_resumes(ray_instance, small_npz, tmp_path,
                                                           monkeypatch):
     out = tmp_path / "interrupted"
-    # Two trials at a time on the 2-CPU instance: when the first result arrives the other one
-    # is still running and the third still waits.
+    # Several 1-CPU trials at a time: when the first result arrives another one is still
+    # running.
     args = _args(small_npz, out, "--models", "study-light-k1", "--seeds", "0,1,2",
-                 "--executor", "ray")
+                 "--executor", "ray", "--cpus-per-trial", "1")
     record_done = ResultsStore.record_done
 
     def then_ctrl_c(self, *a, **kw):
@@ -197,9 +200,9 @@ def test_ctrl_c_cancels_running_trials_and_a_rerun_resumes(ray_instance, small_n
     assert sorted(t["status"] for t in trials.values()) == ["done", "pending", "pending"]
     # The running trial was cancelled: its CPU comes back to Ray.
     deadline = time.time() + 30
-    while ray_instance.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+    while ray_instance.available_resources().get("CPU", 0) < RAY_CPUS and time.time() < deadline:
         time.sleep(0.2)
-    assert ray_instance.available_resources().get("CPU", 0) == 2
+    assert ray_instance.available_resources().get("CPU", 0) == RAY_CPUS
 
     assert cli(args) == 0
     after = _by_key(out)
@@ -234,13 +237,27 @@ def test_node_with_other_data_is_refused(small_npz):
 def test_trial_needing_more_than_the_local_instance_is_refused(ray_instance, tmp_path):
     from lightlayers.executors.ray import RayExecutor
 
-    cfg = load_config(executor="ray", cpus_per_trial=3, out=str(tmp_path))
+    cfg = load_config(executor="ray", cpus_per_trial=RAY_CPUS + 1, out=str(tmp_path))
     ex = RayExecutor(cfg, cfg.resolved_protocol(), tmp_path)
     with pytest.raises(ConfigError, match="cpus-per-trial"):
         ex._slots(started_here=True)
     cfg = load_config(executor="ray", gpus_per_trial=0.25, out=str(tmp_path))
     with pytest.raises(ConfigError, match="0 GPU"):
         RayExecutor(cfg, cfg.resolved_protocol(), tmp_path)._slots(started_here=True)
+
+
+@pytest.mark.parametrize(("given", "threads", "cpus"), [
+    ({}, _DEFAULT_THREADS, _DEFAULT_THREADS),  # local and Ray: the same default
+    ({"executor": "ray"}, _DEFAULT_THREADS, _DEFAULT_THREADS),
+    ({"executor": "ray", "cpus_per_trial": 1}, 1, 1),  # no oversubscribed CPUs
+    ({"executor": "ray", "threads": 3}, 3, 3),
+    ({"executor": "ray", "threads": 1, "cpus_per_trial": 4}, 1, 4),
+    ({"executor": "ray", "gpus_per_trial": 0.25}, 1, 1),  # GPU trials share a node
+    ({"threads": 1}, 1, 1),
+])
+def test_one_thread_policy_for_both_executors(given, threads, cpus):
+    cfg = resolve_threads(load_config(**given))
+    assert (cfg.threads, cfg.cpus_per_trial) == (threads, cpus)
 
 
 def test_missing_ray_names_the_install_command(tmp_path, monkeypatch, capsys):

@@ -37,6 +37,9 @@ class Protocol:
     label_smoothing: float = 0.0
     class_weighting: bool = False
     dropout: float = 0.0
+    # BatchNorm running-stat momentum (PyTorch convention); None keeps the model's (Keras' 0.01,
+    # which needs ~500 steps before evaluation statistics are trustworthy).
+    bn_momentum: float | None = None
     augment: Augment = field(default_factory=Augment)
     select: Literal["val_loss", "val_auc", "val_acc", "last"] = "val_loss"
     threshold: Literal["argmax", "val_youden"] = "argmax"
@@ -53,7 +56,7 @@ class Protocol:
 # The improved recipe; every ingredient can be switched off in the YAML's `protocol_overrides`.
 IMPROVED = Protocol(
     name="improved",
-    epochs=40,
+    epochs=20,
     optimizer="adamw",
     weight_decay=5e-4,
     light_l2=False,
@@ -61,9 +64,9 @@ IMPROVED = Protocol(
     warmup_epochs=2,
     label_smoothing=0.1,
     class_weighting=True,
+    bn_momentum=0.1,
     augment=Augment(rotate_deg=7.0, translate=0.06, scale=0.08, brightness=0.1, contrast=0.1),
     select="val_auc",
-    threshold="val_youden",
 )
 
 
@@ -99,7 +102,9 @@ class StudyConfig:
     executor: Literal["local", "ray"] = "local"
     ray_address: str | None = None  # None starts a local Ray instance; "auto" or HOST:PORT joins
     gpus_per_trial: float = 0.0  # fractions (0.25) let several small models share one GPU
-    cpus_per_trial: int = 1  # also the torch thread count of a Ray trial unless `threads` is set
+    # CPUs Ray reserves per trial. None: `threads` (see runner.resolve_threads), so a Ray trial
+    # runs with the torch thread count a local run uses and gives the same numbers.
+    cpus_per_trial: int | None = None
     max_retries: int = 2  # resubmissions of a trial whose Ray worker or node died
 
     def resolved_protocol(self) -> Protocol:
@@ -194,6 +199,8 @@ def _check(proto: Protocol, where: str) -> None:
         (proto.lr > 0, "lr must be > 0"),
         (0 <= proto.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
         (0 <= proto.dropout < 1, "dropout must be in [0, 1)"),
+        (proto.bn_momentum is None or 0 < proto.bn_momentum <= 1,
+         "bn_momentum must be in (0, 1] or null"),
         (proto.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
         (proto.weight_decay >= 0, "weight_decay must be >= 0"),
         (proto.backbone_lr_scale > 0, "backbone_lr_scale must be > 0"),
@@ -247,7 +254,7 @@ def _check_executor(cfg: StudyConfig) -> None:
         # Ray's own rule: a fraction of one GPU, or whole GPUs.
         raise ConfigError("gpus_per_trial: must be a fraction in [0, 1] or a whole number of "
                           f"GPUs, got {cfg.gpus_per_trial}")
-    if cfg.cpus_per_trial < 1:
+    if cfg.cpus_per_trial is not None and cfg.cpus_per_trial < 1:
         raise ConfigError(f"cpus_per_trial: must be >= 1, got {cfg.cpus_per_trial}")
     if cfg.max_retries < 0:
         raise ConfigError(f"max_retries: must be >= 0, got {cfg.max_retries}")
@@ -272,6 +279,29 @@ def config_from_dict(values: dict[str, Any]) -> StudyConfig:
     return validate(_build(StudyConfig, dict(values), "config"))
 
 
+def parse_override(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` (VALUE read as YAML) for ``protocol_overrides``; ``augment.KEY=VALUE`` too.
+
+    Returns ``(key, value)``, with an augment key as ``("augment", {KEY: VALUE})``.
+    """
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set class_weighting=false")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML: {e}") from e
+    head, dot, sub = key.partition(".")
+    if dot:
+        if head != "augment" or not sub:
+            raise ConfigError(f"--set {text!r}: only augment.KEY may be dotted")
+        return "augment", {sub: value}
+    return key, value
+
+
 def load_config(path: str | Path | None = None, **overrides: Any) -> StudyConfig:
     """Read a YAML study file (optional) and apply ``overrides`` (None values are ignored)."""
     import yaml
@@ -290,7 +320,16 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> StudyConfig
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of settings at the top level")
         values.update(loaded)
+    extra_proto = overrides.pop("protocol_overrides", None)
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if extra_proto:  # merged into the file's, key by key (augment too), the flags winning
+        proto = dict(values.get("protocol_overrides") or {})
+        for key, value in extra_proto.items():
+            if key == "augment" and isinstance(value, dict):
+                aug = proto.get("augment")
+                value = {**aug, **value} if isinstance(aug, dict) else value
+            proto[key] = value
+        values["protocol_overrides"] = proto
     where = str(path) if path is not None else "config"
     if isinstance(values.get("models"), str):
         values["models"] = [m.strip() for m in values["models"].split(",") if m.strip()]

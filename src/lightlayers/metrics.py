@@ -10,15 +10,21 @@ import numpy as np
 def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     """Decision threshold on the positive-class score maximising Youden's J (sens + spec - 1).
 
-    Meant for the validation split only: the test split never chooses anything.
+    Among the thresholds with the best J, the middle of the score gap below the chosen cut:
+    when validation separates the classes, every cut in that gap is equally good there, and the
+    edge (the lowest positive score) would turn a slightly shifted test split into false
+    positives. Meant for the validation split only: the test split never chooses anything.
     """
     from sklearn.metrics import roc_curve
 
     if len(np.unique(labels)) < 2:
         return 0.5
-    fpr, tpr, thr = roc_curve(labels, scores)
-    best = int(np.argmax(tpr - fpr))
-    return float(np.clip(thr[best], 0.0, 1.0))
+    fpr, tpr, thr = roc_curve(labels, scores, drop_intermediate=False)
+    # Rounded so that equal J values tie (1 - 1/3 vs 2/3); the highest such cut wins.
+    best = int(np.argmax(np.round(tpr - fpr, 12)))
+    lower = thr[best + 1] if best + 1 < len(thr) else thr[best]
+    upper = thr[best] if np.isfinite(thr[best]) else lower
+    return float(np.clip((upper + lower) / 2, 0.0, 1.0))
 
 
 def classification_metrics(

@@ -54,6 +54,27 @@ _SETTINGS_EXCLUDED = ("models", "seeds", "out", "report", "device", "threads", "
                       "ray_address", "gpus_per_trial", "cpus_per_trial", "max_retries")
 
 
+# torch's own default (the machine's cores, or OMP_NUM_THREADS), taken before anything here
+# changes it.
+_DEFAULT_THREADS = torch.get_num_threads()
+
+
+def resolve_threads(cfg: StudyConfig) -> StudyConfig:
+    """Fix the torch thread count of every trial, whichever executor runs it.
+
+    CPU results depend on the thread count (it changes the order of floating-point sums), so one
+    policy serves both executors: ``threads`` if given, else ``cpus_per_trial`` if given, else
+    this machine's default (all cores) -- except Ray trials on GPUs, which get one thread so
+    several can share a node. Ray reserves ``cpus_per_trial`` (default: ``threads``) CPUs per
+    trial, so a default Ray run gives the numbers of a default local run.
+    """
+    threads = cfg.threads or cfg.cpus_per_trial
+    if threads is None:
+        gpu_trials = cfg.executor == "ray" and cfg.gpus_per_trial > 0
+        threads = 1 if gpu_trials else _DEFAULT_THREADS
+    return dataclasses.replace(cfg, threads=threads, cpus_per_trial=cfg.cpus_per_trial or threads)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -158,6 +179,19 @@ def measure_inference(model: nn.Module, x: torch.Tensor, device: torch.device,
     return float(throughput), float(np.median(times) * 1e3)
 
 
+def apply_protocol(model: nn.Module, protocol: Protocol) -> None:
+    """The protocol's settings that live in the model: head dropout, BatchNorm momentum.
+
+    A frozen backbone stays in eval mode, so its BatchNorm statistics never move whatever the
+    momentum; fine-tuned stages follow the protocol like the rest.
+    """
+    model.drop.p = protocol.dropout
+    if protocol.bn_momentum is not None:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = protocol.bn_momentum
+
+
 def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
               protocol: Protocol, device: torch.device, out_dir: Path,
               reporter: ProgressReporter | None = None) -> dict[str, Any]:
@@ -166,7 +200,7 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
     model = create_model(spec.model, num_classes=ds.num_classes,
                          in_chans=cfg.in_chans or _model_in_chans(spec.model, ds.in_chans),
                          **_model_kwargs(cfg, spec.model))
-    model.drop.p = protocol.dropout
+    apply_protocol(model, protocol)
     model.to(device)
     lo = _loader_options(model, ds.in_chans)
     bs = protocol.batch_size
@@ -289,13 +323,13 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
     """Run every pending trial of ``cfg``; done trials in the run folder are skipped."""
     import yaml
 
+    cfg = resolve_threads(cfg)
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     # With Ray the trials run on the workers' devices: a head node without a GPU must not
     # refuse --device cuda, so the driver only describes its own.
     device = resolve_device(cfg.device if cfg.executor == "local" else "auto")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     protocol = cfg.resolved_protocol()

@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-chans", type=int, choices=(1, 3))
     p.add_argument("--protocol", choices=("seed", "improved"))
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override one protocol setting, e.g. --set class_weighting=false or "
+                        "--set augment.rotate_deg=0 (repeatable; see protocol_overrides)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     p.add_argument("--weights", help="transfer backbones: DEFAULT, a torchvision weights name, "
                                      "'none', or a local .pth/.safetensors state dict")
@@ -48,12 +51,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from lightlayers.cli import CliError
-    from lightlayers.config import ConfigError, load_config
+    from lightlayers.config import ConfigError, load_config, parse_override
     from lightlayers.data import DataError
     from lightlayers.runner import run_study
     from lightlayers.store import StoreError
 
     try:
+        overrides: dict = {}
+        for text in args.overrides:
+            key, value = parse_override(text)
+            if key == "augment" and isinstance(overrides.get(key), dict):
+                value = {**overrides[key], **value}
+            overrides[key] = value
         cfg = load_config(
             args.config, data=args.data, models=args.models, seeds=args.seeds,
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, size=args.size,
@@ -61,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
             threads=args.threads, weights=args.weights, out=args.out,
             executor=args.executor, ray_address=args.ray_address,
             gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
-            max_retries=args.max_retries,
+            max_retries=args.max_retries, protocol_overrides=overrides or None,
             report=False if args.no_report else None,
         )
         outcome = run_study(cfg, progress=not args.quiet)

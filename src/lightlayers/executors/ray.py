@@ -39,6 +39,7 @@ from lightlayers.runner import (
     data_size_for,
     failure,
     resolve_device,
+    resolve_threads,
     run_trial,
 )
 
@@ -105,9 +106,9 @@ def trial_task(spec: TrialSpec, data: Dataset | DataOnNode, key: str, cfg_values
         # The config travels as a plain dict and is validated again here (another node may run
         # another lightlayers version).
         cfg = config_from_dict(cfg_values)
-        # The same thread count as a local run with --threads gives the same numbers; Ray's
-        # default (OMP_NUM_THREADS = the task's CPUs) is only applied at worker start-up.
-        torch.set_num_threads(cfg.threads or cfg.cpus_per_trial)
+        # The driver resolved the thread count (runner.resolve_threads); Ray's own setting
+        # (OMP_NUM_THREADS = the task's CPUs) is only applied at worker start-up.
+        torch.set_num_threads(cfg.threads or cfg.cpus_per_trial or 1)
         device = resolve_device(cfg.device)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -147,7 +148,8 @@ class RayExecutor:
         if data_transfer not in ("auto", "object_store", "shared_path"):
             raise ValueError(f"data_transfer must be auto, object_store or shared_path, "
                              f"got {data_transfer!r}")
-        self.cfg, self.protocol, self.out, self.reporter = cfg, protocol, out, reporter
+        self.cfg, self.protocol, self.out = resolve_threads(cfg), protocol, out
+        self.reporter = reporter
         self.data_transfer = data_transfer
         self.trial_fn = trial_fn
 
