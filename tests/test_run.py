@@ -1,5 +1,6 @@
 """`lightlayers run` end to end on real data: records, resume, crash safety, failures."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from conftest import PNEUMONIA_NPZ
 
 import lightlayers as L
@@ -187,8 +189,76 @@ def test_bad_config_field_names_it(tmp_path, capsys):
     assert "study-light-k1" in capsys.readouterr().err
 
 
+def test_non_finite_loss_fails_the_trial_and_the_study_goes_on(tmp_path):
+    out = tmp_path / "nan"
+    # An absurd learning rate: Adam's first steps make the weights, then the loss, non-finite.
+    rc = cli([*DIGITS, "--models", "study-light-k1,study-light-k2", "--seeds", "0",
+              "--epochs", "2", "--lr", "1e38", "--out", str(out)])
+    assert rc == 1
+    trials = ResultsStore(out / "results.db").trials()
+    assert [t["model"] for t in trials] == ["study-light-k1", "study-light-k2"]
+    for t in trials:  # the first failure did not stop the study: the second trial ran too
+        assert t["status"] == "failed" and t["accuracy"] is None
+        assert "non-finite training loss" in t["error"] and "epoch 1" in t["error"]
+    assert (out / "results.csv").read_text().count(",failed,") == 2
+
+
+def test_set_flag_overrides_one_protocol_setting(tmp_path):
+    import yaml
+
+    out = tmp_path / "set"
+    assert cli([*DIGITS, "--models", "study-light-k1", "--seeds", "0", "--epochs", "1",
+                "--protocol", "improved", "--set", "class_weighting=false",
+                "--set", "augment.rotate_deg=0", "--set", "bn_momentum=null",
+                "--out", str(out)]) == 0
+    proto = yaml.safe_load((out / "config.yaml").read_text())["resolved_protocol"]
+    assert proto["class_weighting"] is False and proto["bn_momentum"] is None
+    assert proto["augment"]["rotate_deg"] == 0
+    assert proto["augment"]["translate"] == 0.06  # the rest of the recipe is kept
+    assert proto["label_smoothing"] == 0.1 and proto["schedule"] == "cosine"
+
+
+def test_set_flag_merges_with_the_file(tmp_path):
+    from lightlayers.config import parse_override
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("protocol: improved\nprotocol_overrides: {dropout: 0.2, "
+                   "augment: {contrast: 0.0}}\n")
+    key, value = parse_override("augment.rotate_deg=3")
+    proto = load_config(cfg, protocol_overrides={"label_smoothing": 0.0, key: value}
+                        ).resolved_protocol()
+    assert (proto.dropout, proto.label_smoothing) == (0.2, 0.0)
+    assert (proto.augment.contrast, proto.augment.rotate_deg) == (0.0, 3.0)
+
+
+@pytest.mark.parametrize(("flag", "message"), [
+    ("class_weighting", "expected KEY=VALUE"),
+    ("colour=1", "unknown key(s) colour"),
+    ("schedule.warm=1", "only augment.KEY may be dotted"),
+    ("augment.spin=1", "spin"),
+    ("lr=[1", "not valid YAML"),
+])
+def test_bad_set_flag_is_named(flag, message, capsys):
+    assert cli([*DIGITS, "--models", "study-light-k1", "--set", flag]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_protocol_sets_dropout_and_batchnorm_momentum():
+    from lightlayers.config import IMPROVED, Protocol
+    from lightlayers.models import create_model
+    from lightlayers.runner import apply_protocol
+
+    model = create_model("study-light-k2", num_classes=2)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(m.momentum == 0.01 for m in bns)  # Keras' 0.99 in PyTorch's convention
+    apply_protocol(model, Protocol())
+    assert all(m.momentum == 0.01 for m in bns) and model.drop.p == 0.0
+    apply_protocol(model, dataclasses.replace(IMPROVED, dropout=0.3))
+    assert all(m.momentum == 0.1 for m in bns) and model.drop.p == 0.3
+
+
 @pytest.mark.parametrize("name", ["study", "cpu-study", "paper-mnist", "paper-cifar10",
-                                  "cpu-demo"])
+                                  "cpu-demo", "results-seed", "results-improved"])
 def test_shipped_configs_are_valid(name):
     from pathlib import Path
 
