@@ -136,6 +136,18 @@ def test_console_table(tmp_path, capsys):
     assert [p.name for p in (run_dir / "report").iterdir()] == ["table.csv"]
 
 
+def test_console_prints_the_confidence_interval_of_each_model(tmp_path, capsys):
+    run_dir = build_store(tmp_path / "run", seeds=(0, 1, 2), epochs=2)
+    write_report(run_dir, formats=("csv",))
+    out = capsys.readouterr().out
+    assert "95% confidence interval" in out
+    for row in _csv_rows(run_dir / "report" / "table.csv"):
+        line = next(x for x in out.splitlines() if x.strip().startswith(row["model"] + " ("))
+        assert f"({row['n_seeds']} seeds)" in line
+        acc = [float(row[f"accuracy_{k}"]) for k in ("mean", "std", "ci95_low", "ci95_high")]
+        assert ("accuracy {:.4f} ± {:.4f} [{:.4f}, {:.4f}]".format(*acc)) in line
+
+
 # --- figures ---------------------------------------------------------------------------------
 def test_figures_cover_every_criterion_model_and_format(run):
     run_dir, result = run

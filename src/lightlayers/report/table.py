@@ -162,6 +162,25 @@ def table_markdown(rows: list[Row], notes: list[str]) -> str:
     return "\n".join(out) + "\n"
 
 
+CI_KEYS = (("accuracy", "accuracy"), ("auc", "AUC"), ("sensitivity", "sensitivity"),
+           ("specificity", "specificity"))
+
+
+def ci_lines(rows: list[Row]) -> list[str]:
+    """Per model with two or more seeds: mean ± std and the 95% t-interval of the key scores."""
+    lines = []
+    for r in rows:
+        parts = []
+        for key, name in CI_KEYS:
+            st = r.stats[key]
+            if st.n >= 2 and st.std is not None:
+                parts.append(f"{name} {st.mean:.4f} ± {st.std:.4f} "
+                             f"[{st.ci_low:.4f}, {st.ci_high:.4f}]")
+        if parts:
+            lines.append(f"{r.label} ({len(r.group.done)} seeds): " + "; ".join(parts))
+    return lines
+
+
 def print_table(rows: list[Row], notes: list[str], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -181,5 +200,11 @@ def print_table(rows: list[Row], notes: list[str], title: str) -> None:
         # Text, not markup: a label such as "model [improved]" is not a style tag.
         table.add_row(*(Text(c) for c in row))
     console.print(table)
+    summary = ci_lines(rows)
+    if summary:
+        console.print("Across seeds: mean ± sample std [95% confidence interval, Student t]",
+                      markup=False, highlight=False)
+        for line in summary:
+            console.print(f"  {line}", markup=False, highlight=False)
     for n in notes:
         console.print(f"  {n}", markup=False, highlight=False)
