@@ -1,0 +1,70 @@
+"""The scripts behind the README's results: the ablation and the two-protocol table."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightlayers.report import write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args],
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def ablation(tmp_path_factory):
+    """The full recipe and one variant, on scikit-learn's digits for one epoch."""
+    tmp = tmp_path_factory.mktemp("ablation")
+    proc = _script("ablation.py", "--data", "digits", "--epochs", "1", "--seeds", "0,1",
+                   "--only", "no-label-smoothing", "--runs", str(tmp / "runs"),
+                   "--results", str(tmp / "results"))
+    assert proc.returncode == 0, proc.stderr
+    return tmp
+
+
+def test_ablation_takes_out_one_ingredient_and_tables_the_change(ablation):
+    runs = ablation / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["improved", "no-label-smoothing"]
+    protos = {p.name: yaml.safe_load((p / "config.yaml").read_text())["resolved_protocol"]
+              for p in runs.iterdir()}
+    assert protos["improved"]["label_smoothing"] == 0.1
+    assert protos["no-label-smoothing"]["label_smoothing"] == 0.0
+    rest = {k: v for k, v in protos["improved"].items() if k != "label_smoothing"}
+    assert rest == {k: v for k, v in protos["no-label-smoothing"].items()
+                    if k != "label_smoothing"}
+    with open(ablation / "results" / "ablation.csv", newline="") as f:
+        rows = {r["variant"]: r for r in csv.DictReader(f)}
+    assert list(rows) == ["improved", "no label smoothing"]
+    base, var = rows["improved"], rows["no label smoothing"]
+    assert base["seeds"] == var["seeds"] == "2"
+    for m in ("accuracy", "auc", "sensitivity", "specificity"):
+        assert float(var[f"{m}_delta"]) == pytest.approx(
+            float(var[f"{m}_mean"]) - float(base[f"{m}_mean"]))
+    md = (ablation / "results" / "ablation.md").read_text()
+    assert f"{float(var['accuracy_mean']):.3f} ± {float(var['accuracy_std']):.3f}" in md
+
+
+def test_results_table_reads_the_reports(ablation):
+    run = ablation / "runs" / "improved"
+    write_report(run, formats=("csv",), console=False)
+    table = run / "report" / "table.csv"
+    proc = _script("results_table.py", str(table))
+    assert proc.returncode == 0, proc.stderr
+    with open(table, newline="") as f:
+        (row,) = csv.DictReader(f)
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("| study-light-k2 |"))
+    acc = f"{float(row['accuracy_mean']):.3f} ± {float(row['accuracy_std']):.3f}"
+    assert acc in line and f"{int(float(row['params_total_mean'])):,}" in line
+    assert line.endswith(f"| {row['collapsed_runs']}/2 |")
+    # Two tables of one protocol would hide one of them.
+    twice = _script("results_table.py", str(table), str(table))
+    assert twice.returncode != 0 and "a second table for protocol 'improved'" in twice.stderr
+    missing = _script("results_table.py", str(ablation / "nope.csv"))
+    assert missing.returncode != 0 and "lightlayers report" in missing.stderr
