@@ -144,8 +144,25 @@ def test_console_prints_the_confidence_interval_of_each_model(tmp_path, capsys):
     for row in _csv_rows(run_dir / "report" / "table.csv"):
         line = next(x for x in out.splitlines() if x.strip().startswith(row["model"] + " ("))
         assert f"({row['n_seeds']} seeds)" in line
-        acc = [float(row[f"accuracy_{k}"]) for k in ("mean", "std", "ci95_low", "ci95_high")]
-        assert ("accuracy {:.4f} ± {:.4f} [{:.4f}, {:.4f}]".format(*acc)) in line
+        mean, std, low, high = (float(row[f"accuracy_{k}"])
+                                for k in ("mean", "std", "ci95_low", "ci95_high"))
+        low, high = max(0.0, low), min(1.0, high)  # the printed interval stays within [0, 1]
+        assert f"accuracy {mean:.4f} ± {std:.4f} [{low:.4f}, {high:.4f}]" in line
+
+
+def test_printed_interval_stays_within_0_and_1():
+    from lightlayers.report.table import CI_KEYS, ci_lines
+
+    # Two seeds far apart: the raw t-interval is about [-4.2, 5.4].
+    scores = {key: summarize([0.2, 0.99]) for key, _ in CI_KEYS}
+    assert scores["accuracy"].ci_low < -1 and scores["accuracy"].ci_high > 2
+    group = Group("m", "m", "seed", done=[{"seed": 0}, {"seed": 1}])
+    (line,) = ci_lines([Row(group, scores, 0)])
+    assert line.startswith("m (2 seeds): accuracy 0.5950 ± 0.5586 [0.0000, 1.0000]")
+    assert line.count("[0.0000, 1.0000]") == len(CI_KEYS)
+    # One seed: no spread, no interval, no line.
+    assert ci_lines([Row(Group("n", "n", "seed", done=[{"seed": 0}]),
+                         {key: summarize([0.5]) for key, _ in CI_KEYS}, 0)]) == []
 
 
 # --- figures ---------------------------------------------------------------------------------

@@ -167,15 +167,19 @@ CI_KEYS = (("accuracy", "accuracy"), ("auc", "AUC"), ("sensitivity", "sensitivit
 
 
 def ci_lines(rows: list[Row]) -> list[str]:
-    """Per model with two or more seeds: mean ± std and the 95% t-interval of the key scores."""
+    """Per model with two or more seeds: mean ± std and the 95% t-interval of the key scores.
+
+    The interval is clipped to [0, 1], where these scores live: with 2 or 3 seeds the raw
+    t-interval can be wider than that (table.csv keeps it unclipped).
+    """
     lines = []
     for r in rows:
         parts = []
         for key, name in CI_KEYS:
             st = r.stats[key]
             if st.n >= 2 and st.std is not None:
-                parts.append(f"{name} {st.mean:.4f} ± {st.std:.4f} "
-                             f"[{st.ci_low:.4f}, {st.ci_high:.4f}]")
+                low, high = max(0.0, st.ci_low or 0.0), min(1.0, st.ci_high or 1.0)
+                parts.append(f"{name} {st.mean:.4f} ± {st.std:.4f} [{low:.4f}, {high:.4f}]")
         if parts:
             lines.append(f"{r.label} ({len(r.group.done)} seeds): " + "; ".join(parts))
     return lines
@@ -202,7 +206,8 @@ def print_table(rows: list[Row], notes: list[str], title: str) -> None:
     console.print(table)
     summary = ci_lines(rows)
     if summary:
-        console.print("Across seeds: mean ± sample std [95% confidence interval, Student t]",
+        console.print("Across seeds: mean ± sample std [95% confidence interval, Student t, "
+                      "within 0-1]",
                       markup=False, highlight=False)
         for line in summary:
             console.print(f"  {line}", markup=False, highlight=False)
