@@ -219,16 +219,17 @@ def test_set_flag_overrides_one_protocol_setting(tmp_path):
 
 
 def test_set_flag_merges_with_the_file(tmp_path):
-    from lightlayers.config import parse_override
+    from lightlayers.config import parse_overrides
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("protocol: improved\nprotocol_overrides: {dropout: 0.2, "
                    "augment: {contrast: 0.0}}\n")
-    key, value = parse_override("augment.rotate_deg=3")
-    proto = load_config(cfg, protocol_overrides={"label_smoothing": 0.0, key: value}
-                        ).resolved_protocol()
+    flags = parse_overrides(["augment.rotate_deg=3", "label_smoothing=0",
+                             "augment.scale=0.2", "augment.rotate_deg=4"])  # the last one wins
+    assert flags == {"augment": {"rotate_deg": 4, "scale": 0.2}, "label_smoothing": 0}
+    proto = load_config(cfg, protocol_overrides=flags).resolved_protocol()
     assert (proto.dropout, proto.label_smoothing) == (0.2, 0.0)
-    assert (proto.augment.contrast, proto.augment.rotate_deg) == (0.0, 3.0)
+    assert (proto.augment.contrast, proto.augment.rotate_deg, proto.augment.scale) == (0.0, 4, 0.2)
 
 
 @pytest.mark.parametrize(("flag", "message"), [
@@ -237,6 +238,7 @@ def test_set_flag_merges_with_the_file(tmp_path):
     ("schedule.warm=1", "only augment.KEY may be dotted"),
     ("augment.spin=1", "spin"),
     ("lr=[1", "not valid YAML"),
+    ("name=seed", "--protocol seed|improved"),
 ])
 def test_bad_set_flag_is_named(flag, message, capsys):
     assert cli([*DIGITS, "--models", "study-light-k1", "--set", flag]) == 2

@@ -109,6 +109,10 @@ class StudyConfig:
 
     def resolved_protocol(self) -> Protocol:
         base = IMPROVED if self.protocol == "improved" else Protocol()
+        if "name" in self.protocol_overrides:
+            # The name keys the trials in the store: it follows `protocol`, never an override.
+            raise ConfigError("protocol_overrides.name: set the protocol with `protocol:` "
+                              "(--protocol seed|improved)")
         changes: dict[str, Any] = dict(self.protocol_overrides)
         for key in ("epochs", "batch_size", "lr"):
             if getattr(self, key) is not None:
@@ -279,27 +283,40 @@ def config_from_dict(values: dict[str, Any]) -> StudyConfig:
     return validate(_build(StudyConfig, dict(values), "config"))
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` (VALUE read as YAML) for ``protocol_overrides``; ``augment.KEY=VALUE`` too.
-
-    Returns ``(key, value)``, with an augment key as ``("augment", {KEY: VALUE})``.
-    """
+def parse_overrides(texts: list[str]) -> dict[str, Any]:
+    """``--set`` flags (``KEY=VALUE``, VALUE read as YAML; ``augment.KEY=VALUE`` too) as a
+    ``protocol_overrides`` mapping, later flags winning."""
     import yaml
 
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set class_weighting=false")
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {text!r}: the value is not valid YAML: {e}") from e
-    head, dot, sub = key.partition(".")
-    if dot:
-        if head != "augment" or not sub:
-            raise ConfigError(f"--set {text!r}: only augment.KEY may be dotted")
-        return "augment", {sub: value}
-    return key, value
+    out: dict[str, Any] = {}
+    for text in texts:
+        key, sep, raw = text.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(
+                f"--set {text!r}: expected KEY=VALUE, e.g. --set class_weighting=false")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {text!r}: the value is not valid YAML: {e}") from e
+        head, dot, sub = key.partition(".")
+        if dot:
+            if head != "augment" or not sub:
+                raise ConfigError(f"--set {text!r}: only augment.KEY may be dotted")
+            key, value = "augment", {sub: value}
+        out = merge_overrides(out, {key: value})
+    return out
+
+
+def merge_overrides(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``protocol_overrides`` ``base`` updated key by key with ``extra`` (augment merged too)."""
+    merged = dict(base)
+    for key, value in extra.items():
+        old = merged.get(key)
+        if key == "augment" and isinstance(value, dict) and isinstance(old, dict):
+            value = {**old, **value}
+        merged[key] = value
+    return merged
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> StudyConfig:
@@ -322,14 +339,9 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> StudyConfig
         values.update(loaded)
     extra_proto = overrides.pop("protocol_overrides", None)
     values.update({k: v for k, v in overrides.items() if v is not None})
-    if extra_proto:  # merged into the file's, key by key (augment too), the flags winning
-        proto = dict(values.get("protocol_overrides") or {})
-        for key, value in extra_proto.items():
-            if key == "augment" and isinstance(value, dict):
-                aug = proto.get("augment")
-                value = {**aug, **value} if isinstance(aug, dict) else value
-            proto[key] = value
-        values["protocol_overrides"] = proto
+    if extra_proto:  # merged into the file's, the flags winning
+        values["protocol_overrides"] = merge_overrides(values.get("protocol_overrides") or {},
+                                                       extra_proto)
     where = str(path) if path is not None else "config"
     if isinstance(values.get("models"), str):
         values["models"] = [m.strip() for m in values["models"].split(",") if m.strip()]

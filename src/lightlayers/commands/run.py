@@ -51,18 +51,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from lightlayers.cli import CliError
-    from lightlayers.config import ConfigError, load_config, parse_override
+    from lightlayers.config import ConfigError, load_config, parse_overrides
     from lightlayers.data import DataError
     from lightlayers.runner import run_study
     from lightlayers.store import StoreError
 
     try:
-        overrides: dict = {}
-        for text in args.overrides:
-            key, value = parse_override(text)
-            if key == "augment" and isinstance(overrides.get(key), dict):
-                value = {**overrides[key], **value}
-            overrides[key] = value
+        overrides = parse_overrides(args.overrides)
         cfg = load_config(
             args.config, data=args.data, models=args.models, seeds=args.seeds,
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, size=args.size,
