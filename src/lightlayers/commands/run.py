@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ray.add_argument("--gpus-per-trial", type=float,
                      help="GPUs per Ray trial; fractions (0.25) share one GPU (default 0)")
     ray.add_argument("--cpus-per-trial", type=int,
-                     help="CPUs per Ray trial, also its torch threads unless --threads (default 1)")
+                     help="CPUs Ray reserves per trial, also its torch threads unless "
+                          "--threads (default: --threads)")
     ray.add_argument("--max-retries", type=int,
                      help="resubmissions of a trial whose Ray worker died (default 2)")
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
