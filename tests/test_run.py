@@ -218,6 +218,20 @@ def test_set_flag_overrides_one_protocol_setting(tmp_path):
     assert proto["label_smoothing"] == 0.1 and proto["schedule"] == "cosine"
 
 
+def test_models_flag_may_pick_a_subset_of_a_config_with_per_model_sizes(tmp_path):
+    from pathlib import Path
+
+    from lightlayers.config import ConfigError
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "cpu-study.yaml"
+    cfg = load_config(path, models="study-light-k1")
+    assert cfg.models == ("study-light-k1",) and cfg.sizes == {"transfer-inception_v3": 75}
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("models: [study-light-k1]\nsizes: {transfer-inceptoin_v3: 75}\n")
+    with pytest.raises(ConfigError, match=r"sizes: .*transfer-inceptoin_v3"):
+        load_config(bad)
+
+
 def test_set_flag_merges_with_the_file(tmp_path):
     from lightlayers.config import parse_overrides
 

@@ -239,14 +239,21 @@ def validate(cfg: StudyConfig) -> StudyConfig:
             model_info(name)
         except ValueError as e:
             raise ConfigError(f"models: {e}") from None
-    for name, opts in cfg.model_options.items():
+    def known(field: str, name: str) -> None:
+        # Entries for zoo models outside this run are fine (a YAML's sizes stay valid when
+        # --models picks a subset); a name the zoo does not know is a typo.
         if name not in cfg.models:
-            raise ConfigError(f"model_options: {name!r} is not one of the study's models")
+            try:
+                model_info(name)
+            except ValueError as e:
+                raise ConfigError(f"{field}: {e}") from None
+
+    for name, opts in cfg.model_options.items():
+        known("model_options", name)
         if not isinstance(opts, dict):
             raise ConfigError(f"model_options.{name}: expected a mapping, got {opts!r}")
     for name, px in cfg.sizes.items():
-        if name not in cfg.models:
-            raise ConfigError(f"sizes: {name!r} is not one of the study's models")
+        known("sizes", name)
         if not isinstance(px, int) or isinstance(px, bool) or px < 8:
             raise ConfigError(f"sizes.{name}: expected an int >= 8 pixels, got {px!r}")
     cfg.resolved_protocol()
