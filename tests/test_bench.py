@@ -49,12 +49,13 @@ def test_bench_defaults_and_out_folder(monkeypatch, tmp_path):
     from _common import parse_args
 
     cpu = parse_args("cpu", bench_cpu.DEFAULTS, [])
-    assert (cpu.size, cpu.transfer_size, cpu.study) == (64, 75, False)
+    assert (cpu.size, cpu.transfer_size, cpu.study, cpu.study_epochs) == (64, 75, True, 20)
     assert cpu.json == ROOT / "benchmarks" / "results" / "cpu.json"
     monkeypatch.setenv("OUT", str(tmp_path))
     gpu = parse_args("gpu", bench_gpu.DEFAULTS, [])
     assert (gpu.size, gpu.transfer_size, gpu.study, gpu.study_epochs) == (224, 299, True, 20)
     assert gpu.json == tmp_path / "gpu.json"
     assert parse_args("gpu", bench_gpu.DEFAULTS, ["--no-study"]).study is False
+    assert parse_args("cpu", bench_cpu.DEFAULTS, ["--no-study"]).study is False
     with pytest.raises(SystemExit):
         parse_args("cpu", bench_cpu.DEFAULTS, ["--size"])
