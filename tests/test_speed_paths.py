@@ -143,6 +143,22 @@ def test_channels_last_training_equals_nchw():
     states_close(nchw, cl, WEIGHT_TOL, skip=before_bn(nchw))  # every one feeds a BN
 
 
+def test_each_fit_compiles_its_model_past_dynamos_recompile_limit():
+    """A study compiles many models in one process: every trial must really be compiled, not
+    fall back to eager once dynamo's recompile limit is reached (here lowered to 1)."""
+    from torch._dynamo.utils import counters
+
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for width in (3, 4, 5):
+            torch.manual_seed(0)
+            net = nn.Sequential(nn.Conv2d(3, width, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                nn.Flatten(), nn.Linear(width, 2))
+            before = counters["stats"]["unique_graphs"]
+            r = run_fit(net, Protocol(epochs=1, compile="default"), n=32)
+            assert r.speed["compile"] == "default"
+            assert counters["stats"]["unique_graphs"] > before, f"width {width} ran eagerly"
+
+
 def test_compiled_training_equals_eager():
     """torch.compile on a tiny model (compiling a study model would take half a minute)."""
     def model():

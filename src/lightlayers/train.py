@@ -372,6 +372,11 @@ class _Stepper:
                 self._compile(self.mode)
 
     def _compile(self, mode: str) -> None:
+        # A study compiles one model per trial in one process; the shared forward code would
+        # pass dynamo's recompile limit (8) after a few models and then run eagerly without a
+        # word. Earlier trials' graphs are not needed again (inductor's disk cache still
+        # speeds up recompiling the same graph).
+        torch.compiler.reset()
         # dynamic=False: one graph for the one full-batch shape, no symbolic-shape guards.
         self.compiled = torch.compile(self.model, mode=mode, dynamic=False)
         self.compiled_mode = mode
