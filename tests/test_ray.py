@@ -143,12 +143,12 @@ def _worker_dies(marker_dir: str, always: set[int]):
     """A trial function whose worker process dies: once per trial, or every time for seeds in
     ``always`` (a closure, so Ray ships it by value to workers that cannot import tests)."""
 
-    def trial(spec, ds, key, cfg, protocol, device, out, reporter):
+    def trial(spec, ds, key, cfg, protocol, device, out, reporter, weights=None):
         marker = Path(marker_dir) / f"{spec.model}-{spec.seed}"
         if spec.seed in always or not marker.exists():
             marker.touch()
             os._exit(1)  # as an OOM kill or a lost node: no exception, the process is gone
-        return run_trial(spec, ds, key, cfg, protocol, device, out, reporter)
+        return run_trial(spec, ds, key, cfg, protocol, device, out, reporter, weights=weights)
 
     return trial
 

@@ -268,9 +268,9 @@ def test_protocol_sets_dropout_and_batchnorm_momentum():
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and all(m.momentum == 0.01 for m in bns)  # Keras' 0.99 in PyTorch's convention
     apply_protocol(model, Protocol())
-    assert all(m.momentum == 0.01 for m in bns) and model.drop.p == 0.0
+    assert all(m.momentum == 0.01 for m in bns) and model.head_dropout.p == 0.0
     apply_protocol(model, dataclasses.replace(IMPROVED, dropout=0.3))
-    assert all(m.momentum == 0.1 for m in bns) and model.drop.p == 0.3
+    assert all(m.momentum == 0.1 for m in bns) and model.head_dropout.p == 0.3
 
 
 @pytest.mark.parametrize("name", ["study", "cpu-study", "paper-mnist", "paper-cifar10",

@@ -35,11 +35,22 @@ def weights_file(tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
-def test_input_size_matches_the_weights_metadata(name):
+def test_preprocessing_comes_from_the_weights_metadata(name):
     weights = torchvision.models.get_model_weights(name).DEFAULT
-    assert BACKBONES[name].input_size == weights.transforms().crop_size[0]
+    t = weights.transforms()
     model = L.create_model(f"transfer-{name}", weights=None)
-    assert model.head.in_features == BACKBONES[name].features
+    pre = model.preprocess
+    assert (pre.crop_size, pre.resize_size) == (t.crop_size[0], t.resize_size[0])
+    assert pre.mean == tuple(t.mean) and pre.std == tuple(t.std)
+    assert pre.interpolation == t.interpolation.value
+    info = L.model_info(f"transfer-{name}")
+    assert info.input_size == t.crop_size[0]
+    assert info.min_input_size == weights.meta["min_size"][0]
+    # The head sits on the features torchvision's own classifier read.
+    full = getattr(torchvision.models, name)(weights=None)
+    first_linear = next(m for m in list(full.children())[-1].modules()
+                        if isinstance(m, torch.nn.Linear))
+    assert model.head.in_features == model.num_features == first_linear.in_features
     assert model.weights == "none"
 
 

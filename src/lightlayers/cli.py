@@ -14,6 +14,7 @@ COMMANDS = {
     "data": "list dataset short names, or summarise a dataset",
     "run": "train a study (models x seeds) and record every number",
     "report": "write the table, figures and HTML page of a run folder",
+    "weights": "list or fetch the transfer models' pretrained weights",
 }
 
 

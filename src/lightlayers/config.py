@@ -89,7 +89,9 @@ class StudyConfig:
     split_seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None
-    weights: str | None = "DEFAULT"
+    # Transfer backbones' weights: None = each backbone's torchvision DEFAULT; a weights name,
+    # 'none' or a local state dict file. Only for studies with a transfer model.
+    weights: str | None = None
     model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Per-model image size, e.g. {transfer-inception_v3: 75}: the backbone's smallest input
     # while the small models train at `size`.
@@ -248,10 +250,21 @@ def validate(cfg: StudyConfig) -> StudyConfig:
             except ValueError as e:
                 raise ConfigError(f"{field}: {e}") from None
 
+    from lightlayers.models import check_options
+
     for name, opts in cfg.model_options.items():
         known("model_options", name)
         if not isinstance(opts, dict):
             raise ConfigError(f"model_options.{name}: expected a mapping, got {opts!r}")
+        try:
+            check_options(name, opts)
+        except ValueError as e:
+            raise ConfigError(f"model_options.{name}: {e}") from None
+    if cfg.weights is not None and not any(
+            model_info(m).extra.get("takes_weights") for m in cfg.models):
+        raise ConfigError(
+            f"weights: {cfg.weights!r} was given, but no model of this study takes pretrained "
+            f"weights ({', '.join(cfg.models)}); drop --weights, or add a transfer-* model")
     for name, px in cfg.sizes.items():
         known("sizes", name)
         if not isinstance(px, int) or isinstance(px, bool) or px < 8:

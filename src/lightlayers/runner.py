@@ -27,6 +27,8 @@ from lightlayers.config import ConfigError, Protocol, StudyConfig
 from lightlayers.data import Dataset, DeviceLoader, load_dataset
 from lightlayers.metrics import classification_metrics
 from lightlayers.models import create_model, model_info
+from lightlayers.models.interface import ClassifierBase
+from lightlayers.models.weights import ResolvedWeights, WeightsError
 from lightlayers.params import count_params
 from lightlayers.progress import ProgressReporter
 from lightlayers.store import ResultsStore, StoreError, trial_key
@@ -99,34 +101,59 @@ class TrialSpec:
         return trial_key(self.model, self.seed, self.protocol, data_key)
 
 
-def data_size_for(cfg: StudyConfig, model: str) -> int | None:
-    """``sizes[model]``, else an explicit --size, else a transfer backbone's own input size."""
-    if model in cfg.sizes:
-        return cfg.sizes[model]
-    if cfg.size is not None:
-        return cfg.size
+def input_sizes(cfg: StudyConfig, model: str) -> tuple[int | None, int | None]:
+    """(decode size, crop) of ``model``'s images: the input side is ``sizes[model]``, else an
+    explicit --size, else a pretrained backbone's own; a backbone whose weights' recipe
+    resizes then center-crops (InceptionV3: 342 then 299) gets its images decoded at the
+    resize size and cropped on the device, in the same ratio at any input side."""
     info = model_info(model)
-    return info.input_size if info.family == "transfer" else None
+    pre = info.extra.get("preprocess")
+    side = cfg.sizes.get(model, cfg.size)
+    if side is None and pre is not None:
+        side = pre.crop_size
+    if side is None or pre is None:
+        return side, None
+    decode, crop = pre.sizes_for(side)
+    return decode, (crop if crop != decode else None)
+
+
+def data_size_for(cfg: StudyConfig, model: str) -> int | None:
+    """The side ``model``'s images are decoded at (see :func:`input_sizes`)."""
+    return input_sizes(cfg, model)[0]
 
 
 def data_key(ds: Dataset) -> str:
     return f"{ds.name}@{ds.identity['cache_key'][:12]}"
 
 
+def takes_weights(name: str) -> bool:
+    return bool(model_info(name).extra.get("takes_weights"))
+
+
+def weights_request(cfg: StudyConfig, name: str) -> str:
+    """What the study asks of ``name``'s weights: its model_options, else --weights, else its
+    torchvision DEFAULT."""
+    asked = cfg.model_options.get(name, {}).get("weights", cfg.weights)
+    return "DEFAULT" if asked is None else str(asked)
+
+
 def _model_kwargs(cfg: StudyConfig, name: str) -> dict[str, Any]:
     kw = dict(cfg.model_options.get(name, {}))
-    if model_info(name).family == "transfer":
-        kw.setdefault("weights", cfg.weights)
+    if takes_weights(name):
+        kw["weights"] = weights_request(cfg, name)
     return kw
 
 
-def _loader_options(model: nn.Module, data_chans: int) -> dict[str, Any]:
-    info = model.model_info
+def _loader_options(model: ClassifierBase, data_chans: int, image_size: int,
+                    crop: int | None) -> dict[str, Any]:
+    pre = model.preprocess
     opts: dict[str, Any] = {}
-    if info.family == "transfer":
-        opts["mean"], opts["std"] = list(info.extra["mean"]), list(info.extra["std"])
-    if info.in_chans == 3 and data_chans == 1:
+    if pre.mean is not None and pre.std is not None:
+        opts["mean"], opts["std"] = list(pre.mean), list(pre.std)
+    if model.model_info.in_chans == 3 and data_chans == 1:
         opts["out_chans"] = 3  # grey images replicated, as the study fed RGB copies of X-rays
+    if crop is not None and crop != image_size:
+        opts["crop"] = crop
     return opts
 
 
@@ -179,13 +206,13 @@ def measure_inference(model: nn.Module, x: torch.Tensor, device: torch.device,
     return float(throughput), float(np.median(times) * 1e3)
 
 
-def apply_protocol(model: nn.Module, protocol: Protocol) -> None:
+def apply_protocol(model: ClassifierBase, protocol: Protocol) -> None:
     """The protocol's settings that live in the model: head dropout, BatchNorm momentum.
 
     A frozen backbone stays in eval mode, so its BatchNorm statistics never move whatever the
     momentum; fine-tuned stages follow the protocol like the rest.
     """
-    model.drop.p = protocol.dropout
+    model.set_head_dropout(protocol.dropout)
     if protocol.bn_momentum is not None:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -194,15 +221,28 @@ def apply_protocol(model: nn.Module, protocol: Protocol) -> None:
 
 def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
               protocol: Protocol, device: torch.device, out_dir: Path,
-              reporter: ProgressReporter | None = None) -> dict[str, Any]:
-    """Train and evaluate one model with one seed; returns what the store records."""
+              reporter: ProgressReporter | None = None,
+              weights: ResolvedWeights | None = None) -> dict[str, Any]:
+    """Train and evaluate one model with one seed; returns what the store records.
+
+    ``weights``: the model's pretrained weights as resolved before the study (a transfer
+    model's trial never fetches weights itself).
+    """
     seed_everything(spec.seed)
+    kwargs = _model_kwargs(cfg, spec.model)
+    if weights is not None:
+        kwargs["weights"] = weights
+    elif takes_weights(spec.model):
+        # A trial run outside run_study (a script, a test): resolve from the cache only.
+        from lightlayers.models.transfer import resolve_model_weights
+
+        kwargs["weights"] = resolve_model_weights(spec.model, kwargs["weights"], download=False)
     model = create_model(spec.model, num_classes=ds.num_classes,
                          in_chans=cfg.in_chans or _model_in_chans(spec.model, ds.in_chans),
-                         **_model_kwargs(cfg, spec.model))
+                         **kwargs)
     apply_protocol(model, protocol)
     model.to(device)
-    lo = _loader_options(model, ds.in_chans)
+    lo = _loader_options(model, ds.in_chans, ds.image_size, input_sizes(cfg, spec.model)[1])
     bs = protocol.batch_size
     amp = amp_in_use(device, protocol)
     aug = protocol.augment if protocol.augment.enabled else None
@@ -213,12 +253,13 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
     notes: list[str] = []
     feature_time = None
     feature_hit = None
-    frozen = getattr(model, "frozen", False)
-    trainee: nn.Module = model
-    if frozen and aug is None:
+    trainee: ClassifierBase = model
+    if model.frozen and aug is None:
         from lightlayers.features import cached_features, feature_key
 
-        key = feature_key(data_id, spec.model, model.weights, ds.image_size, lo, amp)
+        # Two files under one weights name (a planted or replaced one) differ by checksum.
+        weights_id = json.dumps(model.weights_info(), sort_keys=True)
+        key = feature_key(data_id, spec.model, weights_id, ds.image_size, lo, amp)
         feats, feature_time, feature_hit = cached_features(
             key, model.backbone, {"train": train_ld, "val": val_ld, "test": test_ld}, device,
             amp is not None)
@@ -226,12 +267,11 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
                                               else f"computed once in {feature_time:.1f}s"))
         if reporter:
             reporter.log(f"  {notes[-1]}")
-        trainee = nn.Sequential(model.drop, model.head)
-        trainee.frozen = False  # type: ignore[attr-defined]
+        trainee = model.feature_head()
         train_ld = TensorLoader(*feats["train"], bs, shuffle=True, seed=spec.seed)
         val_ld = TensorLoader(*feats["val"], bs)
         test_ld = TensorLoader(*feats["test"], bs)
-    elif frozen:
+    elif model.frozen:
         notes.append("augmentation is on: frozen features cannot be cached, full forwards used")
         if reporter:
             reporter.log(f"  {notes[-1]}")
@@ -272,7 +312,10 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
         "amp": result.amp, "speed": result.speed, "device": str(device),
         "threads": torch.get_num_threads(),
         "image_size": ds.image_size, "in_chans": model.model_info.in_chans,
-        "weights": getattr(model, "weights", None), "feature_cache_hit": feature_hit,
+        "weights": model.weights, "feature_cache_hit": feature_hit,
+        **model.weights_info(),
+        **({} if weights is None else {"weights_notes": weights.notes}),
+        "input_size": lo.get("crop", ds.image_size),
         "head_time_s": result.total_time_s if feature_time is not None else None,
         "notes": notes + result.notes, "protocol": dataclasses.asdict(protocol),
         "loader": lo,
@@ -308,6 +351,8 @@ def _settings(cfg: StudyConfig) -> dict[str, Any]:
     d = cfg.to_dict()
     for k in _SETTINGS_EXCLUDED:
         d.pop(k, None)
+    # Unset means each backbone's DEFAULT, which run folders written before recorded as such.
+    d["weights"] = d.get("weights") or "DEFAULT"
     return json.loads(json.dumps(d, sort_keys=True))
 
 
@@ -346,6 +391,9 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
                 f"{out} holds a study with other settings ({', '.join(diff)} differ); "
                 "use another --out folder, or the same settings to resume or extend it"
             )
+        # Weights first: a transfer model that cannot have its weights is known (and said) before
+        # any data is decoded or any model trains.
+        weights, weight_errors = resolve_study_weights(cfg, reporter.log, progress)
         datasets: dict[int | None, Dataset] = {}
 
         def dataset_for(model: str) -> Dataset:
@@ -382,8 +430,13 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
         skipped = len(keyed) - len(todo)
         if skipped:
             reporter.log(f"{skipped} trial(s) already done in {out}: skipped")
+        for sp, _, dk in todo:
+            if sp.model in weight_errors:
+                store.record_failed(sp.key(dk), weight_errors[sp.model],
+                                    {"error": weight_errors[sp.model], "stage": "weights"})
+        todo = [t for t in todo if t[0].model not in weight_errors]
         reporter.total = len(todo)
-        tasks = [Task(spec, ds, dk) for spec, ds, dk in todo]
+        tasks = [Task(spec, ds, dk, weights.get(spec.model)) for spec, ds, dk in todo]
         executor.reporter = reporter
         try:
             for task, res, error in executor.run(tasks, start=lambda t: store.mark_running(t.key)):
@@ -407,6 +460,35 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
         reporter.close()
         store.close()
         lock.close()
+
+
+def resolve_study_weights(cfg: StudyConfig, log: Any, progress: bool = True
+                          ) -> tuple[dict[str, ResolvedWeights], dict[str, str]]:
+    """Resolve every transfer model's weights once (cache, download or file), before training.
+
+    Returns the resolved weights per model and, per model whose weights cannot be had, the
+    message saying what to do; those models' trials are recorded as failed at once.
+    """
+    from lightlayers.models.transfer import resolve_model_weights
+
+    resolved: dict[str, ResolvedWeights] = {}
+    errors: dict[str, str] = {}
+    for name in cfg.models:
+        if not takes_weights(name):
+            continue
+        try:
+            rw = resolve_model_weights(name, weights_request(cfg, name), progress=progress)
+        except WeightsError as e:
+            errors[name] = str(e)
+            log(f"weights: {name} cannot run, its {len(cfg.seeds)} trial(s) are recorded as "
+                f"failed and the other models train: {e}")
+            continue
+        resolved[name] = rw
+        where = f" from {rw.file}" if rw.file else ""
+        log(f"weights: {name} uses {rw.label}{where}")
+        for note in rw.notes:
+            log(f"  warning: {note}")
+    return resolved, errors
 
 
 def _make_executor(cfg: StudyConfig, protocol: Protocol, device: torch.device,
@@ -441,6 +523,7 @@ class Task:
     spec: TrialSpec
     data: Dataset
     data_key: str
+    weights: ResolvedWeights | None = None  # resolved before the study; None: takes none
 
     @property
     def key(self) -> str:
@@ -474,7 +557,7 @@ class LocalExecutor:
             start(task)
             try:
                 res = run_trial(task.spec, task.data, task.data_key, self.cfg, self.protocol,
-                                self.device, self.out, self.reporter)
+                                self.device, self.out, self.reporter, weights=task.weights)
             except Exception as e:  # the study goes on; the reason is recorded with the trial
                 yield task, None, failure(e)
                 continue

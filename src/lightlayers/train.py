@@ -28,6 +28,7 @@ from torch import nn
 from lightlayers.config import Protocol
 from lightlayers.layers import LightConv2d, LightLinear
 from lightlayers.metrics import choose_threshold
+from lightlayers.models.interface import ClassifierBase
 
 # "auto" compile on the CPU: torch.compile is used when the rest of the run is long enough to
 # repay compiling. Measured on the study models at 64 px on a 2-core CPU (docs/performance.md):
@@ -257,7 +258,7 @@ def fit(
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     fmt = resolve_memory_format(protocol.memory_format, model, device)
     model.to(memory_format=fmt)
-    if hasattr(model, "param_groups"):  # fine-tuned backbones learn at a lower rate
+    if isinstance(model, ClassifierBase):  # fine-tuned backbones learn at a lower rate
         params: Any = model.param_groups(protocol.lr, protocol.backbone_lr_scale)
     else:
         params = [p for p in model.parameters() if p.requires_grad]
@@ -449,8 +450,6 @@ class _Stepper:
 
 def _mutable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The part of the state that training can change (skips a frozen backbone's 20M values)."""
-    frozen = getattr(model, "frozen", False) and hasattr(model, "head")
-    state = model.state_dict()
-    if frozen:
-        return {k: v for k, v in state.items() if k.startswith("head.")}
-    return state
+    if isinstance(model, ClassifierBase):
+        return model.mutable_state()
+    return model.state_dict()

@@ -60,6 +60,8 @@ class DeviceLoader:
         mean, std: per channel, applied after scaling to [0, 1] (as torchvision's Normalize
             after ToTensor); one value or one per output channel. Default: [0, 1] scaling only.
         out_chans: 3 repeats 1-channel images into 3 channels (for ImageNet backbones).
+        crop: center-crop each image to ``crop`` x ``crop`` pixels first (a pretrained
+            backbone's resize-then-crop recipe; the images are decoded at the resize size).
 
     Example::
 
@@ -82,6 +84,7 @@ class DeviceLoader:
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         out_chans: int | None = None,
+        crop: int | None = None,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -111,6 +114,13 @@ class DeviceLoader:
         self._add = (-mean_t / std_t).view(1, -1, 1, 1).to(self.device)
         self._std_inv = (1 / std_t).view(1, -1, 1, 1).to(self.device)
         self._shift = bool((mean_t != 0).any())
+        h, w = split.images.shape[-2:]
+        if crop is not None and not 1 <= crop <= min(h, w):
+            raise ValueError(f"crop={crop} for {h}x{w} images; it must be in 1..{min(h, w)}")
+        # A view: no copy of the split; each batch's slice is made contiguous when converted.
+        self._crop = None if crop is None or crop == min(h, w) == max(h, w) else (
+            slice((h - crop) // 2, (h - crop) // 2 + crop),
+            slice((w - crop) // 2, (w - crop) // 2 + crop))
         self._images, self.resident = _place(_host_tensor(split.images), self.device)
         self._labels = torch.as_tensor(np.asarray(split.labels), dtype=torch.int64).to(self.device)
         self.num_samples = len(self._labels)
@@ -147,6 +157,8 @@ class DeviceLoader:
     def _convert(self, xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         # One fresh float tensor per batch, then in-place ops: on the CPU each extra
         # full-size temporary costs about as much as the conversion itself.
+        if self._crop is not None:
+            xb = xb[..., self._crop[0], self._crop[1]]
         x = xb.to(torch.float32)
         scale = self._mul
         if self.augment is not None:

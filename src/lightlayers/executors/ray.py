@@ -30,6 +30,7 @@ import torch
 
 from lightlayers.config import ConfigError, Protocol, StudyConfig, config_from_dict
 from lightlayers.data import DataError, Dataset, load_dataset
+from lightlayers.models.weights import ResolvedWeights
 from lightlayers.progress import ProgressReporter
 from lightlayers.runner import (
     Task,
@@ -95,11 +96,13 @@ class DataOnNode:
 
 
 def trial_task(spec: TrialSpec, data: Dataset | DataOnNode, key: str, cfg_values: dict[str, Any],
-               trial_fn: TrialFn | None = None) -> dict[str, Any]:
+               trial_fn: TrialFn | None = None,
+               weights: ResolvedWeights | None = None) -> dict[str, Any]:
     """The body of one Ray task: ``{"result": ...}`` or ``{"failure": ...}``, never raises.
 
     A trial's own exception is returned as a failure, not raised, so Ray does not retry it (it
     would fail the same way); only a dying worker or node makes the driver resubmit a trial.
+    ``weights``: the driver's resolved pretrained weights (workers never download any).
     """
     node = socket.gethostname()
     try:
@@ -117,7 +120,7 @@ def trial_task(spec: TrialSpec, data: Dataset | DataOnNode, key: str, cfg_values
         # here and its bytes go back to the driver, which writes the run folder.
         with tempfile.TemporaryDirectory(prefix="lightlayers-trial-") as scratch:
             res = (trial_fn or run_trial)(spec, ds, key, cfg, cfg.resolved_protocol(), device,
-                                          Path(scratch), None)
+                                          Path(scratch), None, weights=weights)
             res["checkpoint_bytes"] = (Path(scratch) / res["checkpoint"]).read_bytes()
         res["extra"]["node"] = node
         return {"result": res}
@@ -240,13 +243,19 @@ class RayExecutor:
                           if hasattr(ray.exceptions, n))
         cfg_values = self.cfg.to_dict()
         data_refs: dict[int, Any] = {}
+        weights_refs: dict[str, Any] = {}  # model -> its resolved weights, put once
         queue = deque(tasks)
         running: dict[Any, tuple[Task, int]] = {}  # ObjectRef -> (task, retries so far)
         total, handed = len(tasks), 0
 
         def submit(task: Task, retries: int) -> None:
+            weights = None
+            if task.weights is not None:
+                if task.spec.model not in weights_refs:
+                    weights_refs[task.spec.model] = ray.put(task.weights)
+                weights = weights_refs[task.spec.model]
             ref = remote.remote(task.spec, self._data_arg(task, data_refs), task.data_key,
-                                cfg_values, self.trial_fn)
+                                cfg_values, self.trial_fn, weights)
             running[ref] = (task, retries)
 
         self._log(f"Ray: {self._slots(started_here)} trial(s) at a time, "

@@ -1,6 +1,15 @@
 """The model zoo: build any model with :func:`create_model`, list them with :func:`list_models`."""
 
 from lightlayers.models import paper, study, transfer  # noqa: F401  (registers the models)
-from lightlayers.models._registry import ModelInfo, create_model, list_models, model_info
+from lightlayers.models._registry import (
+    ModelInfo,
+    check_options,
+    create_model,
+    list_models,
+    model_info,
+    model_options,
+)
+from lightlayers.models.interface import ClassifierBase, Preprocess
 
-__all__ = ["ModelInfo", "create_model", "list_models", "model_info"]
+__all__ = ["ClassifierBase", "ModelInfo", "Preprocess", "check_options", "create_model",
+           "list_models", "model_info", "model_options"]

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightlayers.layers import LightConv2d, LightLinear
+from lightlayers.models.interface import ClassifierBase
 
 # Keras BatchNormalization defaults: momentum 0.99 (PyTorch's convention is 1 - that) and eps 1e-3.
 BN_MOMENTUM = 0.01
@@ -72,15 +73,14 @@ def conv_bn_relu(cin: int, cout: int, conv: ConvFactory) -> list[nn.Module]:
     return [conv(cin, cout, 3), bn(cout), nn.ReLU(inplace=True)]
 
 
-class Classifier(nn.Module):
+class Classifier(ClassifierBase):
     """Feature stages, global average pooling and a head that returns logits."""
 
     def __init__(self, stages: nn.Module, head: nn.Module, min_input_size: int = 1) -> None:
         super().__init__()
         self.stages = stages
         self.head = head
-        # Dropout before the head: p = 0 (a no-op) unless a training protocol sets it.
-        self.drop = nn.Dropout(0.0)
+        self.num_features = _in_features(head)
         self.min_input_size = min_input_size
         self._warned = False
 
@@ -100,8 +100,9 @@ class Classifier(nn.Module):
             x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
         return torch.flatten(F.adaptive_avg_pool2d(self.stages(x), 1), 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.drop(self.forward_features(x)))
+
+def _in_features(head: nn.Module) -> int:
+    return int(head.in_features)  # nn.Linear and LightLinear alike
 
 
 def head(cin: int, num_classes: int, light_k: int | None = None) -> nn.Module:

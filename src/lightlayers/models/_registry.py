@@ -11,7 +11,10 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model"]
+from lightlayers.models.interface import ClassifierBase
+
+__all__ = ["ModelInfo", "check_options", "create_model", "list_models", "model_info",
+           "model_options", "register_model"]
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,18 @@ Builder = Callable[..., nn.Module]
 class _Entry:
     pattern: str  # e.g. "study-light-k{k}" or a plain name
     builder: Builder
-    info: ModelInfo
+    # A ModelInfo, or a function making one on first use (transfer models read theirs from
+    # torchvision's weights metadata, which would slow down `import lightlayers`).
+    info_source: ModelInfo | Callable[[], ModelInfo]
     listed_k: tuple[int, ...] = ()
+
+    @property
+    def info(self) -> ModelInfo:
+        if isinstance(self.info_source, ModelInfo):
+            return self.info_source
+        if self.pattern not in _INFO_CACHE:
+            _INFO_CACHE[self.pattern] = self.info_source()
+        return _INFO_CACHE[self.pattern]
 
     @property
     def regex(self) -> re.Pattern[str]:
@@ -52,12 +65,16 @@ class _Entry:
 
 
 _REGISTRY: dict[str, _Entry] = {}
+_INFO_CACHE: dict[str, ModelInfo] = {}
 
 
 def register_model(
-    pattern: str, info: ModelInfo, listed_k: Iterable[int] = ()
+    pattern: str, info: ModelInfo | Callable[[], ModelInfo], listed_k: Iterable[int] = ()
 ) -> Callable[[Builder], Builder]:
     """Register ``builder(num_classes=, in_chans=, [k=,] **kw)`` under ``pattern``.
+
+    The builder must return a :class:`~lightlayers.models.interface.ClassifierBase`: the
+    interface the harness relies on. ``info`` may be a function, called on first use.
 
     A pattern containing ``{k}`` accepts any integer k >= 1 (``study-light-k7``); ``listed_k``
     are the values :func:`list_models` shows.
@@ -120,11 +137,34 @@ def create_model(
     for arg, value in (("num_classes", num_classes), ("in_chans", in_chans)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name}: {arg} must be an integer >= 1, got {value!r}")
+    check_options(name, kwargs)
     if k is not None:
         kwargs["k"] = k
     model = entry.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if not isinstance(model, ClassifierBase):
+        raise TypeError(f"{name}: its builder returned a {type(model).__name__}, not a "
+                        "ClassifierBase (lightlayers.models.interface)")
     model.model_info = replace(info, num_classes=num_classes, in_chans=in_chans)
     return model
+
+
+def model_options(name: str) -> list[str]:
+    """The keyword options ``create_model(name, ...)`` accepts beyond classes and channels."""
+    import inspect
+
+    entry, _ = _resolve(name)
+    params = inspect.signature(entry.builder).parameters
+    return [p for p in params if p not in ("num_classes", "in_chans", "k")]
+
+
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """A ValueError naming the options ``name`` does not take (e.g. weights for a model trained
+    from scratch), instead of a TypeError from inside its builder."""
+    known = model_options(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        takes = ", ".join(known) if known else "no options"
+        raise ValueError(f"{name} does not take {', '.join(unknown)} (it takes: {takes})")
 
 
 def list_models(pattern: str | None = None) -> list[str]:
