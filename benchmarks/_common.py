@@ -105,10 +105,10 @@ def subset(ds: Dataset, n: int | None) -> Dataset:
 def loader_options(model: nn.Module, data_chans: int) -> dict[str, Any]:
     """What ``lightlayers run`` feeds this model (3 channels, ImageNet statistics for
     backbones); the plain loop gets the same images as float32."""
-    info = model.model_info
+    info, pre = model.model_info, model.preprocess
     opts: dict[str, Any] = {}
-    if info.family == "transfer":
-        opts["mean"], opts["std"] = list(info.extra["mean"]), list(info.extra["std"])
+    if pre.mean is not None and pre.std is not None:
+        opts["mean"], opts["std"] = list(pre.mean), list(pre.std)
     if info.in_chans == 3 and data_chans == 1:
         opts["out_chans"] = 3
     return opts
@@ -150,7 +150,8 @@ def mini_chest_tar(dst: Path, per_folder: int = 12) -> Path:
 
 def new_model(name: str, seed: int, weights: str | None) -> nn.Module:
     torch.manual_seed(seed)
-    kw: dict[str, Any] = {"weights": weights} if model_info(name).family == "transfer" else {}
+    kw: dict[str, Any] = {"weights": weights} if model_info(name).extra.get("takes_weights") \
+        else {}
     return create_model(name, num_classes=2, in_chans=3, **kw)
 
 
@@ -241,7 +242,7 @@ def time_model(name: str, ds: Dataset, device: torch.device, *, warmup: int, epo
     val_ld: Any = DeviceLoader(ds.splits["val"], batch, device, **opts)
     trainee: nn.Module = ours_model
     feature_s = None
-    if getattr(ours_model, "frozen", False):
+    if ours_model.frozen:
         from lightlayers.features import compute_features
 
         synchronize(device)
@@ -250,7 +251,7 @@ def time_model(name: str, ds: Dataset, device: torch.device, *, warmup: int, epo
                  for k, ld in (("train", train_ld), ("val", val_ld))}
         synchronize(device)
         feature_s = time.perf_counter() - t
-        trainee = nn.Sequential(ours_model.drop, ours_model.head)
+        trainee = ours_model.feature_head()
         train_ld = TensorLoader(*feats["train"], batch, shuffle=True)
         val_ld = TensorLoader(*feats["val"], batch)
 
@@ -431,7 +432,8 @@ def _study_child(spec_json: str) -> None:
     cfg = StudyConfig(
         data=str(PNEUMONIA_NPZ if spec["smoke"] else CHEST_TAR), models=models, seeds=(0,),
         epochs=spec["epochs"], size=spec["size"], in_chans=3, sizes=sizes,
-        weights=spec["weights"], out=spec["out"], report=False, device=spec["device"])
+        weights=spec["weights"] if TRANSFER in models else None, out=spec["out"], report=False,
+        device=spec["device"])
     if spec["device"] == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
