@@ -225,6 +225,28 @@ def test_data_from_shared_storage_gives_the_same_numbers(ray_instance, small_npz
         assert t[col] == pytest.approx(ref[col], abs=1e-4), col
 
 
+@pytest.mark.slow
+def test_workers_use_the_drivers_weights(ray_instance, small_npz, tmp_path, monkeypatch):
+    """The driver resolves the backbone's weights from its own hub cache; the workers, started
+    with the session's empty one, never look for a file (they would fail) nor download."""
+    import torch
+    import torchvision
+
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    planted = tmp_path / "torch" / "hub" / "checkpoints" / url.rsplit("/", 1)[1]
+    planted.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), planted)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    out = tmp_path / "study"
+    assert cli(["run", "--data", str(small_npz), "--models", "transfer-resnet18", "--size", "32",
+                "--epochs", "1", "--quiet", "--no-report", "--out", str(out),
+                "--executor", "ray"]) == 0
+    (t,) = ResultsStore(out / "results.db", create=False).trials()
+    assert t["status"] == "done" and t["extra"]["weights_file"] == str(planted)
+    assert t["extra"]["node"]  # it ran in a Ray worker
+
+
 def test_node_with_other_data_is_refused(small_npz):
     from lightlayers.data import DataError
     from lightlayers.executors.ray import DataOnNode
