@@ -70,6 +70,11 @@ IMPROVED = Protocol(
 )
 
 
+# Image sides a study accepts: below 8 px no model of the zoo has a feature left; above 1024 px
+# one decoded split of the chest X-rays alone would need over 5 GB.
+MIN_SIZE, MAX_SIZE = 8, 1024
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """Everything a study needs; trials are ``models x seeds`` under one protocol."""
@@ -86,6 +91,11 @@ class StudyConfig:
     in_chans: int | None = None
     resize: Literal["stretch", "crop"] = "stretch"
     val_fraction: float = 0.1
+    # Undecodable image files: "error" lists them and stops; "skip" leaves them out and lists
+    # them in the run folder (skipped_images.csv) and the report.
+    on_bad_image: Literal["error", "skip"] = "error"
+    # Keep a dataset in which a class has no images in some split (an error by default).
+    allow_missing_classes: bool = False
     split_seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None
@@ -225,8 +235,8 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         raise ConfigError("models and seeds must not repeat")
     if cfg.protocol not in PROTOCOLS:
         raise ConfigError(f"protocol: must be one of {', '.join(PROTOCOLS)}, got {cfg.protocol!r}")
-    if cfg.size is not None and cfg.size < 8:
-        raise ConfigError(f"size: must be >= 8 pixels, got {cfg.size}")
+    if cfg.size is not None and not MIN_SIZE <= cfg.size <= MAX_SIZE:
+        raise ConfigError(f"size: must be {MIN_SIZE}..{MAX_SIZE} pixels, got {cfg.size}")
     if cfg.in_chans not in (None, 1, 3):
         raise ConfigError(f"in_chans: must be 1 or 3, got {cfg.in_chans}")
     if not 0 < cfg.val_fraction < 1:
@@ -267,8 +277,9 @@ def validate(cfg: StudyConfig) -> StudyConfig:
             f"weights ({', '.join(cfg.models)}); drop --weights, or add a transfer-* model")
     for name, px in cfg.sizes.items():
         known("sizes", name)
-        if not isinstance(px, int) or isinstance(px, bool) or px < 8:
-            raise ConfigError(f"sizes.{name}: expected an int >= 8 pixels, got {px!r}")
+        if not isinstance(px, int) or isinstance(px, bool) or not MIN_SIZE <= px <= MAX_SIZE:
+            raise ConfigError(f"sizes.{name}: expected an int in {MIN_SIZE}..{MAX_SIZE} pixels, "
+                              f"got {px!r}")
     cfg.resolved_protocol()
     return cfg
 

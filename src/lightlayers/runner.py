@@ -51,9 +51,10 @@ CSV_COLUMNS = [
     "feature_time_s", "infer_img_s", "latency_ms", "best_epoch", "epochs_run", "attempts", "error",
 ]
 # Settings that change a trial's numbers: a run folder holds one value of each. Where trials
-# run is not one of them, so a study can be resumed with another executor.
+# run is not one of them, so a study can be resumed with another executor; nor is the spelling
+# of the data's path: the data is compared by content (data_fingerprint).
 _SETTINGS_EXCLUDED = ("models", "seeds", "out", "report", "device", "threads", "executor",
-                      "ray_address", "gpus_per_trial", "cpus_per_trial", "max_retries")
+                      "ray_address", "gpus_per_trial", "cpus_per_trial", "max_retries", "data")
 
 
 # torch's own default (the machine's cores, or OMP_NUM_THREADS), taken before anything here
@@ -126,6 +127,51 @@ def data_key(ds: Dataset) -> str:
     return f"{ds.name}@{ds.identity['cache_key'][:12]}"
 
 
+# Identity fields of a loaded dataset that name where it was read, not what it holds.
+_WHERE = ("source", "cache_key", "cache_path", "options")
+# Decode options that do not change which images are in which split.
+_DECODE_ONLY = ("size", "in_chans", "resize", "resample", "out_chans", "chans")
+
+
+def data_fingerprint(ds: Dataset) -> dict[str, Any]:
+    """What a run folder is bound to: the data's content (its source's own hash, whatever the
+    path's spelling) and how it was split; not the decode size, which differs per model."""
+    content = {k: v for k, v in ds.identity.items() if k not in _WHERE}
+    split = {k: v for k, v in ds.identity.get("options", {}).items() if k not in _DECODE_ONLY}
+    split["members"] = {name: _members_digest(s) for name, s in ds.splits.items()}
+    return _jsonable({"name": ds.name, "content": content, "split": split,
+                      "classes": list(ds.classes)})
+
+
+def _members_digest(split: Any) -> str:
+    """Which images a split holds (their ids, or for array sources their labels in order)."""
+    import hashlib
+
+    h = hashlib.sha256(str(len(split)).encode())
+    if split.ids is not None:
+        h.update("\n".join(map(str, split.ids)).encode())
+    h.update(np.ascontiguousarray(split.labels).tobytes())
+    return f"{len(split)}:{h.hexdigest()[:16]}"
+
+
+def _data_change(previous: dict[str, Any], now: dict[str, Any]) -> str:
+    """How the data differs from a run folder's, in words."""
+    if previous.get("content") != now.get("content"):
+        old, new = previous.get("content", {}), now.get("content", {})
+        files_old, files_new = old.get("files"), new.get("files")
+        if isinstance(files_old, dict) and isinstance(files_new, dict):
+            added = len(set(files_new) - set(files_old))
+            removed = len(set(files_old) - set(files_new))
+            modified = sum(files_old[f] != files_new[f] for f in set(files_old) & set(files_new))
+            return f"{added} file(s) added, {removed} removed, {modified} modified"
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        return "its content differs (" + ", ".join(
+            f"{k}: {str(old.get(k))[:16]} -> {str(new.get(k))[:16]}" for k in changed) + ")"
+    if previous.get("classes") != now.get("classes"):
+        return f"its classes differ ({previous.get('classes')} -> {now.get('classes')})"
+    return f"it is split differently ({previous.get('split')} -> {now.get('split')})"
+
+
 def takes_weights(name: str) -> bool:
     return bool(model_info(name).extra.get("takes_weights"))
 
@@ -157,17 +203,41 @@ def _loader_options(model: ClassifierBase, data_chans: int, image_size: int,
     return opts
 
 
+def checkpoint_name(spec: TrialSpec, data_id: str) -> str:
+    """One file per trial: the data's key is part of the name, so a trial on other data (or a
+    rerun's) never shares or overwrites another trial's checkpoint."""
+    data = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in data_id)
+    return f"{spec.model}__seed{spec.seed}__{spec.protocol}__{data}.safetensors"
+
+
 def save_checkpoint(model: nn.Module, path: Path, metadata: dict[str, str]) -> float:
-    """Float32 safetensors of the full state; returns its size in MB (10^6 bytes)."""
+    """Float32 safetensors of the full state; returns its size in MB (10^6 bytes).
+
+    A file already there is replaced only when it belongs to the same trial (an attempt that
+    crashed before it was recorded); another trial's checkpoint is never overwritten.
+    """
     from safetensors.torch import save_file
 
     state = {k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and _checkpoint_trial(path) != metadata.get("trial"):
+        raise StoreError(f"{path} already holds the checkpoint of another trial "
+                         f"({_checkpoint_trial(path)}); it is kept. Use another --out folder")
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(state, str(tmp), metadata=metadata)
     os.replace(tmp, path)
     return path.stat().st_size / 1e6
+
+
+def _checkpoint_trial(path: Path) -> str | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return (f.metadata() or {}).get("trial")
+    except Exception:  # unreadable: not a checkpoint of any recorded trial
+        return None
 
 
 def count_macs(model: nn.Module, x: torch.Tensor) -> int:
@@ -287,8 +357,9 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
     test = evaluate(trainee, test_ld, device, amp is not None)
     m = classification_metrics(test.labels, test.probs, ds.positive_class, result.threshold)
 
-    ckpt = out_dir / "checkpoints" / f"{spec.model}__seed{spec.seed}__{spec.protocol}.safetensors"
+    ckpt = out_dir / "checkpoints" / checkpoint_name(spec, data_id)
     size_mb = save_checkpoint(model, ckpt, {
+        "trial": spec.key(data_id),
         "model": spec.model, "seed": str(spec.seed), "protocol": spec.protocol,
         "classes": json.dumps(list(ds.classes)), "in_chans": str(model.model_info.in_chans),
         "image_size": str(ds.image_size), "data": data_id,
@@ -347,6 +418,32 @@ def write_results_csv(store: ResultsStore, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _settings_diff(previous: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
+    """Settings that differ from a run folder's. A setting the folder predates counts as its
+    default value, so folders written before it was added still resume."""
+    if previous is None:
+        return []
+    defaults = _settings(StudyConfig())
+    return sorted(k for k in set(previous) | set(now)
+                  if previous.get(k, defaults.get(k)) != now.get(k, defaults.get(k)))
+
+
+def _record_skipped(out: Path, datasets: Any, log: Any) -> None:
+    """Undecodable files left out (``on_bad_image: skip``): listed in the run folder."""
+    rows = sorted({(f, r) for ds in datasets for f, r in ds.skipped})
+    path = out / "skipped_images.csv"
+    if not rows:
+        return
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["file", "reason"])
+    w.writerows(rows)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, path)
+    log(f"{len(rows)} undecodable image file(s) skipped, listed in {path}")
+
+
 def _settings(cfg: StudyConfig) -> dict[str, Any]:
     d = cfg.to_dict()
     for k in _SETTINGS_EXCLUDED:
@@ -384,9 +481,8 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
     store = ResultsStore(out / "results.db")
     try:
         previous = store.meta().get("settings")
-        if previous is not None and previous != _settings(cfg):
-            diff = sorted(k for k in set(previous) | set(_settings(cfg))
-                          if previous.get(k) != _settings(cfg).get(k))
+        diff = _settings_diff(previous, _settings(cfg))
+        if diff:
             raise ConfigError(
                 f"{out} holds a study with other settings ({', '.join(diff)} differ); "
                 "use another --out folder, or the same settings to resume or extend it"
@@ -402,8 +498,25 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
                 reporter.log(f"loading data {cfg.data}" + (f" at {size}px" if size else ""))
                 datasets[size] = load_dataset(
                     cfg.data, size=size, in_chans=cfg.in_chans, resize=cfg.resize,
-                    val_fraction=cfg.val_fraction, seed=cfg.split_seed, progress=progress)
+                    val_fraction=cfg.val_fraction, seed=cfg.split_seed, progress=progress,
+                    on_bad_image=cfg.on_bad_image,
+                    allow_missing_classes=cfg.allow_missing_classes)
+                check_data(datasets[size])
             return datasets[size]
+
+        recorded = store.meta().get("data_fingerprint")
+
+        def check_data(ds: Dataset) -> None:
+            nonlocal recorded
+            now = data_fingerprint(ds)
+            if recorded is None:
+                recorded = now
+                store.set_meta(data_fingerprint=now)
+            elif recorded != now:
+                raise ConfigError(
+                    f"{out} was made with other data: {cfg.data} has changed since "
+                    f"({_data_change(recorded, now)}). Its trials are kept as they are; run "
+                    "the changed data into a new folder with --out NEW_FOLDER")
 
         specs = [TrialSpec(m, s, cfg.protocol) for m in cfg.models for s in cfg.seeds]
         keyed = []
@@ -411,6 +524,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
             ds = dataset_for(spec.model)
             keyed.append((spec, ds, data_key(ds)))
         first = datasets[next(iter(datasets))]
+        _record_skipped(out, datasets.values(), reporter.log)
         store.set_meta(
             settings=_settings(cfg), config=cfg.to_dict(),
             protocol=dataclasses.asdict(protocol), environment=_env(device),

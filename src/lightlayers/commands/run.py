@@ -24,6 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--size", type=int, help="square image size in pixels")
     p.add_argument("--in-chans", type=int, choices=(1, 3))
+    p.add_argument("--on-bad-image", choices=("error", "skip"),
+                   help="undecodable image files: error (default) lists them and stops; skip "
+                        "leaves them out and lists them in the run folder and the report")
+    p.add_argument("--allow-missing-classes", action="store_true", default=None,
+                   help="keep a dataset in which a class has no images in some split")
     p.add_argument("--protocol", choices=("seed", "improved"))
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
@@ -62,8 +67,9 @@ def main(args: argparse.Namespace) -> int:
         cfg = load_config(
             args.config, data=args.data, models=args.models, seeds=args.seeds,
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, size=args.size,
-            in_chans=args.in_chans, protocol=args.protocol, device=args.device,
-            threads=args.threads, weights=args.weights, out=args.out,
+            in_chans=args.in_chans, on_bad_image=args.on_bad_image,
+            allow_missing_classes=args.allow_missing_classes, protocol=args.protocol,
+            device=args.device, threads=args.threads, weights=args.weights, out=args.out,
             executor=args.executor, ray_address=args.ray_address,
             gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
             max_retries=args.max_retries, protocol_overrides=overrides or None,

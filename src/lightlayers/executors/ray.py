@@ -82,11 +82,14 @@ class DataOnNode:
     val_fraction: float
     split_seed: int
     data_key: str
+    on_bad_image: str = "error"
+    allow_missing_classes: bool = False
 
     def load(self) -> Dataset:
         ds = load_dataset(self.source, size=self.size, in_chans=self.in_chans,
                           resize=self.resize, val_fraction=self.val_fraction,
-                          seed=self.split_seed, progress=False)
+                          seed=self.split_seed, progress=False, on_bad_image=self.on_bad_image,
+                          allow_missing_classes=self.allow_missing_classes)
         if data_key(ds) != self.data_key:
             raise DataError(
                 f"{self.source} on node {socket.gethostname()} decodes to {data_key(ds)}, the "
@@ -215,7 +218,8 @@ class RayExecutor:
             source = str(src.resolve()) if src.exists() else self.cfg.data
             arg = DataOnNode(source, data_size_for(self.cfg, task.spec.model), self.cfg.in_chans,
                              self.cfg.resize, self.cfg.val_fraction, self.cfg.split_seed,
-                             task.data_key)
+                             task.data_key, self.cfg.on_bad_image,
+                             self.cfg.allow_missing_classes)
             self._log(f"data {task.data_key}: {nbytes / 1e6:.1f} MB, each node loads {source} "
                       "into its own cache")
         cache[id(ds)] = arg
