@@ -12,7 +12,7 @@ from PIL import Image
 
 from lightlayers.data import load_dataset
 from lightlayers.data import preprocess as pre
-from lightlayers.data.cache import cache_root, load_entry
+from lightlayers.data.cache import CacheWarning, cache_root, load_entry
 
 
 @pytest.fixture(autouse=True)
@@ -136,7 +136,8 @@ def test_half_written_entries_are_never_read(tmp_path: Path, decodes: list[int])
     (final.parent / f".{final.name}.123-abc.tmp").mkdir()
     (final / "meta.json").unlink()  # and an unusable final entry is rebuilt, not trusted
     assert load_entry(final) is None
-    again = load_dataset(tmp_path / "t", progress=False)
+    with pytest.warns(CacheWarning, match=f"replaced the unusable entry {final}.*meta.json"):
+        again = load_dataset(tmp_path / "t", progress=False)
     assert len(decodes) == 2 and load_entry(final) is not None
     np.testing.assert_array_equal(again.splits["test"].images, ds.splits["test"].images)
 

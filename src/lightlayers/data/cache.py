@@ -4,6 +4,10 @@
 A folder is written under a temporary name beside its final one and renamed into place when
 complete (an atomic rename), so a crash or a concurrent writer never leaves a half-written entry
 that a reader could take for a finished one. Entries are opened memory-mapped and read-only.
+
+Every read is verified (:func:`read_entry`); an entry that fails is a miss, so it is decoded
+again and replaced, and a :class:`CacheWarning` names it. Arrays are read with
+``allow_pickle=False``: a cache file can never run code.
 """
 
 from __future__ import annotations
@@ -14,18 +18,22 @@ import os
 import re
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lightlayers.data.preprocess import Decoded, PreprocessOptions
+from lightlayers.data.sources.base import SPLITS
 
-__all__ = ["FORMAT_VERSION", "cache_key", "cache_root", "entry_path", "load_entry", "store_entry"]
+__all__ = [
+    "FORMAT_VERSION", "CacheWarning", "cache_key", "cache_root", "entry_path", "load_entry",
+    "read_entry", "store_entry",
+]
 
 # Bump when the meaning of cached arrays changes (decoding, digests, layout).
 FORMAT_VERSION = 1
-_ARRAYS = ("images", "labels", "splits", "digests")
 
 
 def cache_root() -> Path:
@@ -46,43 +54,115 @@ def entry_path(name: str, key: str) -> Path:
     return cache_root() / "datasets" / f"{safe}-{key}"
 
 
-def load_entry(path: Path) -> Decoded | None:
-    """The entry at ``path``, or None when it is missing or unusable (then it is rebuilt)."""
+class CacheWarning(UserWarning):
+    """A cache entry failed verification and was rebuilt; the message names the file."""
+
+
+# meta.json keys every entry has, with the type each must hold.
+_META_TYPES: dict[str, type | tuple[type, ...]] = {
+    "version": int, "n": int, "shape": list, "classes": list, "ids": (list, type(None)),
+    "source_is_gray": bool, "skipped": list, "notes": list,
+}
+# dtype and rank of each array (images are also checked against meta["shape"]).
+_ARRAY_SPECS = {"images": (np.uint8, 4), "labels": (np.int64, 1), "splits": (np.int8, 1),
+                "digests": (np.uint64, 1)}
+_SMALL = ("labels", "splits", "digests")  # checksummed in meta.json: cheap to read in full
+
+
+def _checksum(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:32]
+
+
+def read_entry(path: Path) -> tuple[Decoded | None, str | None]:
+    """``(entry, None)``, or ``(None, why)`` when the entry at ``path`` is unusable, or
+    ``(None, None)`` when there is none.
+
+    Every read is verified: meta.json's keys and types, each array's dtype, rank and length,
+    the image shape, label and split ranges, and (entries written since they were added) the
+    checksums of the small arrays. Arrays are never unpickled.
+    """
     if not path.is_dir():
-        return None
+        return None, None
     try:
         meta = json.loads((path / "meta.json").read_text())
-        if meta.get("version") != FORMAT_VERSION:
-            return None
-        arrays = {k: np.load(path / f"{k}.npy", mmap_mode="r") for k in _ARRAYS}
-    except (OSError, ValueError, KeyError):
-        return None
-    n = meta["n"]
-    if any(len(a) != n for a in arrays.values()) or list(arrays["images"].shape) != meta["shape"]:
-        return None
+    except FileNotFoundError:
+        return None, "meta.json is missing"
+    except (OSError, ValueError) as e:
+        return None, f"meta.json is unreadable ({e})"
+    if not isinstance(meta, dict):
+        return None, "meta.json does not hold a mapping"
+    for key, tp in _META_TYPES.items():
+        if key not in meta:
+            return None, f"meta.json has no {key!r}"
+        if not isinstance(meta[key], tp) or (tp is int and isinstance(meta[key], bool)):
+            return None, f"meta.json {key!r} is {type(meta[key]).__name__}"
+    if meta["version"] != FORMAT_VERSION:
+        return None, f"format version {meta['version']}, this lightlayers writes {FORMAT_VERSION}"
+    n, classes = meta["n"], meta["classes"]
+    if len(meta["shape"]) != 4 or meta["shape"][0] != n:
+        return None, f"meta.json shape {meta['shape']} is not ({n}, C, H, W)"
+    if meta["ids"] is not None and len(meta["ids"]) != n:
+        return None, f"meta.json lists {len(meta['ids'])} ids for {n} images"
+    arrays: dict[str, np.ndarray] = {}
+    for name, (dtype, ndim) in _ARRAY_SPECS.items():
+        try:
+            # A truncated file fails here (its header promises more bytes than there are).
+            a = np.load(path / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            return None, f"{name}.npy is missing"
+        except (OSError, ValueError) as e:
+            return None, f"{name}.npy is unreadable ({e})"
+        if a.dtype != dtype or a.ndim != ndim or len(a) != n:
+            return None, (f"{name}.npy holds {a.dtype} {a.shape}, expected {np.dtype(dtype)} "
+                          f"with {n} rows")
+        arrays[name] = a
+    if list(arrays["images"].shape) != meta["shape"]:
+        return None, f"images.npy shape {list(arrays['images'].shape)} != {meta['shape']}"
+    sums = meta.get("checksums")
+    if sums is not None:
+        for name in _SMALL:
+            if not isinstance(sums, dict) or sums.get(name) != _checksum(arrays[name]):
+                return None, f"{name}.npy does not match its checksum in meta.json"
+    labels, splits = arrays["labels"], arrays["splits"]
+    if n and (labels.min() < 0 or labels.max() >= len(classes)):
+        return None, f"labels.npy holds labels outside 0..{len(classes) - 1}"
+    if n and (splits.min() < -1 or splits.max() >= len(SPLITS)):
+        return None, f"splits.npy holds codes outside -1..{len(SPLITS) - 1}"
     return Decoded(
         images=arrays["images"],
-        labels=arrays["labels"],
-        split_codes=arrays["splits"],
+        labels=labels,
+        split_codes=splits,
         digests=arrays["digests"],
-        classes=tuple(meta["classes"]),
+        classes=tuple(classes),
         ids=meta["ids"],
         source_is_gray=meta["source_is_gray"],
         skipped=meta["skipped"],
         notes=meta["notes"],
-    )
+    ), None
+
+
+def load_entry(path: Path) -> Decoded | None:
+    """The entry at ``path``, or None when it is missing or unusable (then it is rebuilt, and
+    :func:`store_entry` names the entry it replaces)."""
+    return read_entry(path)[0]
 
 
 def store_entry(path: Path, decoded: Decoded, info: dict[str, Any]) -> Decoded:
-    """Write ``decoded`` as the entry at ``path`` and return it reopened from disk."""
+    """Write ``decoded`` as the entry at ``path`` and return it reopened from disk.
+
+    An unusable entry already at ``path`` is replaced, with a :class:`CacheWarning` naming it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     tmp.mkdir()
+    replaced = None
     try:
-        np.save(tmp / "images.npy", decoded.images)
-        np.save(tmp / "labels.npy", np.asarray(decoded.labels, np.int64))
-        np.save(tmp / "splits.npy", np.asarray(decoded.split_codes, np.int8))
-        np.save(tmp / "digests.npy", np.asarray(decoded.digests, np.uint64))
+        small = {"labels": np.asarray(decoded.labels, np.int64),
+                 "splits": np.asarray(decoded.split_codes, np.int8),
+                 "digests": np.asarray(decoded.digests, np.uint64)}
+        np.save(tmp / "images.npy", decoded.images, allow_pickle=False)
+        for name, a in small.items():
+            np.save(tmp / f"{name}.npy", a, allow_pickle=False)
         meta = {
             "version": FORMAT_VERSION,
             "n": len(decoded.labels),
@@ -92,20 +172,27 @@ def store_entry(path: Path, decoded: Decoded, info: dict[str, Any]) -> Decoded:
             "source_is_gray": decoded.source_is_gray,
             "skipped": decoded.skipped,
             "notes": decoded.notes,
+            "checksums": {name: _checksum(a) for name, a in small.items()},
             **info,
         }
         (tmp / "meta.json").write_text(json.dumps(meta))
+        # An empty folder at ``path`` would be replaced silently by the rename: check first.
+        replaced = read_entry(path)[1]
         try:
             os.replace(tmp, path)
         except OSError:
             # The final folder exists: a concurrent writer finished first (use theirs), or an
             # unusable old entry is in the way (replace it).
-            if load_entry(path) is None:
+            replaced = read_entry(path)[1]
+            if replaced is not None:
                 shutil.rmtree(path, ignore_errors=True)
                 os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    entry = load_entry(path)
+    entry, problem = read_entry(path)
     if entry is None:
-        raise OSError(f"{path}: the cache entry just written cannot be read back")
+        raise OSError(f"{path}: the cache entry just written cannot be read back ({problem})")
+    if replaced is not None:
+        warnings.warn(f"decoded-image cache: replaced the unusable entry {path} ({replaced})",
+                      CacheWarning, stacklevel=2)
     return entry
