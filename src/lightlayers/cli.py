@@ -1,11 +1,23 @@
 """The ``lightlayers`` command. Each subcommand lives in ``lightlayers.commands.<name>`` and is
-imported only when used, so ``lightlayers --help`` stays fast."""
+imported only when used, so ``lightlayers --help`` stays fast.
+
+One error policy for every subcommand (:func:`main`): bad input or an unusable environment
+ends in one line on stderr that says what, where and how to fix it, with a documented exit
+code; only ``--debug`` (or ``LIGHTLAYERS_DEBUG=1``) shows a Python traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib
+import os
 import sys
+import traceback
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
 
 # name -> one-line help; the module lightlayers.commands.<name> defines
 # ``add_arguments(parser)`` and ``main(args) -> int``.
@@ -17,6 +29,31 @@ COMMANDS = {
     "weights": "list or fetch the transfer models' pretrained weights",
 }
 
+# Exit codes (documented in `lightlayers --help`).
+EXIT_OK, EXIT_TRIAL_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+EPILOG = f"""exit codes:
+  {EXIT_OK}    done (every trial of a study finished)
+  {EXIT_TRIAL_FAILED}    some trial failed; the others are recorded (`lightlayers report` lists why)
+  {EXIT_USAGE}    bad input or usage, or an unusable environment (read-only or full disk,
+       missing permissions, a damaged results store): one line says what and how to fix it
+  {EXIT_INTERNAL}    internal error (a bug): rerun with --debug and report the traceback
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C); finished trials stay recorded
+
+--debug before the command (lightlayers --debug run ...) or LIGHTLAYERS_DEBUG=1 shows the
+Python traceback of any error."""
+
+# Exceptions whose message is written for the user, by (module, class name). Looked up in
+# sys.modules only: a module that was never imported cannot have raised its error, and
+# importing it here would slow every error down.
+_USER_ERRORS = (
+    ("lightlayers.config", "ConfigError"),
+    ("lightlayers.data.errors", "DataError"),
+    ("lightlayers.store", "StoreError"),
+    ("lightlayers.report.load", "ReportError"),
+    ("lightlayers.models.weights", "WeightsError"),
+)
+
 
 class CliError(Exception):
     """An error whose message is meant for the user as is (no traceback)."""
@@ -25,8 +62,12 @@ class CliError(Exception):
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     from lightlayers import __version__
 
-    parser = argparse.ArgumentParser(prog="lightlayers", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="lightlayers", description=__doc__.split("\n")[0],
+                                     epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"lightlayers {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (also LIGHTLAYERS_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     wanted = next((a for a in argv if a in COMMANDS), None)
     for name, help_text in COMMANDS.items():
@@ -39,18 +80,130 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def debug_wanted(argv: list[str]) -> bool:
+    """``--debug`` before the subcommand, or LIGHTLAYERS_DEBUG set to anything but 0/empty."""
+    env = os.environ.get("LIGHTLAYERS_DEBUG", "").strip().lower()
+    if env not in ("", "0", "false", "no"):
+        return True
+    head = argv[:next((i for i, a in enumerate(argv) if a in COMMANDS), len(argv))]
+    return "--debug" in head
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
+    debug = debug_wanted(argv)
+    command = next((a for a in argv if a in COMMANDS), None)
+    prefix = f"lightlayers {command}" if command else "lightlayers"
+    with _plain_warnings(debug):
+        try:
+            # argparse reports usage errors itself (one line, exit 2) by raising SystemExit.
+            args = build_parser(argv).parse_args(argv)
+            return int(args._main(args) or 0)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except BrokenPipeError:
+            # `lightlayers models | head`: the reader left; nothing left to say to it.
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_OK
+        except Exception as e:
+            code, message = explain(e, command)
+            if debug:
+                traceback.print_exc()
+            print(f"{prefix}: {message}", file=sys.stderr)
+            return code
+
+
+def explain(e: BaseException, command: str | None = None) -> tuple[int, str]:
+    """The exit code and the one-line message for an exception that ended a command."""
+    import sqlite3
+
+    user = tuple(getattr(sys.modules[m], n) for m, n in _USER_ERRORS if m in sys.modules)
+    if isinstance(e, (CliError, *user)):
+        return EXIT_USAGE, f"error: {_one_line(e)}"
+    if isinstance(e, OSError):
+        return EXIT_USAGE, f"error: {os_error_message(e, command)}"
+    if isinstance(e, sqlite3.DatabaseError):
+        # The store names its file itself (StoreError); this is any other SQLite file.
+        return EXIT_USAGE, (f"error: a results store is damaged or unusable ({_one_line(e)}); "
+                            "move its results.db away and rerun")
+    if isinstance(e, MemoryError):
+        return EXIT_USAGE, ("error: out of memory; use a smaller --size or --batch-size, or "
+                            "fewer images")
+    return EXIT_INTERNAL, (f"internal error: {type(e).__name__}: {_one_line(e)}; rerun with "
+                           "--debug for the traceback and report it")
+
+
+def os_error_message(e: OSError, command: str | None = None) -> str:
+    """What went wrong with which file, and the fix, in one line."""
+    path = e.filename if e.filename is not None else e.filename2
+    where = str(path) if path is not None else "a file"
+    fix = _fix(path, command)
+    if e.errno == errno.EROFS:
+        return f"cannot write {where}: read-only file system; {fix}"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        if path is not None and os.path.exists(path) and not os.access(path, os.R_OK):
+            return f"cannot read {where}: permission denied; check its permissions"
+        return f"cannot write {where}: permission denied; {fix}"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"disk full while writing {where}; free some space or {fix}"
+    if e.errno in (errno.EEXIST, errno.ENOTDIR) and path is not None:
+        return f"{where} (or a folder above it) is a file, not a folder; {fix}"
+    if e.errno == errno.ENOENT:
+        return f"{where} does not exist"
+    return f"{where}: {e.strerror or _one_line(e)}"
+
+
+def _fix(path: str | bytes | os.PathLike[str] | None, command: str | None) -> str:
+    """How to get past an unwritable ``path``, by what it belongs to."""
+    if path is not None:
+        p = Path(os.fsdecode(path)).absolute()
+        # The defaults of lightlayers.data.cache.cache_root and torch.hub, spelled out here so
+        # that an error does not wait for torch to import.
+        for var, default in (("LIGHTLAYERS_CACHE", "~/.cache/lightlayers"),
+                             ("TORCH_HOME", "~/.cache/torch")):
+            root = Path(os.environ.get(var) or default).expanduser().absolute()
+            if p.is_relative_to(root):
+                return f"point {var} at a writable folder with room"
+    if command == "run":
+        return "choose another --out"
+    if command == "report":
+        return "copy the run folder somewhere writable and report on the copy"
+    return "use a writable folder"
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+@contextlib.contextmanager
+def _plain_warnings(debug: bool) -> Iterator[None]:
+    """lightlayers' own warnings as one ``lightlayers: warning: ...`` line each (no source
+    file and line, which say nothing to a user); others, and all under --debug, as usual.
+    Only the format changes: filters, and tools that record warnings, see them as before."""
+    if debug:
+        yield
+        return
+    original = warnings.formatwarning
+
+    def one_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 line: str | None = None) -> str:
+        if category.__module__.startswith("lightlayers"):
+            return f"lightlayers: warning: {message}\n"
+        return original(message, category, filename, lineno, line)
+
+    warnings.formatwarning = one_line
     try:
-        return int(args._main(args) or 0)
-    except CliError as e:
-        print(f"lightlayers {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        yield
+    finally:
+        warnings.formatwarning = original
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m lightlayers.cli`: run the imported module's main, so that the CliError the
+    # commands raise (lightlayers.cli.CliError) is the class main catches, not __main__'s copy.
+    from lightlayers.cli import main as _main
+
+    sys.exit(_main())

@@ -6,13 +6,14 @@ or fully recorded. Trials are keyed ``model|seed|protocol|data`` and never recor
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -81,7 +82,46 @@ CREATE TABLE IF NOT EXISTS predictions (
 
 
 class StoreError(RuntimeError):
-    """The results store is missing, unreadable or inconsistent."""
+    """The results store is missing, unreadable or inconsistent; the message names the file."""
+
+
+def sqlite_error(path: Path, e: sqlite3.DatabaseError) -> StoreError:
+    """A :class:`StoreError` naming ``path`` that says what SQLite's error means and the fix."""
+    detail = str(e).strip() or type(e).__name__
+    low = detail.lower()
+    if "readonly" in low or "read-only" in low:
+        msg = f"cannot write {path}: read-only file or folder; choose another --out"
+    elif "disk is full" in low:
+        msg = f"disk full while writing {path}; free some space or choose another --out"
+    elif "locked" in low or "busy" in low:
+        msg = f"{path} is locked by another process; wait for it or choose another --out"
+    elif "unable to open" in low:
+        msg = f"cannot open {path} ({detail}); check that its folder exists and is writable"
+    elif "disk i/o error" in low:
+        msg = f"{path}: disk I/O error; check the disk, or move the file away and rerun"
+    else:
+        msg = (f"{path} is damaged ({detail}); move it away (e.g. to {path.name}.damaged) "
+               "and rerun")
+    return StoreError(msg)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _named_errors(method: _F) -> _F:
+    """SQLite errors of a store method become a StoreError naming the file. Constraint
+    violations (IntegrityError) are bugs here, not a damaged file, and pass through."""
+
+    @functools.wraps(method)
+    def wrapper(self: ResultsStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as e:
+            raise sqlite_error(self.path, e) from e
+
+    return wrapper  # type: ignore[return-value]
 
 
 def trial_key(model: str, seed: int, protocol: str, data: str) -> str:
@@ -104,9 +144,20 @@ class ResultsStore:
                 f"{self.path.parent}` first"
             )
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        existed = self.path.is_file() and self.path.stat().st_size > 0
         try:
             self._conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self._conn.row_factory = sqlite3.Row
+            if existed:
+                # A damaged page would otherwise surface later, half-way through a study, as a
+                # bare "database disk image is malformed". quick_check reads every page once
+                # (milliseconds for a results store) without the slower index cross-checks.
+                rows = [r[0] for r in self._conn.execute("PRAGMA quick_check(3)")]
+                if rows != ["ok"]:
+                    self._conn.close()
+                    found = [ln.strip() for r in rows for ln in str(r).splitlines()
+                             if ln.strip() and not ln.startswith("***")]
+                    raise sqlite3.DatabaseError("; ".join(found[:3]) or "quick_check failed")
             self._conn.execute("PRAGMA foreign_keys = ON")
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = FULL")
@@ -124,7 +175,7 @@ class ResultsStore:
                         f"{SCHEMA_VERSION}; use a new --out folder"
                     )
         except sqlite3.DatabaseError as e:
-            raise StoreError(f"{self.path} is not a readable results store: {e}") from e
+            raise sqlite_error(self.path, e) from e
 
     def close(self) -> None:
         self._conn.close()
@@ -146,16 +197,19 @@ class ResultsStore:
         self._conn.execute("COMMIT")
 
     # --- meta -----------------------------------------------------------------------------
+    @_named_errors
     def set_meta(self, **items: Any) -> None:
         with self._tx() as c:
             c.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                           [(k, json.dumps(v, sort_keys=True)) for k, v in items.items()])
 
+    @_named_errors
     def meta(self) -> dict[str, Any]:
         rows = self._conn.execute("SELECT key, value FROM meta WHERE key != 'schema_version'")
         return {r["key"]: json.loads(r["value"]) for r in rows}
 
     # --- trials ---------------------------------------------------------------------------
+    @_named_errors
     def add_trials(self, specs: Iterable[dict[str, Any]]) -> None:
         """Insert ``{model, seed, protocol, data, config}`` rows as pending; existing keys stay."""
         with self._tx() as c:
@@ -168,6 +222,7 @@ class ResultsStore:
                      json.dumps(s.get("config", {}), sort_keys=True)),
                 )
 
+    @_named_errors
     def reset_interrupted(self) -> list[str]:
         """Trials left ``running`` by a crash go back to ``pending``; returns their keys."""
         with self._tx() as c:
@@ -175,6 +230,7 @@ class ResultsStore:
             c.execute("UPDATE trials SET status='pending', started_at=NULL WHERE status='running'")
         return keys
 
+    @_named_errors
     def mark_running(self, key: str) -> None:
         with self._tx() as c:
             cur = c.execute(
@@ -185,6 +241,7 @@ class ResultsStore:
             if cur.rowcount != 1:
                 raise StoreError(f"trial {key} is not pending (already done or running)")
 
+    @_named_errors
     def record_done(
         self,
         key: str,
@@ -232,6 +289,7 @@ class ResultsStore:
                      json.dumps(np.asarray(predictions["probs"], dtype=float).tolist())),
                 )
 
+    @_named_errors
     def record_failed(self, key: str, error: str, extra: dict[str, Any] | None = None) -> None:
         with self._tx() as c:
             c.execute(
@@ -241,6 +299,7 @@ class ResultsStore:
             )
 
     # --- reading --------------------------------------------------------------------------
+    @_named_errors
     def trials(self, status: str | None = None, keys: Iterable[str] | None = None
                ) -> list[dict[str, Any]]:
         """Trials as dicts (JSON columns decoded), in insertion order."""
@@ -256,12 +315,14 @@ class ResultsStore:
             rows = [r for r in rows if r["key"] in wanted]
         return rows
 
+    @_named_errors
     def history(self, trial_id: int) -> list[dict[str, Any]]:
         rows = self._conn.execute(
             "SELECT epoch, train_loss, train_acc, val_loss, val_acc, lr, time_s FROM epochs "
             "WHERE trial_id=? ORDER BY epoch", (trial_id,))
         return [dict(r) for r in rows]
 
+    @_named_errors
     def predictions(self, trial_id: int) -> dict[str, Any] | None:
         """``{"classes": [...], "labels": int array (N,), "probs": float array (N, C)}``."""
         r = self._conn.execute("SELECT * FROM predictions WHERE trial_id=?", (trial_id,)).fetchone()
@@ -271,6 +332,7 @@ class ResultsStore:
                 "labels": np.asarray(json.loads(r["labels"]), dtype=np.int64),
                 "probs": np.asarray(json.loads(r["probs"]), dtype=np.float64)}
 
+    @_named_errors
     def counts(self) -> dict[str, int]:
         rows = self._conn.execute("SELECT status, COUNT(*) FROM trials GROUP BY status")
         out = dict.fromkeys(STATUSES, 0)

@@ -22,7 +22,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         result = write_report(args.run_dir, formats=args.formats, console=not args.quiet)
     except ReportError as e:
-        raise CliError(str(e)) from None
+        raise CliError(str(e)) from e
     where = result.html or result.out_dir
     print(f"report: {len(result.files)} files in {result.out_dir}"
           + (f"; open {where}" if result.html else ""), file=sys.stderr)
