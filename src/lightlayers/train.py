@@ -27,7 +27,7 @@ from torch import nn
 
 from lightlayers.config import Protocol
 from lightlayers.layers import LightConv2d, LightLinear
-from lightlayers.metrics import choose_threshold
+from lightlayers.metrics import choose_threshold, diagnose
 from lightlayers.models.interface import ClassifierBase
 
 # "auto" compile on the CPU: torch.compile is used when the rest of the run is long enough to
@@ -333,11 +333,25 @@ def fit(
         ev = evaluate(model, val, device, amp is not None)
         threshold = choose_threshold(ev.labels == positive_class, ev.probs[:, positive_class])
     steady = epoch_times[1:] or epoch_times
+    counts = np.bincount(np.asarray(train_labels, np.int64), minlength=num_classes)
+    notes += diagnose(history, None, protocol, len(history) * len(train),
+                      bn_momentum=trained_bn_momentum(model),
+                      chance=float(counts.max() / max(counts.sum(), 1)))
     return FitResult(
         history=history, best_epoch=best["epoch"], threshold=threshold,
         total_time_s=total_time, first_epoch_s=epoch_times[0],
         epoch_time_s=float(np.mean(steady)), amp=amp, notes=notes, speed=speed,
     )
+
+
+def trained_bn_momentum(model: nn.Module) -> float | None:
+    """The smallest running-statistics momentum among the BatchNorm layers that train (a
+    frozen backbone's do not), or None when there are none."""
+    momenta = [m.momentum for m in model.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+               and m.momentum is not None
+               and any(p.requires_grad for p in m.parameters(recurse=False))]
+    return min(momenta) if momenta else None
 
 
 class _Stepper:

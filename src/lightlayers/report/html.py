@@ -15,7 +15,7 @@ from typing import Any
 
 from lightlayers.report.figures import FigureSpec
 from lightlayers.report.load import RunData
-from lightlayers.report.table import HEADERS, Row
+from lightlayers.report.table import DIAGNOSED, HEADERS, Row, diagnosis_lines
 
 SECTIONS = (
     ("criteria", "One chart per criterion"),
@@ -82,6 +82,16 @@ def results_table(rows: Sequence[Row]) -> str:
         body.append(f"<tr{cls} data-model='{_e(r.label)}'>{tds}</tr>")
     return (f"<div class='scroll'><table id='results'><thead><tr>{head}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table></div>")
+
+
+def diagnoses_html(rows: Sequence[Row]) -> str:
+    """The diagnoses behind the collapsed-runs flags, right below the table they explain."""
+    lines = diagnosis_lines(list(rows))
+    if not lines:
+        return ""
+    return (f"<div class='notes' id='diagnoses'><strong>{DIAGNOSED} Diagnosis of collapsed or "
+            "near-chance trials</strong><ul>" + "".join(f"<li>{_e(d)}</li>" for d in lines)
+            + "</ul></div>")
 
 
 def failures_table(run: RunData) -> str:
@@ -202,6 +212,7 @@ def page(run: RunData, rows: Sequence[Row], notes: Sequence[str],
 {notes_html}
 <h2 id="table">Results</h2>
 {results_table(rows)}
+{diagnoses_html(rows)}
 <p>Metrics: mean ± sample standard deviation over seeds (95% t-intervals in
 <a href="table.csv">table.csv</a>). Accuracy, AUC, sensitivity, specificity and F1 on the test
 split; times are wall clock; MACs per image; size of the float32 weights file (MB = 10⁶ bytes).

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from lightlayers.metrics import DIAGNOSIS
 from lightlayers.report.load import Group, RunData
 from lightlayers.report.stats import Summary, summarize
 
@@ -59,6 +60,7 @@ COLUMNS: tuple[Column, ...] = (
 )
 HEADERS: tuple[str, ...] = ("Model", *(c.header for c in COLUMNS), "Seeds", "Collapsed runs")
 MISSING = "—"
+DIAGNOSED = "†"  # after a collapsed-runs count whose trials have a diagnosis below the table
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class Row:
     group: Group
     stats: dict[str, Summary]
     collapsed: int
+    # Why some trials collapsed or stayed near chance, one line per distinct diagnosis.
+    diagnoses: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -77,7 +81,8 @@ class Row:
         cells = [name]
         for c in COLUMNS:
             cells.append(format_cell(self.stats[c.key], c))
-        cells += [str(len(self.group.done)), str(self.collapsed)]
+        cells += [str(len(self.group.done)),
+                  str(self.collapsed) + (f" {DIAGNOSED}" if self.diagnoses else "")]
         return cells
 
 
@@ -93,9 +98,32 @@ def format_cell(s: Summary, col: Column) -> str:
 def build_rows(run: RunData) -> list[Row]:
     return [
         Row(g, {c.key: summarize(t[c.key] for t in g.done) for c in COLUMNS},
-            sum(1 for t in g.done if t.get("collapsed")))
+            sum(1 for t in g.done if t.get("collapsed")), group_diagnoses(g))
         for g in run.groups
     ]
+
+
+def group_diagnoses(g: Group) -> tuple[str, ...]:
+    """``"<model> seeds 0, 1 (collapsed): <diagnosis>"`` per distinct diagnosis recorded with
+    the group's trials (``train.fit`` notes starting with ``diagnosis: ``)."""
+    seeds: dict[str, list[tuple[int, bool]]] = {}
+    for t in g.done:
+        for note in (t.get("extra") or {}).get("notes") or []:
+            if isinstance(note, str) and note.startswith(DIAGNOSIS):
+                seeds.setdefault(note[len(DIAGNOSIS):], []).append(
+                    (t["seed"], bool(t.get("collapsed"))))
+    lines = []
+    for text, runs in seeds.items():
+        which = ", ".join(str(s) for s, _ in runs)
+        collapsed = sum(c for _, c in runs)
+        flag = (" (collapsed)" if collapsed == len(runs)
+                else f" ({collapsed} collapsed)" if collapsed else "")
+        lines.append(f"{g.label} seed{'s' if len(runs) > 1 else ''} {which}{flag}: {text}")
+    return tuple(lines)
+
+
+def diagnosis_lines(rows: list[Row]) -> list[str]:
+    return [d for r in rows for d in r.diagnoses]
 
 
 def partial_notes(run: RunData) -> list[str]:
@@ -156,6 +184,11 @@ def table_markdown(rows: list[Row], notes: list[str]) -> str:
     if any(r.group.incomplete for r in rows):
         out.append("")
         out.append("\\* fewer finished seeds than planned or than the other models.")
+    if diagnosis_lines(rows):
+        out.append("")
+        out.append(f"{DIAGNOSED} Diagnosis of collapsed or near-chance trials:")
+        out.append("")
+        out += [f"- {d}" for d in diagnosis_lines(rows)]
     if notes:
         out.append("")
         out += [f"- {n}" for n in notes]
@@ -210,6 +243,12 @@ def print_table(rows: list[Row], notes: list[str], title: str) -> None:
                       "within 0-1]",
                       markup=False, highlight=False)
         for line in summary:
+            console.print(f"  {line}", markup=False, highlight=False)
+    diagnoses = diagnosis_lines(rows)
+    if diagnoses:
+        console.print(f"{DIAGNOSED} Diagnosis of collapsed or near-chance trials:", markup=False,
+                      highlight=False)
+        for line in diagnoses:
             console.print(f"  {line}", markup=False, highlight=False)
     for n in notes:
         console.print(f"  {n}", markup=False, highlight=False)
