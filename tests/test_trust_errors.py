@@ -286,6 +286,10 @@ def test_diagnose_other_cases() -> None:
     assert "BatchNorm" not in note and "does not generalise" in note
     (note,) = diagnose(_history(0.12, 0.10), None, seed, 280, bn_momentum=0.01, chance=0.1)
     assert "did not learn" in note and "--epochs" in note
+    # One epoch of 21 steps: half-way trained, evaluated with 81% of the initial statistics.
+    (note,) = diagnose(_history(0.49, 0.10, epochs=1), None, seed, 21, bn_momentum=0.01,
+                       chance=0.1)
+    assert "keeps 81% of the initial values" in note
     # Validation fine, but the test predictions collapsed to one class.
     test = {"accuracy": 0.74, "collapsed": True, "confusion": [[0, 160], [0, 464]]}
     (note,) = diagnose(_history(0.95, 0.9), test, seed, 100, bn_momentum=0.01)

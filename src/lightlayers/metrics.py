@@ -129,8 +129,8 @@ def diagnose(
     the BatchNorm layers that trained, None when none did; ``chance``: the accuracy of always
     predicting the most frequent class (default: from the test confusion matrix, else 1/10).
 
-    Near chance means within a tenth of the way from chance to 1; "learned" means training
-    accuracy got at least half of the way.
+    Near chance means within a tenth of the way from chance to 1; a model that did not learn
+    stays within a fifth of the way on its training batches too.
     """
     if not history:
         return []
@@ -149,9 +149,10 @@ def diagnose(
     if not at_chance:
         return []
     where = " and ".join(at_chance) + f" (chance {chance:.3f})"
-    if train_best < chance + 0.5 * (1 - chance):
+    if train_best <= chance + 0.2 * (1 - chance):
+        epochs = f"{len(history)} epoch{'s' if len(history) > 1 else ''}"
         return [f"{DIAGNOSIS}the model did not learn: {where}, training accuracy reached only "
-                f"{train_best:.3f} in {len(history)} epochs; try more --epochs or another --lr"]
+                f"{train_best:.3f} in {epochs}; try more --epochs or another --lr"]
     if bn_momentum is not None and 0 < bn_momentum < 1:
         keep = (1 - bn_momentum) ** steps
         if keep > BN_KEEP_LIMIT:
