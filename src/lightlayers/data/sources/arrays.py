@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +14,13 @@ import numpy as np
 from lightlayers.data.errors import DataError
 from lightlayers.data.registry import MEDMNIST_LABELS
 from lightlayers.data.sources.base import SPLITS, ArraySet, Source, file_sha256
+from lightlayers.data.sources.limits import Budget
 
 __all__ = ["check_labels", "digits_source", "find_idx_files", "idx_source", "npz_source"]
+
+
+# Labels are class indices; anything this large is an id or garbage, and would not fit a model.
+_MAX_LABEL = 2**31 - 1
 
 
 def check_labels(labels: np.ndarray, n: int, where: str) -> np.ndarray:
@@ -28,8 +35,9 @@ def check_labels(labels: np.ndarray, n: int, where: str) -> np.ndarray:
     if len(labels) != n:
         raise DataError(f"{where}: {len(labels)} labels for {n} images; they must match.")
     if labels.dtype.kind == "f":
-        if not (np.isfinite(labels).all() and (labels == np.round(labels)).all()):
-            bad = labels[~(np.isfinite(labels) & (labels == np.round(labels)))][:3]
+        whole = np.isfinite(labels) & (labels == np.round(labels))
+        if not whole.all():
+            bad = labels[~whole][:3]
             raise DataError(
                 f"{where}: non-integer labels (e.g. {', '.join(map(str, bad))}); labels must be "
                 "class indices 0, 1, 2, ..."
@@ -41,6 +49,12 @@ def check_labels(labels: np.ndarray, n: int, where: str) -> np.ndarray:
     if n and labels.min() < 0:
         raise DataError(
             f"{where}: negative label {labels.min()}; labels must be class indices 0, 1, 2, ..."
+        )
+    # Checked before the cast: a uint64 or float label past int64 would wrap or saturate.
+    if n and labels.max() > _MAX_LABEL:
+        raise DataError(
+            f"{where}: label {labels.max()} is far too large for a class index; labels must be "
+            "class indices 0, 1, 2, ..."
         )
     return labels.astype(np.int64)
 
@@ -54,10 +68,31 @@ def _check_images(images: np.ndarray, where: str) -> np.ndarray:
             "(N, H, W, 3) RGB."
         )
     if images.dtype != np.uint8:
+        nan = ""
+        if images.dtype.kind in "fc" and images.size and np.isnan(images).any():
+            nan = f", {int(np.isnan(images).sum()):,} of them NaN"
         raise DataError(
-            f"{where}: images have dtype {images.dtype}; expected uint8 pixel values 0-255."
+            f"{where}: images have dtype {images.dtype}{nan}; expected uint8 pixel values 0-255 "
+            "(convert with np.clip(x, 0, 255).astype(np.uint8) after scaling)."
         )
+    if len(images) == 0:
+        raise DataError(
+            f"{where}: holds 0 images; add images (an empty val or test split: leave out its "
+            "images and labels instead, and it is carved from train)."
+        )
+    if images.shape[1] == 0 or images.shape[2] == 0:
+        raise DataError(f"{where}: images have shape {images.shape}; an image needs pixels.")
     return images
+
+
+def _check_same_shape(splits: dict[str | None, tuple[np.ndarray, np.ndarray]], where: str) -> None:
+    shapes = {str(s): im.shape[1:] for s, (im, _) in splits.items()}
+    if len(set(shapes.values())) > 1:
+        shown = ", ".join(f"{s} {shape}" for s, shape in shapes.items())
+        raise DataError(
+            f"{where}: the splits' images differ in shape ({shown}); every split needs images of "
+            "one size."
+        )
 
 
 def _class_names(
@@ -66,7 +101,10 @@ def _class_names(
     where: str,
 ) -> tuple[str, ...]:
     """Class names, checking the labels against them. Without names, classes are "0".."max";
-    gaps are allowed (a class may be absent), a label beyond the number of images is not."""
+    a label beyond the number of images is an error. Empty classes (gaps) are refused later,
+    where every source's labels are checked (dataset.py), unless they are allowed there."""
+    if not any(len(y) for _, y in splits.values()):
+        raise DataError(f"{where}: holds no images; a dataset needs images of at least 2 classes.")
     max_label = max(int(y.max()) for _, y in splits.values() if len(y))
     n_images = sum(len(y) for _, y in splits.values())
     if classes is not None:
@@ -86,17 +124,81 @@ def _class_names(
     return tuple(str(i) for i in range(max_label + 1))
 
 
+def _read_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> np.ndarray:
+    """One .npy member, its header checked against its size (itself checked against the limits)
+    before the data is read."""
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise DataError(f"{where}: .npy format version {version} is not supported.")
+        if dtype.hasobject:
+            raise DataError(
+                f"{where}: holds Python objects (dtype {dtype}); give plain numeric arrays."
+            )
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes != info.file_size - f.tell():
+            raise DataError(
+                f"{where}: the header says {shape} {dtype} ({nbytes:,} bytes) but "
+                f"{info.file_size - f.tell():,} bytes follow it; the file is truncated or damaged."
+            )
+        # Read into the array itself (one allocation, of the size already checked), in chunks.
+        out = np.empty(nbytes, np.uint8)
+        view, got = memoryview(out), 0
+        while got < nbytes and (n := f.readinto(view[got : got + (1 << 20)])):
+            got += n
+        if got != nbytes or f.read(1):
+            raise DataError(
+                f"{where}: the array data is truncated or damaged; copy the file again."
+            )
+    return out.view(dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz, with the archive limits applied (a .npz is a zip, so it can be a
+    decompression bomb like any zip)."""
+    budget = Budget(str(path))
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            for info in infos:
+                budget.member(info.filename, info.file_size)  # every header before any data
+            for info in infos:
+                if info.is_dir():
+                    continue
+                key = info.filename.removesuffix(".npy")
+                if not info.filename.endswith(".npy") or key in arrays:
+                    raise DataError(
+                        f"{path}: member {info.filename!r} is not a numpy array (.npy) or is "
+                        "repeated; a .npz holds one .npy file per array (np.savez)."
+                    )
+                arrays[key] = _read_npy(zf, info, f"{path} [{key}]")
+    except DataError:
+        raise
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        zipfile.BadZipFile,
+        zlib.error,
+        NotImplementedError,
+        RuntimeError,
+    ) as e:
+        raise DataError(
+            f"{path}: cannot read the .npz file ({type(e).__name__}: {e}). Check that it is a "
+            "complete numpy .npz archive of plain arrays (np.savez or np.savez_compressed)."
+        ) from e
+    return arrays
+
+
 def read_npz(path: Path, classes: tuple[str, ...] | None = None) -> ArraySet:
     """A MedMNIST-style .npz: ``{train,val,test}_images`` and ``_labels``; train is required,
     val and test may be absent (they are then carved from train)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(
-            f"{path}: cannot read the .npz file ({type(e).__name__}: {e}). Check that it is a "
-            "complete numpy .npz archive of plain arrays."
-        ) from e
+    arrays = _npz_arrays(path)
     expected = [f"{s}_{kind}" for s in SPLITS for kind in ("images", "labels")]
     found = ", ".join(sorted(arrays)) or "none"
     missing = [k for k in ("train_images", "train_labels") if k not in arrays]
@@ -117,9 +219,7 @@ def read_npz(path: Path, classes: tuple[str, ...] | None = None) -> ArraySet:
             images = _check_images(arrays[ik], f"{path} [{ik}]")
             labels = check_labels(arrays[lk], len(images), f"{path} [{lk}]")
             splits[split] = (images, labels)
-    shapes = {im.shape[1:] for im, _ in splits.values()}
-    if len(shapes) > 1:
-        raise DataError(f"{path}: the splits' images differ in shape ({sorted(shapes)}).")
+    _check_same_shape(splits, str(path))
     if classes is None:
         flag = path.name.split("_")[0].split(".")[0].lower()
         classes = MEDMNIST_LABELS.get(flag)
@@ -171,26 +271,31 @@ def find_idx_files(folder: Path) -> dict[str, tuple[Path, Path]] | None:
 
 
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise DataError(f"{path}: damaged gzip data ({e}); copy the file again.") from e
-    if len(raw) < 4 + 4 * ndim or raw[:2] != b"\0\0" or raw[2] != 0x08 or raw[3] != ndim:
+    """An IDX file of uint8 (raw or .gz). The header is read first and its size checked against
+    the limits, so a small .gz cannot unpack to gigabytes."""
+    with open(path, "rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+    try:
+        with gzip.open(path, "rb") if gz else open(path, "rb") as f:
+            header = f.read(4 + 4 * ndim)
+            if len(header) < 4 + 4 * ndim or header[:3] != b"\0\0\x08" or header[3] != ndim:
+                raise DataError(
+                    f"{path}: not an IDX file of uint8 with {ndim} dimension(s) (header "
+                    f"{header[:4].hex()}, expected 000008{ndim:02x})."
+                )
+            dims = tuple(int(d) for d in np.frombuffer(header, ">u4", count=ndim, offset=4))
+            n = math.prod(dims)
+            Budget(str(path)).member(path.name, n)
+            data = f.read(n)
+            extra = f.read(1)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: damaged file or gzip data ({e}); copy the file again.") from e
+    if len(data) != n or extra:
         raise DataError(
-            f"{path}: not an IDX file of uint8 with {ndim} dimension(s) (header {raw[:4].hex()}, "
-            f"expected 000008{ndim:02x})."
+            f"{path}: header says {dims} values but the file holds "
+            f"{'more than ' if extra else ''}{len(data)} bytes; it is truncated or damaged."
         )
-    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    offset = 4 + 4 * ndim
-    if len(raw) - offset != int(np.prod(dims)):
-        raise DataError(
-            f"{path}: header says {dims} values but the file holds {len(raw) - offset} bytes; "
-            "it is truncated or damaged."
-        )
-    return np.frombuffer(raw, np.uint8, offset=offset).reshape(dims)
+    return np.frombuffer(data, np.uint8).reshape(dims)
 
 
 def idx_source(folder: Path, files: dict[str, tuple[Path, Path]]) -> Source:
@@ -202,9 +307,10 @@ def idx_source(folder: Path, files: dict[str, tuple[Path, Path]]) -> Source:
     def read() -> ArraySet:
         splits: dict[str | None, tuple[np.ndarray, np.ndarray]] = {}
         for split, (ipath, lpath) in files.items():
-            images = _read_idx(ipath, 3)
+            images = _check_images(_read_idx(ipath, 3), str(ipath))
             labels = check_labels(_read_idx(lpath, 1), len(images), str(lpath))
             splits[split] = (images, labels)
+        _check_same_shape(splits, str(folder))
         return ArraySet(
             classes=_class_names(splits, None, str(folder)),
             splits=splits,

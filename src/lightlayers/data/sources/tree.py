@@ -4,20 +4,30 @@ Layouts: ``ROOT/{train,val,test}/<class>/...`` or ``ROOT/<class>/...``, optional
 wrapping top folder (``chest_xray_224/train/NORMAL/x.jpeg``). Class folders may nest deeper;
 every image below a class folder belongs to it. Hidden files, ``__MACOSX`` and files that are
 not images (README, notes, ``.DS_Store``) are ignored.
+
+Trust: a folder walk follows each real folder at most once and never a symlink back into the
+tree, so links cannot loop or relabel images (see :func:`folder_source`); archive members with
+absolute or ``..`` names are errors, and archives are read within the size and count limits of
+:mod:`~lightlayers.data.sources.limits` (see :func:`archive_source`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import lzma
 import os
 import posixpath
+import re
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from lightlayers.data.errors import DataError
 from lightlayers.data.sources.base import SPLITS, FileItem, FileSet, Source, file_sha256
+from lightlayers.data.sources.limits import Budget
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
@@ -56,10 +66,6 @@ def _is_image(relpath: str) -> bool:
     if any(_ignored(p) for p in parts):
         return False
     return posixpath.splitext(parts[-1])[1].lower() in IMAGE_EXTENSIONS
-
-
-def _clean_member(name: str) -> str:
-    return posixpath.normpath(name.lstrip("/")).removeprefix("./")
 
 
 def _parents(relpath: str) -> Iterable[str]:
@@ -210,88 +216,241 @@ def _strip_archive_suffix(name: str) -> str:
     return name
 
 
-def folder_source(path: Path) -> Source:
-    """A folder tree on disk. Its identity hashes (relative path, size, mtime) of every image and
-    folder, so adding, removing or touching an image is a cache miss and a README is not."""
+@dataclass
+class _Walk:
+    files: list[str]  # image files, relative posix paths
+    dirs: list[str]  # folders, relative posix paths
+    digest: str  # sha256 of (relative path, size, mtime) of every image and folder
+    notes: list[str]
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _shown(items: list[str], n: int = 5) -> str:
+    return ", ".join(items[:n]) + (f" (and {len(items) - n} more)" if len(items) > n else "")
+
+
+def _walk(root: Path) -> _Walk:
+    """Every image and folder below ``root``, in the order of ``os.walk`` (top-down, sorted),
+    following symlinked folders only when that cannot loop or relabel (see folder_source)."""
+    root_real = os.path.realpath(root)
     files: list[str] = []
     dirs: list[str] = []
+    not_followed: list[str] = []
+    outside: list[str] = []
     h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not _ignored(d))
-        rel_dir = Path(dirpath).relative_to(path).as_posix()
-        rel_dir = "" if rel_dir == "." else rel_dir + "/"
-        for d in dirnames:
-            dirs.append(rel_dir + d)
-            h.update(f"D\t{rel_dir}{d}\n".encode())
-        for name in sorted(filenames):
-            rel = rel_dir + name
-            if _is_image(rel):
-                st = os.stat(os.path.join(dirpath, name))
+    st = os.stat(root)
+    seen = {(st.st_dev, st.st_ino)}
+    # (folder on disk, its path relative to root + "/", reached through a link out of root)
+    stack: list[tuple[str, str, bool]] = [(str(root), "", False)]
+    while stack:
+        folder, rel_dir, out = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            raise DataError(
+                f"{root}/{rel_dir}: cannot list this folder ({type(e).__name__}: "
+                f"{e.strerror or e}). Fix its permissions, or move it out of the dataset."
+            ) from e
+        subfolders: list[tuple[str, str, bool]] = []
+        file_lines: list[str] = []  # hashed after the folder lines, in os.walk's order
+        for e in entries:
+            rel = rel_dir + e.name
+            if _ignored(e.name):
+                continue
+            try:
+                is_dir = e.is_dir()  # follows a link
+                st = e.stat()
+            except OSError:
+                is_dir, st = False, None  # a broken link: decoding reports it as unreadable
+            if is_dir:
+                assert st is not None
+                link = e.is_symlink()
+                target = os.path.realpath(e.path)
+                # A link into the tree itself would count its images twice (under another class
+                # when it crosses class folders); one to an ancestor, or to a folder already
+                # read, would loop. A link to a folder outside is followed, once.
+                if (st.st_dev, st.st_ino) in seen or (
+                    link and (_within(target, root_real) or _within(root_real, target))
+                ):
+                    shown = os.readlink(e.path) if link else target
+                    not_followed.append(f"{rel} -> {shown}")
+                    h.update(f"L\t{rel}\t{shown}\n".encode())
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+                dirs.append(rel)
+                h.update(f"D\t{rel}\n".encode())
+                subfolders.append((e.path, rel + "/", out or link))
+            elif _is_image(rel):
                 files.append(rel)
-                h.update(f"F\t{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+                if st is None:
+                    file_lines.append(f"F\t{rel}\tbroken link\n")
+                    continue
+                file_lines.append(f"F\t{rel}\t{st.st_size}\t{st.st_mtime_ns}\n")
+                if out or e.is_symlink():
+                    target = os.path.realpath(e.path)
+                    if not _within(target, root_real):
+                        outside.append(f"{rel} -> {target}")
+        for line in file_lines:
+            h.update(line.encode())
+        stack.extend(reversed(subfolders))  # depth first, in name order, like os.walk
+    notes = []
+    if not_followed:
+        notes.append(
+            f"{len(not_followed)} symlinked folder(s) not followed (each points back into the "
+            f"dataset, at a folder holding it, or at a folder already read): {_shown(not_followed)}"
+        )
+    if outside:
+        notes.append(
+            f"{len(outside)} image(s) are symlinks to files outside {root} (used as they are; "
+            f"the dataset's identity follows their size and mtime): {_shown(outside)}"
+        )
+    return _Walk(files, dirs, h.hexdigest(), notes)
+
+
+def folder_source(path: Path) -> Source:
+    """A folder tree on disk. Its identity hashes (relative path, size, mtime) of every image and
+    folder, so adding, removing or touching an image is a cache miss and a README is not.
+
+    Symlinks: a symlinked folder is followed only when it leads out of the tree, and each real
+    folder is read once (by device and inode), so links cannot loop or multiply a class. A
+    symlinked folder that points back into the tree, at a folder holding it, or at a folder
+    already read is not followed, and is listed in the dataset's notes (``data summary`` shows
+    them). Images that are symlinks to files outside the tree (or lie in a folder reached
+    through such a link) are used, and listed in the notes as a warning. A broken link named
+    like an image is an unreadable image (an error, or skipped with ``on_bad_image="skip"``).
+    An unreadable folder is an error naming it.
+    """
+    walk = _walk(path)
 
     def read() -> FileSet:
-        classes, items, original, notes = plan_tree(files, dirs, str(path))
+        classes, items, original, notes = plan_tree(walk.files, walk.dirs, str(path))
         return FileSet(
             classes=classes,
             items=items,
             # A path, not bytes: the decoding worker reads the file itself.
             payload=lambda item: str(path / original[item.id]),
-            notes=notes,
+            notes=[*walk.notes, *notes],
         )
 
     return Source(
         name=path.name,
         location=str(path),
         kind="folder",
-        identity={"kind": "folder", "sha256": h.hexdigest()},
+        identity={"kind": "folder", "sha256": walk.digest},
         read=read,
     )
 
 
-def _read_archive(path: Path) -> tuple[dict[str, bytes], list[str]]:
-    """All image members' bytes and all folder names, in one pass (a .tar.gz can only be read
-    front to back; holding the encoded images costs about the archive's size in memory)."""
+def _member_name(raw: str, archive: Path) -> str:
+    """A member's path relative to the archive's root; absolute names and names with a ".."
+    part are refused (they point outside the dataset, and are how archives attack extractors)."""
+    parts = re.split(r"[/\\]", raw)
+    absolute = raw.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", raw) is not None
+    if absolute or ".." in parts:
+        why = "is an absolute path" if absolute else "climbs out of the archive with '..'"
+        raise DataError(
+            f"{archive}: member {raw!r} {why}. A dataset archive holds relative paths only; "
+            "repack it from the folder above the dataset (e.g. tar -czf data.tar.gz -C PARENT "
+            "FOLDER)."
+        )
+    return posixpath.normpath(raw).removeprefix("./")
+
+
+def _read_zip(path: Path, budget: Budget) -> tuple[dict[str, bytes], list[str], list[str]]:
     blobs: dict[str, bytes] = {}
     dirs: list[str] = []
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        names = [_member_name(info.filename, path) for info in infos]
+        for info, name in zip(infos, names, strict=True):
+            budget.member(name, info.file_size)  # every header before any data
+        for info, name in zip(infos, names, strict=True):
+            if info.is_dir():
+                dirs.append(name)
+            elif _is_image(name):
+                if info.flag_bits & 0x1:
+                    raise DataError(
+                        f"{path}: member {name} is encrypted; give an archive without a password."
+                    )
+                with zf.open(info) as f:
+                    blobs[name] = budget.read(f, name, info.file_size)
+    return blobs, dirs, []
+
+
+def _read_tar(path: Path, budget: Budget) -> tuple[dict[str, bytes], list[str], list[str]]:
+    blobs: dict[str, bytes] = {}
+    dirs: list[str] = []
+    links: list[str] = []
+    with tarfile.open(path, "r:*") as tf:
+        # A compressed tar is read front to back: each header is checked before its data.
+        for member in tf:
+            name = _member_name(member.name, path)
+            budget.member(name, member.size if member.isfile() else 0)
+            if member.isdir():
+                dirs.append(name)
+            elif member.isfile() and _is_image(name):
+                f = tf.extractfile(member)
+                assert f is not None  # a regular file always has data
+                blobs[name] = budget.read(f, name, member.size)
+            elif (member.issym() or member.islnk()) and _is_image(name):
+                links.append(name)
+    notes = []
+    if links:
+        notes.append(
+            f"{len(links)} image(s) stored as links inside the archive were ignored (links in "
+            f"archives are not followed): {_shown(links)}"
+        )
+    return blobs, dirs, notes
+
+
+def _read_archive(path: Path) -> tuple[dict[str, bytes], list[str], list[str]]:
+    """All image members' bytes, all folder names and notes, in one pass (a .tar.gz can only be
+    read front to back; holding the encoded images costs about the archive's size in memory).
+    Sizes and member counts are checked against :mod:`~lightlayers.data.sources.limits`."""
+    budget = Budget(str(path))
     try:
         if path.name.lower().endswith(".zip"):
-            with zipfile.ZipFile(path) as zf:
-                for info in zf.infolist():
-                    name = _clean_member(info.filename)
-                    if info.is_dir():
-                        dirs.append(name)
-                    elif _is_image(name):
-                        blobs[name] = zf.read(info)
-        else:
-            with tarfile.open(path, "r:*") as tf:
-                for member in tf:
-                    name = _clean_member(member.name)
-                    if member.isdir():
-                        dirs.append(name)
-                    elif member.isfile() and _is_image(name):
-                        f = tf.extractfile(member)
-                        assert f is not None  # a regular file always has data
-                        blobs[name] = f.read()
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+            return _read_zip(path, budget)
+        return _read_tar(path, budget)
+    except (
+        tarfile.TarError,
+        zipfile.BadZipFile,
+        zlib.error,
+        lzma.LZMAError,
+        EOFError,
+        OSError,
+        ValueError,
+        NotImplementedError,
+        RuntimeError,
+    ) as e:
+        if isinstance(e, DataError):
+            raise
         raise DataError(
             f"{path}: cannot read the archive ({type(e).__name__}: {e}). The file is damaged or "
             "not a .tar/.tar.gz/.tgz/.zip archive; download or copy it again."
         ) from e
-    return blobs, dirs
 
 
 def archive_source(path: Path) -> Source:
-    """A tree inside an archive, read in place. Its identity is the archive's sha256."""
+    """A tree inside an archive, read in place. Its identity is the archive's sha256.
+
+    Member names that are absolute or contain a ".." part are an error naming the member and
+    the archive; members over the size limits (see :mod:`~lightlayers.data.sources.limits`)
+    too. Images stored as links inside a tar are ignored and listed in the notes.
+    """
 
     def read() -> FileSet:
-        blobs, dirs = _read_archive(path)
+        blobs, dirs, archive_notes = _read_archive(path)
         classes, items, original, notes = plan_tree(blobs, dirs, str(path))
         return FileSet(
             classes=classes,
             items=items,
             payload=lambda item: blobs[original[item.id]],
-            notes=notes,
+            notes=[*archive_notes, *notes],
         )
 
     return Source(
