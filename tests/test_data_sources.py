@@ -20,7 +20,7 @@ from data_fixtures import (
     write_tree,
 )
 
-from lightlayers.data import Dataset, load_dataset
+from lightlayers.data import DataError, Dataset, load_dataset
 from lightlayers.data.sources import open_source
 
 
@@ -172,12 +172,18 @@ def test_npz_with_only_train_gets_val_and_test_carved(tmp_path: Path) -> None:
     assert {k: len(s) for k, s in ds.splits.items()} == {"train": 144, "val": 16, "test": 40}
 
 
-def test_npz_label_gaps_are_allowed(tmp_path: Path) -> None:
+def test_npz_label_gaps_are_an_error_unless_allowed(tmp_path: Path) -> None:
     arrays = small_npz_arrays({"train": 100, "val": 60, "test": 20})
     for k in ("train", "val", "test"):
         arrays[f"{k}_labels"] = arrays[f"{k}_labels"] * 2  # labels 0 and 2, no class 1
-    ds = load_dataset(save_npz(tmp_path / "gaps.npz", **arrays), progress=False)
+    path = save_npz(tmp_path / "gaps.npz", **arrays)
+    with pytest.raises(DataError, match=r"gaps\.npz: class\(es\) 1 have no images in any split"):
+        load_dataset(path, progress=False)
+    ds = load_dataset(path, allow_missing_classes=True, progress=False)
     assert ds.classes == ("0", "1", "2") and _counts(ds)["test"] == [10, 0, 10]
+    s = ds.summary()
+    assert s["allow_missing_classes"] is True
+    assert s["missing_classes"] == {"train": ["1"], "val": ["1"], "test": ["1"]}
 
 
 @needs_shared
@@ -211,9 +217,9 @@ def test_idx_gzip_and_raw_agree(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(gzip.decompress((MNIST_DIR / f"{name}.gz").read_bytes()))
     # A tiny train set keeps the test fast; the test split is the official one either way.
     labels = np.arange(100) % 10
-    _write_idx(
-        tmp_path / "train-images-idx3-ubyte", np.zeros((100, 28, 28)) + labels[:, None, None]
-    )
+    # Distinct images: identical ones would form one group per class, leaving nothing to carve.
+    images = np.random.default_rng(0).integers(0, 256, (100, 28, 28))
+    _write_idx(tmp_path / "train-images-idx3-ubyte", images)
     _write_idx(tmp_path / "train-labels-idx1-ubyte", labels)
     ds = load_dataset(tmp_path, progress=False)
     official = load_dataset(MNIST_DIR, progress=False)

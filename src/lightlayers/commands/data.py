@@ -27,7 +27,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int, default=0, metavar="N")
     s.add_argument("--patient-pattern", default=None, metavar="REGEX")
     s.add_argument("--no-patient-grouping", action="store_true")
-    s.add_argument("--on-bad-image", choices=("error", "skip"), default="error")
+    s.add_argument(
+        "--on-bad-image",
+        choices=("error", "skip"),
+        default="error",
+        help="skip: leave undecodable images out and list them (default: error)",
+    )
+    s.add_argument(
+        "--allow-missing-classes",
+        action="store_true",
+        help="keep a dataset where a class has no images in a split (default: an error)",
+    )
     s.add_argument("--json", action="store_true", help="print one JSON object to stdout")
 
 
@@ -95,6 +105,7 @@ def _summary(args: argparse.Namespace) -> int:
             resplit=args.resplit,
             patient_pattern=pattern,
             on_bad_image=args.on_bad_image,
+            allow_missing_classes=args.allow_missing_classes,
         )
     except DataError as e:
         raise CliError(str(e)) from e
@@ -139,6 +150,14 @@ def _print_summary(s: dict[str, Any]) -> None:
         console.print("patient grouping: none")
     if s["positive_class"] is not None:
         console.print(f"positive class: {s['classes'][s['positive_class']]}")
+    for split, names in s["missing_classes"].items():
+        console.print(f"no images in {split}: {', '.join(names)}", soft_wrap=True, markup=False)
+    if s["skipped"]:
+        console.print(f"skipped {len(s['skipped'])} unreadable image(s):")
+        for row in s["skipped"]:
+            console.print(
+                f"  {row['file']}: {row['reason']}", soft_wrap=True, markup=False, highlight=False
+            )
     console.print(f"cache: {s['cache']}", soft_wrap=True, highlight=False)
     for note in s["notes"]:
         console.print(f"note: {note}", soft_wrap=True, markup=False, highlight=False)

@@ -21,7 +21,12 @@ from lightlayers.data.preprocess import (
     decode_files,
 )
 from lightlayers.data.sources import ArraySet, Source, open_source
-from lightlayers.data.splits import DEFAULT_PATIENT_PATTERN, plan_splits
+from lightlayers.data.splits import (
+    DEFAULT_PATIENT_PATTERN,
+    check_class_presence,
+    check_label_range,
+    plan_splits,
+)
 
 __all__ = ["Dataset", "Split", "load_dataset"]
 
@@ -51,6 +56,9 @@ class Dataset:
     notes: tuple[str, ...]
     # Duplicates, patient grouping and split sizes as computed at load time (see summary()).
     details: Mapping[str, Any] = field(default_factory=dict)
+    # (file, reason) of every image left out with on_bad_image="skip"; file is relative to the
+    # source (folder or archive). Always empty for array sources, which hold no encoded files.
+    skipped: tuple[tuple[str, str], ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -90,6 +98,10 @@ class Dataset:
             "patient_grouping": patients,
             # Patients in both train and val (the split this library carves; 0 by design).
             "patient_overlap": patients["overlap"].get("train/val", 0) if patients else 0,
+            "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
+            # Split -> classes without images there (only when allowed or in a carved split).
+            "missing_classes": dict(self.details.get("missing_classes", {})),
+            "allow_missing_classes": bool(self.details.get("allow_missing_classes", False)),
             "notes": list(self.notes),
             "identity": self.identity,
         }
@@ -113,6 +125,14 @@ def _take(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
     if len(idx) and idx[-1] - idx[0] + 1 == len(idx):
         return _read_only(a[idx[0] : idx[-1] + 1])
     return _read_only(np.take(a, idx, axis=0))
+
+
+def _skipped_pairs(skipped: list[Any]) -> list[tuple[str, str]]:
+    """(file, reason) pairs; cache entries written before reasons were kept hold bare names."""
+    return [
+        (str(x), "cannot be decoded") if isinstance(x, str) else (str(x[0]), str(x[1]))
+        for x in skipped
+    ]
 
 
 def _check_options(
@@ -187,6 +207,7 @@ def load_dataset(
     patient_pattern: str | None = DEFAULT_PATIENT_PATTERN,
     on_bad_image: str = "error",
     progress: bool = True,
+    allow_missing_classes: bool = False,
 ) -> Dataset:
     """Load a dataset as uint8 train/val/test arrays, decoding it only on the first call.
 
@@ -203,8 +224,15 @@ def load_dataset(
         resplit: pool all images and carve this test share afresh (0.3 -> 70/30).
         patient_pattern: regex on file names whose first group is a patient id; images of one
             patient never straddle a carved split. None disables grouping.
-        on_bad_image: "error" (list the unreadable files) or "skip" them (noted and warned).
+        on_bad_image: "error" (list the unreadable files) or "skip" them: they are left out,
+            warned about, and listed with their reasons in ``Dataset.skipped`` and the summary.
+            Array sources (.npz, IDX, digits) hold no encoded files, so nothing is skipped.
         progress: show a progress bar while decoding (only when stderr is a terminal).
+        allow_missing_classes: keep a dataset in which a class has no images in train, in the
+            source's own val or test split, or anywhere (a gap in the labels). By default each
+            is an error naming the split and the counts; allowed, it is a note, and the summary
+            lists the missing classes per split. Labels outside the declared classes are always
+            an error.
 
     Example::
 
@@ -212,12 +240,17 @@ def load_dataset(
         ds.splits["train"].images.shape  # (4692, 1, 64, 64)
     """
     _check_options(size, in_chans, resize, val_fraction, resplit, patient_pattern, on_bad_image)
+    if not isinstance(allow_missing_classes, bool):
+        raise DataError(f"allow_missing_classes must be True or False, got {allow_missing_classes}")
     src = open_source(source)
     opts = PreprocessOptions(size=size, in_chans=in_chans, resize=resize)
     decoded, key, path = _decoded(src, opts, on_bad_image, progress)
-    if decoded.skipped and on_bad_image != "skip":
+    skipped = _skipped_pairs(decoded.skipped)
+    if skipped and on_bad_image != "skip":
         # The cached entry was built with on_bad_image="skip"; strict mode still refuses it.
-        raise bad_images_error(src.location, [(i, "cannot be decoded") for i in decoded.skipped])
+        raise bad_images_error(src.location, skipped)
+    # Every source passes here, so one check covers folders, archives, .npz, IDX and digits.
+    check_label_range(decoded.labels, decoded.split_codes, decoded.classes, src.location)
     plan = plan_splits(
         decoded.labels,
         decoded.split_codes,
@@ -228,11 +261,17 @@ def load_dataset(
         resplit,
         patient_pattern,
     )
-    notes = [*decoded.notes, *plan.notes]
-    if decoded.skipped:
-        warnings.warn(
-            f"{src.name}: skipped {len(decoded.skipped)} unreadable image(s)", stacklevel=2
-        )
+    missing, class_notes = check_class_presence(
+        decoded.labels,
+        plan.indices,
+        decoded.classes,
+        plan.carved,
+        allow_missing_classes,
+        src.location,
+    )
+    notes = [*decoded.notes, *plan.notes, *class_notes]
+    if skipped:
+        warnings.warn(f"{src.name}: skipped {len(skipped)} unreadable image(s)", stacklevel=2)
     if any(plan.duplicates.values()):
         shown = ", ".join(f"{k}: {v}" for k, v in plan.duplicates.items() if v)
         warnings.warn(
@@ -259,6 +298,7 @@ def load_dataset(
             "resplit": resplit,
             "patient_pattern": patient_pattern,
             "on_bad_image": on_bad_image,
+            "allow_missing_classes": allow_missing_classes,
         },
         "cache_key": key,
         "cache_path": path,
@@ -275,5 +315,8 @@ def load_dataset(
             "patients": plan.patients,
             "duplicates": plan.duplicates,
             "duplicates_within": plan.duplicates_within,
+            "missing_classes": missing,
+            "allow_missing_classes": allow_missing_classes,
         },
+        skipped=tuple(skipped),
     )

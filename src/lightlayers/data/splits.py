@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from lightlayers.data.errors import DataError
 from lightlayers.data.sources.base import SPLITS
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "DEFAULT_TEST_FRACTION",
     "SplitPlan",
     "carve",
+    "check_class_presence",
+    "check_label_range",
     "group_images",
     "plan_splits",
 ]
@@ -37,6 +40,7 @@ class SplitPlan:
     patients: dict[str, Any] | None = None
     duplicates: dict[str, int] = field(default_factory=dict)  # "a/b" -> distinct images in both
     duplicates_within: dict[str, int] = field(default_factory=dict)
+    carved: tuple[str, ...] = ()  # splits carved here (the others are the source's own)
 
 
 def patient_ids(ids: list[str], pattern: str) -> list[str | None]:
@@ -154,7 +158,9 @@ def plan_splits(
         return carve(idx, labels, groups, fraction, [seed, stream])
 
     notes: list[str] = []
+    carved: list[str] = []
     if resplit is not None:
+        carved.append("test")
         train, test = cut(np.arange(len(labels)), resplit, 0)
         notes.append(
             f"re-split: all {len(labels)} images pooled (official splits ignored), "
@@ -172,12 +178,14 @@ def plan_splits(
             )
             train, val = np.sort(np.concatenate([train, val])), np.empty(0, np.int64)
         if len(test) == 0:
+            carved.append("test")
             train, test = cut(train, DEFAULT_TEST_FRACTION, 0)
             notes.append(
                 f"no test split: test carved from train: {DEFAULT_TEST_FRACTION:.0%}, {how} "
                 f"({len(test)} images)"
             )
     if len(val) == 0:
+        carved.append("val")
         train, val = cut(train, val_fraction, 1)
         notes.append(f"val carved from train: {val_fraction:.0%}, {how} ({len(val)} images)")
     indices = {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
@@ -210,4 +218,107 @@ def plan_splits(
         patients=patient_info,
         duplicates=across,
         duplicates_within=within,
+        carved=tuple(carved),
     )
+
+
+def _names(classes: tuple[str, ...], which: np.ndarray) -> str:
+    shown = [classes[int(c)] for c in which[:8]]
+    return ", ".join(shown) + (f" (and {len(which) - 8} more)" if len(which) > 8 else "")
+
+
+def check_label_range(
+    labels: np.ndarray, split_codes: np.ndarray, classes: tuple[str, ...], where: str
+) -> None:
+    """Every label must index a declared class."""
+    labels, codes = np.asarray(labels), np.asarray(split_codes)
+    bad = (labels < 0) | (labels >= len(classes))
+    if not bad.any():
+        return
+    per_split = ", ".join(
+        f"{SPLITS[c] if c >= 0 else 'all'} {int((bad & (codes == c)).sum())}"
+        for c in sorted(set(codes[bad].tolist()))
+    )
+    values = ", ".join(str(v) for v in np.unique(labels[bad])[:5])
+    raise DataError(
+        f"{where}: {int(bad.sum())} label(s) outside the {len(classes)} declared classes "
+        f"(labels {values}; per split: {per_split}). Labels must be 0..{len(classes) - 1}, "
+        "one per class name."
+    )
+
+
+def check_class_presence(
+    labels: np.ndarray,
+    indices: dict[str, np.ndarray],
+    classes: tuple[str, ...],
+    carved: tuple[str, ...],
+    allow_missing: bool,
+    where: str,
+) -> tuple[dict[str, list[str]], list[str]]:
+    """Every split must hold images, and every class must have images in train and in the
+    source's own val and test splits.
+
+    A class without training images cannot be learned (its test images are all counted wrong,
+    and an empty class still gets an output unit); a class absent from an official val or test
+    split has no score. ``allow_missing`` turns these errors into notes. A class absent from a
+    split carved here (all its images are one patient or one group of duplicates) is a note.
+    Returns the missing class names per split (only splits that miss some) and the notes.
+    """
+    labels = np.asarray(labels)
+    empty_splits = [s for s, i in indices.items() if len(i) == 0]
+    if empty_splits:
+        # Too few images to carve from: every class kept all of its few images in train.
+        raise DataError(
+            f"{where}: the {' and '.join(empty_splits)} split(s) would hold no images "
+            f"({len(labels)} images in all). Each class needs a few images per split; add "
+            "images, or give the source its own val/test splits."
+        )
+    counts = {s: np.bincount(labels[i], minlength=len(classes)) for s, i in indices.items()}
+    total = sum(counts.values())
+    missing = {
+        s: [classes[int(c)] for c in np.flatnonzero(n == 0)]
+        for s, n in counts.items()
+        if (n == 0).any()
+    }
+
+    def shown(which: np.ndarray) -> str:
+        return "; ".join(
+            f"{classes[int(c)]}: " + ", ".join(f"{s} {int(n[c])}" for s, n in counts.items())
+            for c in which[:4]
+        )
+
+    problems: list[str] = []
+    notes: list[str] = []
+    empty = np.flatnonzero(total == 0)
+    if len(empty):
+        problems.append(
+            f"class(es) {_names(classes, empty)} have no images in any split (train, val and "
+            f"test all 0) out of {len(classes)} declared classes"
+        )
+    untrained = np.flatnonzero((counts["train"] == 0) & (total > 0))
+    if len(untrained):
+        problems.append(
+            f"class(es) {_names(classes, untrained)} have no images in train, so a model could "
+            f"never learn them (images per split: {shown(untrained)})"
+        )
+    for split in ("val", "test"):
+        if split not in counts:
+            continue
+        absent = np.flatnonzero((counts[split] == 0) & (counts["train"] > 0))
+        if not len(absent):
+            continue
+        text = (
+            f"class(es) {_names(classes, absent)} have no images in {split} "
+            f"(images per split: {shown(absent)})"
+        )
+        if split in carved:
+            notes.append(f"{text}: they could not be carved (one patient or duplicate group)")
+        else:
+            problems.append(text)
+    if problems and not allow_missing:
+        raise DataError(
+            f"{where}: " + "; ".join(problems) + ". Fix the labels or the split folders, or "
+            "pass allow_missing_classes=True (CLI: --allow-missing-classes) to keep them."
+        )
+    notes[:0] = [f"allowed by allow_missing_classes: {p}" for p in problems]
+    return missing, notes
