@@ -368,22 +368,16 @@ def test_fuzz_yaml_config(text: bytes) -> None:
         _load_config(d / "study.yaml")
 
 
-# Inputs on which the fuzzer found load_config raising something other than ConfigError (a
-# traceback instead of one line). config.load_config lets PyYAML's own ValueErrors through
-# (impossible dates, bad !!int/!!float), reads the file as UTF-8 without catching a decode
-# error, and sorts/joins keys that need not be strings. These inputs are left out of the
-# strategies above so the fuzzer keeps hunting for new ones; when config.py is fixed, these
-# cases pass, strict xfail reports that, and the marks (and the exclusions) can go.
-_KNOWN = pytest.mark.xfail(
-    strict=True, reason="load_config raises a non-ConfigError on this input (config.py)"
-)
+# Inputs on which the fuzzer once found load_config raising something other than ConfigError:
+# PyYAML's own ValueErrors (impossible dates, bad !!int/!!float), a file that is not UTF-8, and
+# keys that are not strings.
 YAML_FOUND = [
-    pytest.param(b"size: 2001-02-30\n", id="impossible-date", marks=_KNOWN),
-    pytest.param(b"epochs: !!int 0x\n", id="bad-int-tag", marks=_KNOWN),
-    pytest.param(b"lr: !!float abc\n", id="bad-float-tag", marks=_KNOWN),
-    pytest.param(b"data: \xff\xfe digits\n", id="not-utf8", marks=_KNOWN),
-    pytest.param(b"{1: 2, data: digits}\n", id="int-key", marks=_KNOWN),
-    pytest.param(b"model_options: {1: {}}\n", id="int-model-name", marks=_KNOWN),
+    pytest.param(b"size: 2001-02-30\n", id="impossible-date"),
+    pytest.param(b"epochs: !!int 0x\n", id="bad-int-tag"),
+    pytest.param(b"lr: !!float abc\n", id="bad-float-tag"),
+    pytest.param(b"data: \xff\xfe digits\n", id="not-utf8"),
+    pytest.param(b"{1: 2, data: digits}\n", id="int-key"),
+    pytest.param(b"model_options: {1: {}}\n", id="int-model-name"),
     pytest.param(b"models: [[1]]\n", id="nested-list"),
     pytest.param(b"\x00\x01", id="control-bytes"),
 ]

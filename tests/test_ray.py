@@ -121,13 +121,15 @@ def test_rerun_skips_done_trials(ray_study, small_npz):
 @pytest.mark.slow
 def test_failing_trial_is_recorded_while_the_others_finish(ray_instance, small_npz, tmp_path):
     out = tmp_path / "fail"
-    # No pretrained weights in the test's empty torch hub (the workers inherit TORCH_HOME).
-    args = _args(small_npz, out, "--models", "transfer-resnet18,study-light-k1", "--seeds", "0",
-                 "--executor", "ray")
+    # A setting the model refuses when it is built, in the worker: the trial's own exception.
+    cfg = tmp_path / "fail.yaml"
+    cfg.write_text("model_options: {transfer-resnet18: {finetune: last-99}}\n")
+    args = [*_args(small_npz, out, "--models", "transfer-resnet18,study-light-k1", "--seeds",
+                   "0", "--executor", "ray", "--weights", "none"), str(cfg)]
     assert cli(args) == 1
     by_model = {t["model"]: t for t in _by_key(out).values()}
     failed = by_model["transfer-resnet18"]
-    assert failed["status"] == "failed" and "resnet18-f37072fd.pth" in failed["error"]
+    assert failed["status"] == "failed" and "last-1 .. last-6" in failed["error"]
     # A trial's own exception is not retried: it would fail the same way.
     assert failed["extra"]["retries"] == 0 and "Traceback" in failed["extra"]["traceback"]
     assert by_model["study-light-k1"]["status"] == "done"

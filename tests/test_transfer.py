@@ -47,7 +47,8 @@ def test_preprocessing_comes_from_the_weights_metadata(name):
     assert info.input_size == t.crop_size[0]
     assert info.min_input_size == weights.meta["min_size"][0]
     # The head sits on the features torchvision's own classifier read.
-    full = getattr(torchvision.models, name)(weights=None)
+    kw = {"init_weights": True} if name == "inception_v3" else {}
+    full = getattr(torchvision.models, name)(weights=None, **kw)
     first_linear = next(m for m in list(full.children())[-1].modules()
                         if isinstance(m, torch.nn.Linear))
     assert model.head.in_features == model.num_features == first_linear.in_features

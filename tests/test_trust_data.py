@@ -379,11 +379,14 @@ def zip_bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+# The peak of this process's own memory (VmHWM): getrusage's ru_maxrss would also count the
+# parent's resident size, which Linux carries over a fork and exec (a large pytest process).
 PEAK_RSS = (
-    "import resource, sys\n"
+    "import re, sys\n"
     "from lightlayers.cli import main\n"
     "rc = main(sys.argv[1:])\n"
-    "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    "status = open('/proc/self/status').read()\n"
+    "print('PEAK_KB', re.search(r'VmHWM:\\s+(\\d+)', status).group(1), file=sys.stderr)\n"
     "sys.exit(rc)\n"
 )
 

@@ -254,6 +254,8 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     def known(field: str, name: str) -> None:
         # Entries for zoo models outside this run are fine (a YAML's sizes stay valid when
         # --models picks a subset); a name the zoo does not know is a typo.
+        if not isinstance(name, str):
+            raise ConfigError(f"{field}: model names must be text, got {name!r}")
         if name not in cfg.models:
             try:
                 model_info(name)
@@ -360,13 +362,19 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> StudyConfig
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})"
+                              ) from e
+        except (yaml.YAMLError, ValueError) as e:  # PyYAML raises ValueError for bad !!int etc.
             raise ConfigError(f"{path}: not valid YAML: {e}") from e
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+        odd = [k for k in loaded if not isinstance(k, str)]
+        if odd:
+            raise ConfigError(f"{path}: setting names must be text, got {odd[0]!r}")
         values.update(loaded)
     extra_proto = overrides.pop("protocol_overrides", None)
     values.update({k: v for k, v in overrides.items() if v is not None})

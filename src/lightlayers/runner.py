@@ -330,9 +330,14 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
         # Two files under one weights name (a planted or replaced one) differ by checksum.
         weights_id = json.dumps(model.weights_info(), sort_keys=True)
         key = feature_key(data_id, spec.model, weights_id, ds.image_size, lo, amp)
+        def replaced(msg: str) -> None:
+            notes.append(msg)
+            if reporter:
+                reporter.log(f"  {msg}")
+
         feats, feature_time, feature_hit = cached_features(
             key, model.backbone, {"train": train_ld, "val": val_ld, "test": test_ld}, device,
-            amp is not None)
+            amp is not None, on_replace=replaced)
         notes.append("backbone features: " + ("reused from the feature cache" if feature_hit
                                               else f"computed once in {feature_time:.1f}s"))
         if reporter:
@@ -383,8 +388,9 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
         "amp": result.amp, "speed": result.speed, "device": str(device),
         "threads": torch.get_num_threads(),
         "image_size": ds.image_size, "in_chans": model.model_info.in_chans,
-        "weights": model.weights, "feature_cache_hit": feature_hit,
-        **model.weights_info(),
+        # Only pretrained backbones have weights to record; "none" labels a random backbone.
+        "weights": None, "feature_cache_hit": feature_hit,
+        **(model.weights_info() if takes_weights(spec.model) else {}),
         **({} if weights is None else {"weights_notes": weights.notes}),
         "input_size": lo.get("crop", ds.image_size),
         "head_time_s": result.total_time_s if feature_time is not None else None,
@@ -546,6 +552,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
             reporter.log(f"{skipped} trial(s) already done in {out}: skipped")
         for sp, _, dk in todo:
             if sp.model in weight_errors:
+                store.mark_running(sp.key(dk))  # an attempt, counted as any other
                 store.record_failed(sp.key(dk), weight_errors[sp.model],
                                     {"error": weight_errors[sp.model], "stage": "weights"})
         todo = [t for t in todo if t[0].model not in weight_errors]

@@ -77,7 +77,7 @@ def main(args: argparse.Namespace) -> int:
         )
         outcome = run_study(cfg, progress=not args.quiet)
     except (ConfigError, DataError, StoreError) as e:
-        raise CliError(str(e)) from None
+        raise CliError(str(e)) from e
     c = outcome.counts
     print(f"{outcome.out_dir}: {c['done']} done, {c['failed']} failed "
           f"({outcome.ran} run now, {outcome.skipped} already done)", file=sys.stderr)
