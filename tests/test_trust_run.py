@@ -47,6 +47,7 @@ def test_changed_folder_is_refused_and_the_first_checkpoint_kept(folder, tmp_pat
     assert _run(folder, out) == 2
     err = capfd.readouterr().err
     assert "was made with other data" in err and "--out" in err and "Traceback" not in err
+    assert "10 file(s) added, 0 removed, 0 modified" in err
     assert len(_rows(out)) == 1  # nothing recorded for the changed data
     assert ckpt.read_bytes() == before
 
@@ -99,3 +100,18 @@ def test_absurd_size_is_one_clear_line(folder, tmp_path, capfd, size):
     err = capfd.readouterr().err.strip()
     assert "size: must be 8..1024 pixels" in err and "Traceback" not in err
     assert len(err.splitlines()) == 1
+
+
+def test_touched_files_are_the_same_data_modified_ones_are_named(folder, tmp_path, capfd):
+    out = tmp_path / "run"
+    assert _run(folder, out) == 0
+    img = sorted((folder / "train" / "a").iterdir())[0]
+    os.utime(img, ns=(1, 1))  # same bytes, another mtime
+    capfd.readouterr()
+    assert cli(["run", "--data", str(folder), "--models", MODEL, "--epochs", "1", "--size", "16",
+                "--in-chans", "1", "--no-report", "--out", str(out)]) == 0
+    assert "1 trial(s) already done" in capfd.readouterr().err
+    other = sorted((folder / "train" / "b").iterdir())[0]
+    img.write_bytes(other.read_bytes())  # other bytes under the same name
+    assert _run(folder, out) == 2
+    assert "0 file(s) added, 0 removed, 1 modified" in capfd.readouterr().err

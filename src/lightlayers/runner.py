@@ -154,11 +154,12 @@ def _members_digest(split: Any) -> str:
     return f"{len(split)}:{h.hexdigest()[:16]}"
 
 
-def _data_change(previous: dict[str, Any], now: dict[str, Any]) -> str:
-    """How the data differs from a run folder's, in words."""
+def _data_change(previous: dict[str, Any], now: dict[str, Any],
+                 files_old: Any = None, files_new: Any = None) -> str:
+    """How the data differs from a run folder's, in words (file by file when both manifests,
+    file -> size and content hash, are known)."""
     if previous.get("content") != now.get("content"):
         old, new = previous.get("content", {}), now.get("content", {})
-        files_old, files_new = old.get("files"), new.get("files")
         if isinstance(files_old, dict) and isinstance(files_new, dict):
             added = len(set(files_new) - set(files_old))
             removed = len(set(files_old) - set(files_new))
@@ -515,14 +516,16 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
         def check_data(ds: Dataset) -> None:
             nonlocal recorded
             now = data_fingerprint(ds)
+            manifest = ds.details.get("manifest")
             if recorded is None:
                 recorded = now
-                store.set_meta(data_fingerprint=now)
+                store.set_meta(data_fingerprint=now, data_manifest=manifest)
             elif recorded != now:
+                change = _data_change(recorded, now, store.meta().get("data_manifest"), manifest)
                 raise ConfigError(
                     f"{out} was made with other data: {cfg.data} has changed since "
-                    f"({_data_change(recorded, now)}). Its trials are kept as they are; run "
-                    "the changed data into a new folder with --out NEW_FOLDER")
+                    f"({change}). Its trials are kept as they are; run the changed data into "
+                    "a new folder with --out NEW_FOLDER")
 
         specs = [TrialSpec(m, s, cfg.protocol) for m in cfg.models for s in cfg.seeds]
         keyed = []

@@ -312,6 +312,8 @@ def load_dataset(
         identity=identity,
         notes=tuple(notes),
         details={
+            # File -> size and content hash (folder sources): what a run folder compares.
+            "manifest": src.manifest,
             "patients": plan.patients,
             "duplicates": plan.duplicates,
             "duplicates_within": plan.duplicates_within,

@@ -53,6 +53,9 @@ class Source:
     kind: str
     identity: dict[str, Any]
     read: Callable[[], FileSet | ArraySet]
+    # File -> short content hash, for sources made of many files (folders): a run folder keeps
+    # it to say which files changed when the data under its path is not the same any more.
+    manifest: dict[str, str] | None = None
 
 
 def file_sha256(path: Path) -> str:

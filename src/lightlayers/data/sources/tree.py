@@ -14,6 +14,7 @@ absolute or ``..`` names are errors, and archives are read within the size and c
 from __future__ import annotations
 
 import hashlib
+import json
 import lzma
 import os
 import posixpath
@@ -24,6 +25,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lightlayers.data.errors import DataError
 from lightlayers.data.sources.base import SPLITS, FileItem, FileSet, Source, file_sha256
@@ -220,8 +222,9 @@ def _strip_archive_suffix(name: str) -> str:
 class _Walk:
     files: list[str]  # image files, relative posix paths
     dirs: list[str]  # folders, relative posix paths
-    digest: str  # sha256 of (relative path, size, mtime) of every image and folder
+    digest: str  # sha256 of (relative path, size, content sha256) of every image and folder
     notes: list[str]
+    manifest: dict[str, str]  # image -> "size:sha256 prefix"
 
 
 def _within(path: str, root: str) -> bool:
@@ -241,6 +244,8 @@ def _walk(root: Path) -> _Walk:
     not_followed: list[str] = []
     outside: list[str] = []
     h = hashlib.sha256()
+    hashes = _HashCache(root_real)
+    manifest: dict[str, str] = {}
     st = os.stat(root)
     seen = {(st.st_dev, st.st_ino)}
     # (folder on disk, its path relative to root + "/", reached through a link out of root)
@@ -289,7 +294,9 @@ def _walk(root: Path) -> _Walk:
                 if st is None:
                     file_lines.append(f"F\t{rel}\tbroken link\n")
                     continue
-                file_lines.append(f"F\t{rel}\t{st.st_size}\t{st.st_mtime_ns}\n")
+                digest = hashes.sha256(e.path, rel, st)
+                manifest[rel] = f"{st.st_size}:{digest[:16]}"
+                file_lines.append(f"F\t{rel}\t{st.st_size}\t{digest}\n")
                 if out or e.is_symlink():
                     target = os.path.realpath(e.path)
                     if not _within(target, root_real):
@@ -306,14 +313,62 @@ def _walk(root: Path) -> _Walk:
     if outside:
         notes.append(
             f"{len(outside)} image(s) are symlinks to files outside {root} (used as they are; "
-            f"the dataset's identity follows their size and mtime): {_shown(outside)}"
+            f"the dataset's identity follows their content): {_shown(outside)}"
         )
-    return _Walk(files, dirs, h.hexdigest(), notes)
+    hashes.save()
+    return _Walk(files, dirs, h.hexdigest(), notes, manifest)
+
+
+class _HashCache:
+    """Content hashes of a folder's files, reused while a file's size and mtime are unchanged, so
+    a folder is read whole once (in the cache folder, beside the decoded images); a file that
+    cannot be read hashes as unreadable and decoding reports it."""
+
+    def __init__(self, root_real: str) -> None:
+        from lightlayers.data.cache import cache_root
+
+        name = hashlib.sha256(root_real.encode()).hexdigest()[:20]
+        self.path = cache_root() / "file-hashes" / f"{name}.json"
+        self.old: dict[str, list[Any]] = {}
+        try:
+            loaded = json.loads(self.path.read_text())
+            if isinstance(loaded, dict) and loaded.get("root") == root_real \
+                    and isinstance(loaded.get("files"), dict):
+                self.old = loaded["files"]
+        except (OSError, ValueError):
+            pass  # missing or damaged: every file is hashed again
+        self.root = root_real
+        self.new: dict[str, list[Any]] = {}
+
+    def sha256(self, path: str, rel: str, st: os.stat_result) -> str:
+        known = self.old.get(rel)
+        if (isinstance(known, list) and len(known) == 3 and known[0] == st.st_size
+                and known[1] == st.st_mtime_ns and isinstance(known[2], str)):
+            digest = known[2]
+        else:
+            try:
+                digest = file_sha256(Path(path))
+            except OSError:
+                digest = "unreadable"
+        self.new[rel] = [st.st_size, st.st_mtime_ns, digest]
+        return digest
+
+    def save(self) -> None:
+        if self.new == self.old:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"root": self.root, "files": self.new}))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # a read-only cache only costs hashing again next time
 
 
 def folder_source(path: Path) -> Source:
-    """A folder tree on disk. Its identity hashes (relative path, size, mtime) of every image and
-    folder, so adding, removing or touching an image is a cache miss and a README is not.
+    """A folder tree on disk. Its identity hashes (relative path, size, content) of every image
+    and folder, so adding, removing or changing an image is a cache miss, and touching one or a
+    README is not. Content hashes are cached per file by size and mtime.
 
     Symlinks: a symlinked folder is followed only when it leads out of the tree, and each real
     folder is read once (by device and inode), so links cannot loop or multiply a class. A
@@ -342,6 +397,7 @@ def folder_source(path: Path) -> Source:
         kind="folder",
         identity={"kind": "folder", "sha256": walk.digest},
         read=read,
+        manifest=walk.manifest,
     )
 
 
