@@ -92,6 +92,11 @@ def test_undecodable_images_are_skipped_and_listed(folder, tmp_path, capfd):
     assert "broken.png" in listed
     (row,) = _rows(out)
     assert row["status"] == "done"
+    capfd.readouterr()
+    assert cli(["report", str(out)]) == 0
+    assert "1 undecodable image file(s) were skipped" in capfd.readouterr().out
+    html = (out / "report" / "report.html").read_text()
+    assert "skipped_images.csv" in html and "broken.png" in html
 
 
 @pytest.mark.parametrize("size", ["0", "-3", "100000"])

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightlayers.report.load import ReportError, load_run
+from lightlayers.report.load import ReportError, RunData, load_run
 from lightlayers.report.table import (
     Row,
     build_rows,
@@ -43,6 +43,18 @@ def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(f for f in FORMATS if f in chosen)
 
 
+def skipped_notes(run: RunData) -> list[str]:
+    """Undecodable image files the study left out (``on_bad_image: skip``): a reader must see
+    that the numbers are over fewer images than the source holds."""
+    skipped = (run.meta.get("data") or {}).get("skipped") or []
+    if not skipped:
+        return []
+    files = [s.get("file", "?") if isinstance(s, dict) else str(s) for s in skipped]
+    shown = ", ".join(files[:5]) + (f" (and {len(files) - 5} more)" if len(files) > 5 else "")
+    return [f"{len(files)} undecodable image file(s) were skipped (listed in "
+            f"skipped_images.csv): {shown}"]
+
+
 def write_report(
     run_dir: str | Path,
     formats: str | Sequence[str] = FORMATS,
@@ -63,7 +75,7 @@ def write_report(
     fmts = parse_formats(formats)
     run = load_run(run_dir)
     rows = build_rows(run)
-    notes = partial_notes(run)
+    notes = partial_notes(run) + skipped_notes(run)
     out = run.run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
