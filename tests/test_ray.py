@@ -316,3 +316,75 @@ def test_executor_settings_do_not_block_a_resume():
                          gpus_per_trial=0.5, ray_address="auto")
     assert _settings(local) == _settings(remote)
     assert load_config(executor="ray", gpus_per_trial=2).gpus_per_trial == 2.0
+
+
+def _descendants(pid: int) -> list[int]:
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [p for p, pp in parents.items() if pp in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc: Linux")
+def test_local_ray_processes_die_with_the_driver(small_npz, tmp_path):
+    """`kill -9` of `lightlayers run --executor ray` leaves no Ray process of its local
+    instance behind (the raylet, the GCS server, the workers)."""
+    import signal
+    import subprocess
+
+    pytest.importorskip("ray")
+    args = _args(small_npz, tmp_path / "study", "--models", "study-light-k1", "--executor", "ray")
+    args[args.index("--epochs") + 1] = "50"
+    proc = subprocess.Popen([sys.executable, "-m", "lightlayers.cli", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        family: list[int] = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            family = _descendants(proc.pid)
+            if any("default_worker" in _cmdline(p) or "ray::" in _cmdline(p) for p in family) \
+                    and any("raylet" in _cmdline(p) for p in family):
+                break
+            time.sleep(0.2)
+        assert any("raylet" in _cmdline(p) for p in family), "no local Ray instance appeared"
+        time.sleep(1)
+        family = _descendants(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in family) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = [p for p in family if _alive(p)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    names = [_cmdline(p)[:80] for p in left]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"Ray processes outlived their driver: {names}"
