@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from data_fixtures import CHEST_TAR, image_bytes, needs_shared, pack, save_npz, write_tree
+from procs import alive, children
 
 from lightlayers.cli import main
 from lightlayers.data import DataError, load_dataset
@@ -514,27 +515,6 @@ def test_on_bad_image_works_for_every_source(tmp_path: Path) -> None:
 # --- decoding workers die with their parent ------------------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(entry))
-    return kids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"  # a zombie has exited; only its parent (now init) has not reaped it
-
-
 @needs_shared
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork pool and /proc: Linux")
 def test_decoding_workers_die_with_their_parent(tmp_path: Path) -> None:
@@ -555,15 +535,15 @@ def test_decoding_workers_die_with_their_parent(tmp_path: Path) -> None:
         deadline = time.monotonic() + 120
         workers: list[int] = []
         while not workers and time.monotonic() < deadline and proc.poll() is None:
-            workers = _children(proc.pid)
+            workers = children(proc.pid)
             time.sleep(0.02)
         assert workers, "no decoding worker appeared"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         deadline = time.monotonic() + 5
-        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        while any(alive(w) for w in workers) and time.monotonic() < deadline:
             time.sleep(0.05)
-        left = [w for w in workers if _alive(w)]
+        left = [w for w in workers if alive(w)]
     finally:
         if proc.poll() is None:
             proc.kill()
