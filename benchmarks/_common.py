@@ -423,8 +423,8 @@ def whole_study(device: str, size: int, transfer_size: int, epochs: int, weights
 
 
 def _study_child(spec_json: str) -> None:
-    from lightlayers.runner import run_study
     from lightlayers.store import ResultsStore
+    from lightlayers.study import run_study
 
     spec = json.loads(spec_json)
     models = tuple(spec["models"])

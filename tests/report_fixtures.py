@@ -51,7 +51,7 @@ def _pool(x: np.ndarray, f: int) -> np.ndarray:
 
 
 def train_trial(task: str, pool: int, seed: int, epochs: int) -> dict[str, Any]:
-    """One real trial: what the runner would record for it."""
+    """One real trial: what a study would record for it."""
     from sklearn.linear_model import SGDClassifier
     from sklearn.metrics import log_loss
 
@@ -111,7 +111,7 @@ def build_store(
     protocols: Sequence[str] = ("seed",),
     meta: bool = True,
 ) -> Path:
-    """A run folder whose ``results.db`` holds models x seeds x protocols, as the runner
+    """A run folder whose ``results.db`` holds models x seeds x protocols, as a study
     records them; ``failed`` trials get their error, ``pending`` ones stay unrun."""
     failed = failed or {}
     run_dir.mkdir(parents=True, exist_ok=True)

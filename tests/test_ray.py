@@ -15,8 +15,10 @@ from procs import alive, cmdline, descendants
 
 from lightlayers.cli import main as cli
 from lightlayers.config import ConfigError, load_config
-from lightlayers.runner import _DEFAULT_THREADS, resolve_threads, run_study, run_trial
+from lightlayers.runtime import _DEFAULT_THREADS, resolve_threads
 from lightlayers.store import ResultsStore
+from lightlayers.study import run_study
+from lightlayers.trial import run_trial
 
 # Scores that must not depend on where a trial ran (timings do).
 COMPARED = ("params_total", "params_trainable", "size_mb", "macs", "test_loss", "accuracy",
@@ -56,7 +58,7 @@ def ray_instance():
 @pytest.fixture(scope="module")
 def local_study(small_npz, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("local") / "study"
-    # Defaults on both sides: one thread policy (runner.resolve_threads) for both executors.
+    # Defaults on both sides: one thread policy (runtime.resolve_threads) for both executors.
     assert cli(_args(small_npz, out, "--models", MODELS, "--seeds", "0,1")) == 0
     return out
 
@@ -158,11 +160,11 @@ def _worker_dies(marker_dir: str, always: set[int]):
 
 def _use_executor(monkeypatch, **kw) -> None:
     """Make run_study build a RayExecutor with test-only options."""
-    import lightlayers.runner as runner
+    from lightlayers.executors import EXECUTORS, ExecutorInfo
     from lightlayers.executors.ray import RayExecutor
 
-    monkeypatch.setattr(runner, "_make_executor",
-                        lambda cfg, protocol, device, out: RayExecutor(cfg, protocol, out, **kw))
+    monkeypatch.setitem(EXECUTORS, "ray", ExecutorInfo(
+        "ray", lambda cfg, protocol, device, out: RayExecutor(cfg, protocol, out, **kw), "test"))
 
 
 @pytest.mark.slow
@@ -310,7 +312,7 @@ def test_bad_executor_settings_are_named(overrides, named):
 
 
 def test_executor_settings_do_not_block_a_resume():
-    from lightlayers.runner import _settings
+    from lightlayers.study import _settings
 
     local = load_config(models="study-light-k1")
     remote = load_config(models="study-light-k1", executor="ray", cpus_per_trial=2,

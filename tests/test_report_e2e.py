@@ -50,7 +50,7 @@ def test_report_of_a_real_run(tmp_path):
     html = (report / "report.html").read_text()
     with ResultsStore(out / "results.db", create=False) as store:
         meta = store.meta()
-    # Data identity, environment and config as the runner recorded them.
+    # Data identity, environment and config as the study recorded them.
     assert meta["data"]["identity"]["sha256"] in html
     assert meta["environment"]["torch"] in html and "split_seed: 0" in html
     assert "<th scope='row'>test</th><td class='num'>234</td><td class='num'>390</td>" in html

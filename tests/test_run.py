@@ -18,8 +18,8 @@ import lightlayers as L
 from lightlayers.cli import main as cli
 from lightlayers.config import load_config
 from lightlayers.metrics import classification_metrics
-from lightlayers.runner import CSV_COLUMNS, run_study
 from lightlayers.store import ResultsStore
+from lightlayers.study import CSV_COLUMNS, run_study
 
 BASE = ["run", "--data", str(PNEUMONIA_NPZ), "--size", "28", "--quiet", "--no-report"]
 # Mechanics (determinism, failures, crashes) on scikit-learn's digits: seconds, not minutes.
@@ -262,7 +262,7 @@ def test_bad_set_flag_is_named(flag, message, capsys):
 def test_protocol_sets_dropout_and_batchnorm_momentum():
     from lightlayers.config import IMPROVED, Protocol
     from lightlayers.models import create_model
-    from lightlayers.runner import apply_protocol
+    from lightlayers.trial import apply_protocol
 
     model = create_model("study-light-k2", num_classes=2)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]

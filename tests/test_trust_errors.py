@@ -122,7 +122,7 @@ def test_disk_full_mid_study_is_one_line(tmp_path, monkeypatch, capsys) -> None:
     def full(store: object, path: Path) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr("lightlayers.runner.write_results_csv", full)
+    monkeypatch.setattr("lightlayers.study.write_results_csv", full)
     assert cli([*DIGITS, "--out", str(out)]) == 2
     assert _one_line(capsys.readouterr().err) == (
         f"lightlayers run: error: disk full while writing {out.resolve()}/results.csv; free some "

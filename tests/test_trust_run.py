@@ -11,9 +11,10 @@ import pytest
 import torch
 from data_fixtures import write_tree
 
+from lightlayers.checkpoint import checkpoint_name, save_checkpoint
 from lightlayers.cli import main as cli
-from lightlayers.runner import TrialSpec, checkpoint_name, save_checkpoint
 from lightlayers.store import ResultsStore
+from lightlayers.trial import TrialSpec
 
 MODEL = "paper-light-k1"
 COUNTS = {"train/a": 24, "train/b": 24, "test/a": 8, "test/b": 8}

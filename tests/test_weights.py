@@ -140,13 +140,14 @@ def test_every_backbone_trains_one_epoch_with_its_default_weights(use_hub, tiny_
 
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_every_model_of_every_shipped_config_builds_with_its_weights(use_hub, config):
-    from lightlayers.runner import _model_kwargs, resolve_study_weights
+    from lightlayers.study import resolve_study_weights
+    from lightlayers.trial import model_kwargs
 
     cfg = load_config(CONFIGS / config)
     resolved, errors = resolve_study_weights(cfg, lambda _: None, progress=False)
     assert errors == {}
     for name in cfg.models:
-        kwargs = _model_kwargs(cfg, name)
+        kwargs = model_kwargs(cfg, name)
         if name in resolved:
             kwargs["weights"] = resolved[name]
         model = L.create_model(name, **kwargs)
@@ -277,7 +278,8 @@ def test_a_trial_given_resolved_weights_never_looks_for_files(use_hub, tiny_npz,
     """What a Ray worker runs: the driver's resolved weights, with no hub cache of its own."""
     from lightlayers.data import load_dataset
     from lightlayers.executors.ray import trial_task
-    from lightlayers.runner import TrialSpec, data_key
+    from lightlayers.fingerprint import data_key
+    from lightlayers.trial import TrialSpec
 
     resolved = resolve_model_weights("transfer-resnet18", "DEFAULT", download=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "worker-has-nothing"))

@@ -114,7 +114,7 @@ class StudyConfig:
     executor: Literal["local", "ray"] = "local"
     ray_address: str | None = None  # None starts a local Ray instance; "auto" or HOST:PORT joins
     gpus_per_trial: float = 0.0  # fractions (0.25) let several small models share one GPU
-    # CPUs Ray reserves per trial. None: `threads` (see runner.resolve_threads), so a Ray trial
+    # CPUs Ray reserves per trial. None: `threads` (see runtime.resolve_threads), so a Ray trial
     # runs with the torch thread count a local run uses and gives the same numbers.
     cpus_per_trial: int | None = None
     max_retries: int = 2  # resubmissions of a trial whose Ray worker or node died

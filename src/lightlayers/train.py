@@ -1,6 +1,6 @@
 """Training one model on one dataset under one protocol: ``fit`` and ``evaluate``.
 
-Knows nothing of the results store: it returns numbers, the runner records them. Loss and
+Knows nothing of the results store: it returns numbers, the trial records them. Loss and
 accuracy are accumulated on the device and read once per epoch, so there is no host sync per
 step; times are wall clock with the device synchronised at epoch boundaries.
 

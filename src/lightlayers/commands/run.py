@@ -59,8 +59,8 @@ def main(args: argparse.Namespace) -> int:
     from lightlayers.cli import CliError
     from lightlayers.config import ConfigError, load_config, parse_overrides
     from lightlayers.data import DataError
-    from lightlayers.runner import run_study
     from lightlayers.store import StoreError
+    from lightlayers.study import run_study
 
     try:
         overrides = parse_overrides(args.overrides)

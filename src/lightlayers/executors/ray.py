@@ -2,7 +2,7 @@
 
 The driver (``lightlayers run``) stays the only writer of the run folder. Each trial is one Ray
 task that gets the dataset from Ray's object store (or loads it from shared storage into the
-node's own cache, for large sets), trains with ``runner.run_trial`` exactly as the local executor
+node's own cache, for large sets), trains with ``trial.run_trial`` exactly as the local executor
 does, and returns the result together with the checkpoint's bytes; the driver writes the
 checkpoint and records the result. See docs/ray.md.
 
@@ -30,19 +30,12 @@ import torch
 
 from lightlayers.config import ConfigError, Protocol, StudyConfig, config_from_dict
 from lightlayers.data import DataError, Dataset, load_dataset
+from lightlayers.executors.base import Task, TaskOutcome
+from lightlayers.fingerprint import data_key
 from lightlayers.models.weights import ResolvedWeights
 from lightlayers.progress import ProgressReporter
-from lightlayers.runner import (
-    Task,
-    TaskOutcome,
-    TrialSpec,
-    data_key,
-    data_size_for,
-    failure,
-    resolve_device,
-    resolve_threads,
-    run_trial,
-)
+from lightlayers.runtime import resolve_device, resolve_threads
+from lightlayers.trial import TrialSpec, data_size_for, failure, run_trial
 
 INSTALL_HINT = "pip install 'lightlayers[ray]'"
 # Decoded arrays up to this size go through Ray's object store (by default 30% of a node's
@@ -112,7 +105,7 @@ def trial_task(spec: TrialSpec, data: Dataset | DataOnNode, key: str, cfg_values
         # The config travels as a plain dict and is validated again here (another node may run
         # another lightlayers version).
         cfg = config_from_dict(cfg_values)
-        # The driver resolved the thread count (runner.resolve_threads); Ray's own setting
+        # The driver resolved the thread count (runtime.resolve_threads); Ray's own setting
         # (OMP_NUM_THREADS = the task's CPUs) is only applied at worker start-up.
         torch.set_num_threads(cfg.threads or cfg.cpus_per_trial or 1)
         device = resolve_device(cfg.device)
@@ -138,11 +131,11 @@ class RayExecutor:
     is marked running when it can actually start. Results are yielded as they arrive.
 
     Args:
-        cfg, protocol, out, reporter: as for :class:`lightlayers.runner.LocalExecutor`.
+        cfg, protocol, out, reporter: as for :class:`lightlayers.executors.local.LocalExecutor`.
         data_transfer: "object_store" puts each dataset into Ray's object store once;
             "shared_path" has each worker load it from ``cfg.data`` (which every node must
             see); "auto" picks the object store up to ``OBJECT_STORE_MAX_BYTES``.
-        trial_fn: what a worker runs instead of ``runner.run_trial`` (same signature); for
+        trial_fn: what a worker runs instead of ``trial.run_trial`` (same signature); for
             tests that need a worker to crash.
     """
 
@@ -314,6 +307,11 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{time.monotonic_ns()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def create(cfg: StudyConfig, protocol: Protocol, device: torch.device,
+           out: Path) -> RayExecutor:
+    return RayExecutor(cfg, protocol, out)
 
 
 __all__ = ["OBJECT_STORE_MAX_BYTES", "DataOnNode", "RayExecutor", "import_ray", "trial_task"]

@@ -1,0 +1,66 @@
+"""What a run folder is bound to: its data's content, classes and split, not a path's spelling."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from lightlayers.data import Dataset
+
+
+def data_key(ds: Dataset) -> str:
+    return f"{ds.name}@{ds.identity['cache_key'][:12]}"
+
+
+# Identity fields of a loaded dataset that name where it was read, not what it holds.
+_WHERE = ("source", "cache_key", "cache_path", "options")
+
+
+# Decode options that do not change which images are in which split.
+_DECODE_ONLY = ("size", "in_chans", "resize", "resample", "out_chans", "chans")
+
+
+def data_fingerprint(ds: Dataset) -> dict[str, Any]:
+    """What a run folder is bound to: the data's content (its source's own hash, whatever the
+    path's spelling) and how it was split; not the decode size, which differs per model."""
+    content = {k: v for k, v in ds.identity.items() if k not in _WHERE}
+    split = {k: v for k, v in ds.identity.get("options", {}).items() if k not in _DECODE_ONLY}
+    split["members"] = {name: _members_digest(s) for name, s in ds.splits.items()}
+    return _jsonable({"name": ds.name, "content": content, "split": split,
+                      "classes": list(ds.classes)})
+
+
+def _members_digest(split: Any) -> str:
+    """Which images a split holds (their ids, or for array sources their labels in order)."""
+    import hashlib
+
+    h = hashlib.sha256(str(len(split)).encode())
+    if split.ids is not None:
+        h.update("\n".join(map(str, split.ids)).encode())
+    h.update(np.ascontiguousarray(split.labels).tobytes())
+    return f"{len(split)}:{h.hexdigest()[:16]}"
+
+
+def _data_change(previous: dict[str, Any], now: dict[str, Any],
+                 files_old: Any = None, files_new: Any = None) -> str:
+    """How the data differs from a run folder's, in words (file by file when both manifests,
+    file -> size and content hash, are known)."""
+    if previous.get("content") != now.get("content"):
+        old, new = previous.get("content", {}), now.get("content", {})
+        if isinstance(files_old, dict) and isinstance(files_new, dict):
+            added = len(set(files_new) - set(files_old))
+            removed = len(set(files_old) - set(files_new))
+            modified = sum(files_old[f] != files_new[f] for f in set(files_old) & set(files_new))
+            return f"{added} file(s) added, {removed} removed, {modified} modified"
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        return "its content differs (" + ", ".join(
+            f"{k}: {str(old.get(k))[:16]} -> {str(new.get(k))[:16]}" for k in changed) + ")"
+    if previous.get("classes") != now.get("classes"):
+        return f"its classes differ ({previous.get('classes')} -> {now.get('classes')})"
+    return f"it is split differently ({previous.get('split')} -> {now.get('split')})"
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))

@@ -1,0 +1,275 @@
+"""A study: plan trials (models x seeds), run each, record everything in the run folder.
+
+Run folder: ``results.db`` (the record), ``results.csv`` (one row per trial), ``config.yaml``
+(the resolved config) and ``checkpoints/`` (selected weights as float32 safetensors).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lightlayers.config import ConfigError, StudyConfig
+from lightlayers.data import Dataset, load_dataset
+from lightlayers.executors import Task, create_executor, executor_info
+from lightlayers.fingerprint import _data_change, _jsonable, data_fingerprint, data_key
+from lightlayers.models.weights import ResolvedWeights, WeightsError
+from lightlayers.progress import ProgressReporter
+from lightlayers.runtime import resolve_device, resolve_threads
+from lightlayers.store import ResultsStore, StoreError
+from lightlayers.trial import TrialSpec, data_size_for, model_kwargs, takes_weights, weights_request
+
+CSV_COLUMNS = [
+    "model", "seed", "protocol", "status", "params_total", "params_trainable", "size_mb", "macs",
+    "accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1", "auc",
+    "collapsed", "threshold", "test_loss", "total_time_s", "epoch_time_s", "first_epoch_s",
+    "feature_time_s", "infer_img_s", "latency_ms", "best_epoch", "epochs_run", "attempts", "error",
+]
+
+
+# Settings that change a trial's numbers: a run folder holds one value of each. Where trials
+# run is not one of them, so a study can be resumed with another executor; nor is the spelling
+# of the data's path: the data is compared by content (data_fingerprint).
+_SETTINGS_EXCLUDED = ("models", "seeds", "out", "report", "device", "threads", "executor",
+                      "ray_address", "gpus_per_trial", "cpus_per_trial", "max_retries", "data")
+
+
+def write_results_csv(store: ResultsStore, path: Path) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for t in store.trials():
+        row = dict(t)
+        if row.get("collapsed") is not None:
+            row["collapsed"] = int(row["collapsed"])
+        w.writerow(row)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def _settings_diff(previous: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
+    """Settings that differ from a run folder's. A setting the folder predates counts as its
+    default value, so folders written before it was added still resume."""
+    if previous is None:
+        return []
+    defaults = _settings(StudyConfig())
+    return sorted(k for k in set(previous) | set(now)
+                  if previous.get(k, defaults.get(k)) != now.get(k, defaults.get(k)))
+
+
+def _record_skipped(out: Path, datasets: Any, log: Any) -> None:
+    """Undecodable files left out (``on_bad_image: skip``): listed in the run folder."""
+    rows = sorted({(f, r) for ds in datasets for f, r in ds.skipped})
+    path = out / "skipped_images.csv"
+    if not rows:
+        return
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["file", "reason"])
+    w.writerows(rows)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, path)
+    log(f"{len(rows)} undecodable image file(s) skipped, listed in {path}")
+
+
+def _settings(cfg: StudyConfig) -> dict[str, Any]:
+    d = cfg.to_dict()
+    for k in _SETTINGS_EXCLUDED:
+        d.pop(k, None)
+    # Unset means each backbone's DEFAULT, which run folders written before recorded as such.
+    d["weights"] = d.get("weights") or "DEFAULT"
+    return json.loads(json.dumps(d, sort_keys=True))
+
+
+@dataclass
+class StudyOutcome:
+    out_dir: Path
+    counts: dict[str, int]
+    ran: int
+    skipped: int
+
+
+def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
+    """Run every pending trial of ``cfg``; done trials in the run folder are skipped."""
+    import yaml
+
+    cfg = resolve_threads(cfg)
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    # With Ray the trials run on the workers' devices: a head node without a GPU must not
+    # refuse --device cuda, so the driver only describes its own.
+    device = resolve_device(cfg.device if executor_info(cfg.executor).runs_here else "auto")
+    torch.set_num_threads(cfg.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    protocol = cfg.resolved_protocol()
+    executor = create_executor(cfg, protocol, device, out)
+    lock = _lock_run_folder(out)
+    reporter = ProgressReporter(len(cfg.models) * len(cfg.seeds), enabled=progress)
+    store = ResultsStore(out / "results.db")
+    try:
+        previous = store.meta().get("settings")
+        diff = _settings_diff(previous, _settings(cfg))
+        if diff:
+            raise ConfigError(
+                f"{out} holds a study with other settings ({', '.join(diff)} differ); "
+                "use another --out folder, or the same settings to resume or extend it"
+            )
+        # Weights first: a transfer model that cannot have its weights is known (and said) before
+        # any data is decoded or any model trains.
+        weights, weight_errors = resolve_study_weights(cfg, reporter.log, progress)
+        datasets: dict[int | None, Dataset] = {}
+
+        def dataset_for(model: str) -> Dataset:
+            size = data_size_for(cfg, model)
+            if size not in datasets:
+                reporter.log(f"loading data {cfg.data}" + (f" at {size}px" if size else ""))
+                datasets[size] = load_dataset(
+                    cfg.data, size=size, in_chans=cfg.in_chans, resize=cfg.resize,
+                    val_fraction=cfg.val_fraction, seed=cfg.split_seed, progress=progress,
+                    on_bad_image=cfg.on_bad_image,
+                    allow_missing_classes=cfg.allow_missing_classes)
+                check_data(datasets[size])
+            return datasets[size]
+
+        recorded = store.meta().get("data_fingerprint")
+
+        def check_data(ds: Dataset) -> None:
+            nonlocal recorded
+            now = data_fingerprint(ds)
+            manifest = ds.details.get("manifest")
+            if recorded is None:
+                recorded = now
+                store.set_meta(data_fingerprint=now, data_manifest=manifest)
+            elif recorded != now:
+                change = _data_change(recorded, now, store.meta().get("data_manifest"), manifest)
+                raise ConfigError(
+                    f"{out} was made with other data: {cfg.data} has changed since "
+                    f"({change}). Its trials are kept as they are; run the changed data into "
+                    "a new folder with --out NEW_FOLDER")
+
+        specs = [TrialSpec(m, s, cfg.protocol) for m in cfg.models for s in cfg.seeds]
+        keyed = []
+        for spec in specs:
+            ds = dataset_for(spec.model)
+            keyed.append((spec, ds, data_key(ds)))
+        first = datasets[next(iter(datasets))]
+        _record_skipped(out, datasets.values(), reporter.log)
+        store.set_meta(
+            settings=_settings(cfg), config=cfg.to_dict(),
+            protocol=dataclasses.asdict(protocol), environment=_env(device),
+            data=_jsonable(first.summary()),
+        )
+        (out / "config.yaml").write_text(yaml.safe_dump(
+            {**cfg.to_dict(), "resolved_protocol": dataclasses.asdict(protocol)},
+            sort_keys=False))
+        redo = store.reset_interrupted()
+        if redo:
+            reporter.log(f"redoing {len(redo)} trial(s) interrupted by an earlier crash")
+        store.add_trials({"model": sp.model, "seed": sp.seed, "protocol": sp.protocol,
+                          "data": dk, "config": {"model_options": model_kwargs(cfg, sp.model)}}
+                         for sp, _, dk in keyed)
+        status = {t["key"]: t["status"] for t in store.trials()}
+        todo = [(sp, ds, dk) for sp, ds, dk in keyed if status[sp.key(dk)] != "done"]
+        skipped = len(keyed) - len(todo)
+        if skipped:
+            reporter.log(f"{skipped} trial(s) already done in {out}: skipped")
+        for sp, _, dk in todo:
+            if sp.model in weight_errors:
+                store.mark_running(sp.key(dk))  # an attempt, counted as any other
+                store.record_failed(sp.key(dk), weight_errors[sp.model],
+                                    {"error": weight_errors[sp.model], "stage": "weights"})
+        todo = [t for t in todo if t[0].model not in weight_errors]
+        reporter.total = len(todo)
+        tasks = [Task(spec, ds, dk, weights.get(spec.model)) for spec, ds, dk in todo]
+        executor.reporter = reporter
+        try:
+            for task, res, error in executor.run(tasks, start=lambda t: store.mark_running(t.key)):
+                spec = task.spec
+                if error is not None:
+                    store.record_failed(task.key, error["error"], error)
+                    reporter.end_trial(f"  FAILED {spec.model} seed {spec.seed}: {error['error']}")
+                    continue
+                assert res is not None
+                store.record_done(task.key, res["metrics"], res["history"], res["predictions"],
+                                  res["confusion"], res["extra"], res["checkpoint"])
+                reporter.end_trial(_done_line(spec, res["metrics"]))
+        except KeyboardInterrupt:
+            # Finished trials stay recorded; the interrupted one is redone by the next run.
+            store.reset_interrupted()
+            raise
+        write_results_csv(store, out / "results.csv")
+        counts = store.counts()
+        return StudyOutcome(out, counts, ran=len(todo), skipped=skipped)
+    finally:
+        reporter.close()
+        store.close()
+        lock.close()
+
+
+def resolve_study_weights(cfg: StudyConfig, log: Any, progress: bool = True
+                          ) -> tuple[dict[str, ResolvedWeights], dict[str, str]]:
+    """Resolve every transfer model's weights once (cache, download or file), before training.
+
+    Returns the resolved weights per model and, per model whose weights cannot be had, the
+    message saying what to do; those models' trials are recorded as failed at once.
+    """
+    from lightlayers.models.transfer import resolve_model_weights
+
+    resolved: dict[str, ResolvedWeights] = {}
+    errors: dict[str, str] = {}
+    for name in cfg.models:
+        if not takes_weights(name):
+            continue
+        try:
+            rw = resolve_model_weights(name, weights_request(cfg, name), progress=progress)
+        except WeightsError as e:
+            errors[name] = str(e)
+            log(f"weights: {name} cannot run, its {len(cfg.seeds)} trial(s) are recorded as "
+                f"failed and the other models train: {e}")
+            continue
+        resolved[name] = rw
+        where = f" from {rw.file}" if rw.file else ""
+        log(f"weights: {name} uses {rw.label}{where}")
+        for note in rw.notes:
+            log(f"  warning: {note}")
+    return resolved, errors
+
+
+def _lock_run_folder(out: Path) -> Any:
+    """One process per run folder: a second one would reset the first one's running trial."""
+    import fcntl
+
+    handle = open(out / ".lock", "a+")  # noqa: SIM115  (held open for the whole study)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StoreError(
+            f"another `lightlayers run` is using {out}; wait for it to finish or use another "
+            "--out folder"
+        ) from None
+    return handle
+
+
+def _done_line(spec: TrialSpec, m: dict[str, Any]) -> str:
+    auc = "n/a" if m["auc"] is None else f"{m['auc']:.3f}"
+    return (f"  done {spec.model} seed {spec.seed}: acc {m['accuracy']:.4f} auc {auc} "
+            f"({m['total_time_s']:.1f}s, {m['epoch_time_s']:.2f}s/epoch)"
+            + ("  [collapsed: one class predicted]" if m["collapsed"] else ""))
+
+
+def _env(device: torch.device) -> dict[str, Any]:
+    from lightlayers.environment import environment
+
+    return environment(device)

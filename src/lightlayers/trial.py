@@ -1,0 +1,232 @@
+"""One trial: build a model, train it under a protocol, evaluate it on the test split,
+write its checkpoint and measure it; returns what the results store records."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lightlayers.checkpoint import checkpoint_name, save_checkpoint
+from lightlayers.config import Protocol, StudyConfig
+from lightlayers.data import Dataset, DeviceLoader
+from lightlayers.measure import count_macs, measure_inference
+from lightlayers.metrics import classification_metrics
+from lightlayers.models import create_model, model_info
+from lightlayers.models.interface import ClassifierBase
+from lightlayers.models.weights import ResolvedWeights
+from lightlayers.params import count_params
+from lightlayers.progress import ProgressReporter
+from lightlayers.runtime import seed_everything
+from lightlayers.store import trial_key
+from lightlayers.train import TensorLoader, amp_in_use, autocast, evaluate, fit
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    model: str
+    seed: int
+    protocol: str
+
+    def key(self, data_key: str) -> str:
+        return trial_key(self.model, self.seed, self.protocol, data_key)
+
+
+def input_sizes(cfg: StudyConfig, model: str) -> tuple[int | None, int | None]:
+    """(decode size, crop) of ``model``'s images: the input side is ``sizes[model]``, else an
+    explicit --size, else a pretrained backbone's own; a backbone whose weights' recipe
+    resizes then center-crops (InceptionV3: 342 then 299) gets its images decoded at the
+    resize size and cropped on the device, in the same ratio at any input side."""
+    info = model_info(model)
+    pre = info.extra.get("preprocess")
+    side = cfg.sizes.get(model, cfg.size)
+    if side is None and pre is not None:
+        side = pre.crop_size
+    if side is None or pre is None:
+        return side, None
+    decode, crop = pre.sizes_for(side)
+    return decode, (crop if crop != decode else None)
+
+
+def data_size_for(cfg: StudyConfig, model: str) -> int | None:
+    """The side ``model``'s images are decoded at (see :func:`input_sizes`)."""
+    return input_sizes(cfg, model)[0]
+
+
+def takes_weights(name: str) -> bool:
+    return bool(model_info(name).extra.get("takes_weights"))
+
+
+def weights_request(cfg: StudyConfig, name: str) -> str:
+    """What the study asks of ``name``'s weights: its model_options, else --weights, else its
+    torchvision DEFAULT."""
+    asked = cfg.model_options.get(name, {}).get("weights", cfg.weights)
+    return "DEFAULT" if asked is None else str(asked)
+
+
+def model_kwargs(cfg: StudyConfig, name: str) -> dict[str, Any]:
+    kw = dict(cfg.model_options.get(name, {}))
+    if takes_weights(name):
+        kw["weights"] = weights_request(cfg, name)
+    return kw
+
+
+def _loader_options(model: ClassifierBase, data_chans: int, image_size: int,
+                    crop: int | None) -> dict[str, Any]:
+    pre = model.preprocess
+    opts: dict[str, Any] = {}
+    if pre.mean is not None and pre.std is not None:
+        opts["mean"], opts["std"] = list(pre.mean), list(pre.std)
+    if model.model_info.in_chans == 3 and data_chans == 1:
+        opts["out_chans"] = 3  # grey images replicated, as the study fed RGB copies of X-rays
+    if crop is not None and crop != image_size:
+        opts["crop"] = crop
+    return opts
+
+
+def apply_protocol(model: ClassifierBase, protocol: Protocol) -> None:
+    """The protocol's settings that live in the model: head dropout, BatchNorm momentum.
+
+    A frozen backbone stays in eval mode, so its BatchNorm statistics never move whatever the
+    momentum; fine-tuned stages follow the protocol like the rest.
+    """
+    model.set_head_dropout(protocol.dropout)
+    if protocol.bn_momentum is not None:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = protocol.bn_momentum
+
+
+def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
+              protocol: Protocol, device: torch.device, out_dir: Path,
+              reporter: ProgressReporter | None = None,
+              weights: ResolvedWeights | None = None) -> dict[str, Any]:
+    """Train and evaluate one model with one seed; returns what the store records.
+
+    ``weights``: the model's pretrained weights as resolved before the study (a transfer
+    model's trial never fetches weights itself).
+    """
+    seed_everything(spec.seed)
+    kwargs = model_kwargs(cfg, spec.model)
+    if weights is not None:
+        kwargs["weights"] = weights
+    elif takes_weights(spec.model):
+        # A trial run outside run_study (a script, a test): resolve from the cache only.
+        from lightlayers.models.transfer import resolve_model_weights
+
+        kwargs["weights"] = resolve_model_weights(spec.model, kwargs["weights"], download=False)
+    model = create_model(spec.model, num_classes=ds.num_classes,
+                         in_chans=cfg.in_chans or _model_in_chans(spec.model, ds.in_chans),
+                         **kwargs)
+    apply_protocol(model, protocol)
+    model.to(device)
+    lo = _loader_options(model, ds.in_chans, ds.image_size, input_sizes(cfg, spec.model)[1])
+    bs = protocol.batch_size
+    amp = amp_in_use(device, protocol)
+    aug = protocol.augment if protocol.augment.enabled else None
+    train_ld = DeviceLoader(ds.splits["train"], bs, device, shuffle=True, seed=spec.seed,
+                            augment=aug, **lo)
+    val_ld = DeviceLoader(ds.splits["val"], bs, device, **lo)
+    test_ld = DeviceLoader(ds.splits["test"], bs, device, **lo)
+    notes: list[str] = []
+    feature_time = None
+    feature_hit = None
+    trainee: ClassifierBase = model
+    if model.frozen and aug is None:
+        from lightlayers.features import cached_features, feature_key
+
+        # Two files under one weights name (a planted or replaced one) differ by checksum.
+        weights_id = json.dumps(model.weights_info(), sort_keys=True)
+        key = feature_key(data_id, spec.model, weights_id, ds.image_size, lo, amp)
+        def replaced(msg: str) -> None:
+            notes.append(msg)
+            if reporter:
+                reporter.log(f"  {msg}")
+
+        feats, feature_time, feature_hit = cached_features(
+            key, model.backbone, {"train": train_ld, "val": val_ld, "test": test_ld}, device,
+            amp is not None, on_replace=replaced)
+        notes.append("backbone features: " + ("reused from the feature cache" if feature_hit
+                                              else f"computed once in {feature_time:.1f}s"))
+        if reporter:
+            reporter.log(f"  {notes[-1]}")
+        trainee = model.feature_head()
+        train_ld = TensorLoader(*feats["train"], bs, shuffle=True, seed=spec.seed)
+        val_ld = TensorLoader(*feats["val"], bs)
+        test_ld = TensorLoader(*feats["test"], bs)
+    elif model.frozen:
+        notes.append("augmentation is on: frozen features cannot be cached, full forwards used")
+        if reporter:
+            reporter.log(f"  {notes[-1]}")
+
+    if reporter:
+        reporter.start_trial(f"{spec.model} seed {spec.seed}", protocol.epochs)
+    result = fit(
+        trainee, train_ld, val_ld, protocol, device,
+        train_labels=np.asarray(ds.splits["train"].labels), num_classes=ds.num_classes,
+        positive_class=ds.positive_class,
+        on_epoch=(lambda row: reporter.epoch(row, protocol.epochs)) if reporter else None,
+    )
+    test = evaluate(trainee, test_ld, device, amp is not None)
+    m = classification_metrics(test.labels, test.probs, ds.positive_class, result.threshold)
+
+    ckpt = out_dir / "checkpoints" / checkpoint_name(spec, data_id)
+    size_mb = save_checkpoint(model, ckpt, {
+        "trial": spec.key(data_id),
+        "model": spec.model, "seed": str(spec.seed), "protocol": spec.protocol,
+        "classes": json.dumps(list(ds.classes)), "in_chans": str(model.model_info.in_chans),
+        "image_size": str(ds.image_size), "data": data_id,
+    })
+    x_test = next(iter(DeviceLoader(ds.splits["test"], 64, device, **lo)))[0]
+    macs = count_macs(model, x_test)
+    with autocast(device, amp is not None):
+        infer_img_s, latency_ms = measure_inference(model, x_test, device)
+    counts = count_params(model)
+    metrics = {
+        "params_total": counts.total, "params_trainable": counts.trainable, "size_mb": size_mb,
+        "macs": macs, "test_loss": test.loss,
+        **{k: m[k] for k in ("accuracy", "balanced_accuracy", "sensitivity", "specificity",
+                             "precision", "f1", "auc", "collapsed", "threshold")},
+        "total_time_s": result.total_time_s + (feature_time or 0.0),
+        "epoch_time_s": result.epoch_time_s, "first_epoch_s": result.first_epoch_s,
+        "feature_time_s": feature_time, "infer_img_s": infer_img_s, "latency_ms": latency_ms,
+        "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+    }
+    extra = {
+        "amp": result.amp, "speed": result.speed, "device": str(device),
+        "threads": torch.get_num_threads(),
+        "image_size": ds.image_size, "in_chans": model.model_info.in_chans,
+        # Only pretrained backbones have weights to record; "none" labels a random backbone.
+        "weights": None, "feature_cache_hit": feature_hit,
+        **(model.weights_info() if takes_weights(spec.model) else {}),
+        **({} if weights is None else {"weights_notes": weights.notes}),
+        "input_size": lo.get("crop", ds.image_size),
+        "head_time_s": result.total_time_s if feature_time is not None else None,
+        "notes": notes + result.notes, "protocol": dataclasses.asdict(protocol),
+        "loader": lo,
+    }
+    return {
+        "metrics": metrics, "history": result.history, "confusion": m["confusion"],
+        "predictions": {"classes": list(ds.classes), "labels": test.labels, "probs": test.probs},
+        "extra": extra, "checkpoint": str(ckpt.relative_to(out_dir)),
+    }
+
+
+def _model_in_chans(name: str, data_chans: int) -> int:
+    """The model's own channel count, unless the data has more (3-channel data, 1-ch model)."""
+    own = model_info(name).in_chans
+    return max(own, data_chans)
+
+
+def failure(e: BaseException) -> dict[str, Any]:
+    """What the store records of a failed trial: the one-line reason and a short traceback."""
+    detail = "".join(traceback.format_exception_only(type(e), e)).strip()
+    tb = "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=8))
+    return {"error": detail, "traceback": tb}
