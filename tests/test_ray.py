@@ -284,7 +284,7 @@ def test_trial_needing_more_than_the_local_instance_is_refused(ray_instance, tmp
 ])
 def test_one_thread_policy_for_both_executors(given, threads, cpus):
     cfg = resolve_threads(load_config(**given))
-    assert (cfg.threads, cfg.cpus_per_trial) == (threads, cpus)
+    assert (cfg.threads, cfg.executor_options.get("cpus_per_trial")) == (threads, cpus)
 
 
 def test_missing_ray_names_the_install_command(tmp_path, monkeypatch, capsys):
@@ -318,7 +318,7 @@ def test_executor_settings_do_not_block_a_resume():
     remote = load_config(models="study-light-k1", executor="ray", cpus_per_trial=2,
                          gpus_per_trial=0.5, ray_address="auto")
     assert _settings(local) == _settings(remote)
-    assert load_config(executor="ray", gpus_per_trial=2).gpus_per_trial == 2.0
+    assert load_config(executor="ray", gpus_per_trial=2).executor_settings().gpus_per_trial == 2.0
 
 
 

@@ -1,56 +1,74 @@
-"""Study configuration: YAML file + CLI flags -> one validated, frozen :class:`StudyConfig`."""
+"""Study configuration: YAML file + CLI flags -> one validated, frozen :class:`StudyConfig`.
+
+Every setting is declared once, below, with :func:`lightlayers.schema.setting`: its default,
+help text and rule. The YAML keys, the ``lightlayers run`` flags and validation are all made
+from these declarations; an executor's own settings come with its registration
+(:mod:`lightlayers.executors`).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import types
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal
 
 from lightlayers.data.augment import AugmentConfig as Augment
+from lightlayers.schema import (
+    ConfigError,
+    above,
+    at_least,
+    build,
+    check_all,
+    setting,
+    within,
+)
+
+__all__ = ["IMPROVED", "PROTOCOLS", "ConfigError", "Protocol", "StudyConfig", "config_from_dict",
+           "load_config", "merge_overrides", "parse_overrides", "validate"]
 
 PROTOCOLS = ("seed", "improved")
 
 
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or of the wrong type; the message names it."""
-
-
 @dataclass(frozen=True)
 class Protocol:
-    """How one model is trained. ``seed`` reproduces the study; ``improved`` is our recipe."""
+    """How one model is trained. ``seed`` reproduces the study; ``improved`` is our recipe.
+    Any setting can be changed with ``--set KEY=VALUE`` or the YAML's ``protocol_overrides``."""
 
-    name: str = "seed"
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: Literal["adam", "adamw"] = "adam"
-    adam_eps: float = 1e-7  # Keras' default, used by the study
-    weight_decay: float = 0.0
-    backbone_lr_scale: float = 0.1  # fine-tuned backbone stages learn at lr x this
-    light_l2: bool = True  # the reference's L2 penalty on LightConv2d kernels
-    schedule: Literal["constant", "cosine"] = "constant"
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.0
-    class_weighting: bool = False
-    dropout: float = 0.0
-    # BatchNorm running-stat momentum (PyTorch convention); None keeps the model's (Keras' 0.01,
-    # which needs ~500 steps before evaluation statistics are trustworthy).
-    bn_momentum: float | None = None
-    augment: Augment = field(default_factory=Augment)
-    select: Literal["val_loss", "val_auc", "val_acc", "last"] = "val_loss"
-    threshold: Literal["argmax", "val_youden"] = "argmax"
-    amp: bool = True  # bf16 autocast on CUDA only; never on the CPU
+    name: str = setting("seed", "the protocol's name (set with `protocol:`)")
+    epochs: int = setting(20, "training epochs", check=at_least(1))
+    batch_size: int = setting(64, "images per training step", check=at_least(1))
+    lr: float = setting(1e-3, "learning rate", check=above(0))
+    optimizer: Literal["adam", "adamw"] = setting("adam", "adam or adamw (decoupled decay)")
+    adam_eps: float = setting(1e-7, "Adam's epsilon (Keras' default, used by the study)",
+                              check=above(0))
+    weight_decay: float = setting(0.0, "weight decay", check=at_least(0))
+    backbone_lr_scale: float = setting(0.1, "fine-tuned backbone stages learn at lr x this",
+                                       check=above(0))
+    light_l2: bool = setting(True, "the reference's L2 penalty on LightConv2d kernels")
+    schedule: Literal["constant", "cosine"] = setting("constant", "learning-rate schedule")
+    warmup_epochs: int = setting(0, "linear warm-up epochs", check=at_least(0))
+    label_smoothing: float = setting(0.0, "label smoothing", check=within(0, 1, high_open=True))
+    class_weighting: bool = setting(False, "weight the loss by inverse class frequency")
+    dropout: float = setting(0.0, "dropout before the head", check=within(0, 1, high_open=True))
+    # PyTorch convention; None keeps the model's (Keras' 0.01, which needs ~500 steps before
+    # evaluation statistics are trustworthy).
+    bn_momentum: float | None = setting(None, "BatchNorm running-statistics momentum",
+                                        check=within(0, 1, low_open=True))
+    augment: Augment = setting(factory=Augment, help="augmentation of training batches")
+    select: Literal["val_loss", "val_auc", "val_acc", "last"] = setting(
+        "val_loss", "which epoch's weights are kept (chosen on validation)")
+    threshold: Literal["argmax", "val_youden"] = setting(
+        "argmax", "binary decision threshold: argmax (0.5) or Youden's J on validation")
+    amp: bool = setting(True, "bf16 autocast on CUDA only; never on the CPU")
     # Speed only (float rounding aside); each trial records what it ran with. "auto" picks what
-    # was measured faster on the device (docs/performance.md). compile: torch.compile the
-    # training step with this mode; memory_format: the layout of weights and batches.
-    # Off by default: "auto" decides from timed steps, so two runs of one command could take
-    # different paths and round differently; the same command must give the same numbers.
-    compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = "off"
-    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
+    # was measured faster on the device (docs/performance.md). Off by default: "auto" decides
+    # from timed steps, so two runs of one command could take different paths and round
+    # differently; the same command must give the same numbers.
+    compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = setting(
+        "off", "torch.compile the training step with this mode")
+    memory_format: Literal["auto", "channels_last", "contiguous"] = setting(
+        "auto", "layout of weights and batches")
 
 
 # The improved recipe; every ingredient can be switched off in the YAML's `protocol_overrides`.
@@ -73,51 +91,74 @@ IMPROVED = Protocol(
 # Image sides a study accepts: below 8 px no model of the zoo has a feature left; above 1024 px
 # one decoded split of the chest X-rays alone would need over 5 GB.
 MIN_SIZE, MAX_SIZE = 8, 1024
+SIZE_RULE = within(MIN_SIZE, MAX_SIZE, unit="pixels")
+
+
+def _executor_rule(name: Any) -> str | None:
+    from lightlayers.executors import EXECUTORS, executor_info
+
+    try:
+        executor_info(name)
+    except ValueError:
+        return f"must be one of {', '.join(sorted(EXECUTORS))}"
+    return None
 
 
 @dataclass(frozen=True)
 class StudyConfig:
     """Everything a study needs; trials are ``models x seeds`` under one protocol."""
 
-    data: str = "pneumoniamnist"
-    models: tuple[str, ...] = ("study-light-k1",)
-    seeds: tuple[int, ...] = (0,)
-    protocol: str = "seed"
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    protocol_overrides: dict[str, Any] = field(default_factory=dict)
-    size: int | None = None
-    in_chans: int | None = None
-    resize: Literal["stretch", "crop"] = "stretch"
-    val_fraction: float = 0.1
-    # Undecodable image files: "error" lists them and stops; "skip" leaves them out and lists
-    # them in the run folder (skipped_images.csv) and the report.
-    on_bad_image: Literal["error", "skip"] = "error"
-    # Keep a dataset in which a class has no images in some split (an error by default).
-    allow_missing_classes: bool = False
-    split_seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = None
-    # Transfer backbones' weights: None = each backbone's torchvision DEFAULT; a weights name,
-    # 'none' or a local state dict file. Only for studies with a transfer model.
-    weights: str | None = None
-    model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Per-model image size, e.g. {transfer-inception_v3: 75}: the backbone's smallest input
-    # while the small models train at `size`.
-    sizes: dict[str, int] = field(default_factory=dict)
-    out: str = "runs/study"
-    report: bool = True
-    # Where trials run: "local" (one after another in this process) or "ray" (one Ray task
-    # each; see docs/ray.md). None of these change a trial's numbers, so a run folder can be
-    # resumed with another executor.
-    executor: Literal["local", "ray"] = "local"
-    ray_address: str | None = None  # None starts a local Ray instance; "auto" or HOST:PORT joins
-    gpus_per_trial: float = 0.0  # fractions (0.25) let several small models share one GPU
-    # CPUs Ray reserves per trial. None: `threads` (see runtime.resolve_threads), so a Ray trial
-    # runs with the torch thread count a local run uses and gives the same numbers.
-    cpus_per_trial: int | None = None
-    max_retries: int = 2  # resubmissions of a trial whose Ray worker or node died
+    data: str = setting("pneumoniamnist",
+                        "dataset path or short name (see `lightlayers data list`)")
+    models: tuple[str, ...] = setting(("study-light-k1",),
+                                      "comma-separated model names (see `lightlayers models`)",
+                                      metavar="NAME,...")
+    seeds: tuple[int, ...] = setting((0,), "comma-separated seeds, e.g. 0,1,2", metavar="N,...")
+    protocol: Literal["seed", "improved"] = setting(
+        "seed", "seed: the published study's training; improved: our recipe")
+    epochs: int | None = setting(None, "training epochs (default: the protocol's)",
+                                 check=at_least(1))
+    batch_size: int | None = setting(None, "batch size (default: the protocol's)",
+                                     check=at_least(1))
+    lr: float | None = setting(None, "learning rate (default: the protocol's)", check=above(0))
+    protocol_overrides: dict[str, Any] = setting(
+        factory=dict, flag=False,
+        help="protocol settings to change (--set KEY=VALUE), e.g. {class_weighting: false}")
+    size: int | None = setting(None, "square image side in pixels (default: the data's own, "
+                               "or a pretrained backbone's)", check=SIZE_RULE, metavar="PX")
+    in_chans: Literal[1, 3] | None = setting(None, "image channels (default: the data's)")
+    resize: Literal["stretch", "crop"] = setting(
+        "stretch", "how non-square images become square: stretch, or center crop")
+    val_fraction: float = setting(
+        0.1, "share of train held out for validation when the data has no val split",
+        check=within(0, 1, low_open=True, high_open=True))
+    on_bad_image: Literal["error", "skip"] = setting(
+        "error", "undecodable image files: error lists them and stops; skip leaves them out "
+        "and lists them in the run folder and the report")
+    allow_missing_classes: bool = setting(
+        False, "keep a dataset in which a class has no images in some split")
+    split_seed: int = setting(0, "seed of the validation split drawn from train")
+    device: Literal["auto", "cpu", "cuda"] = setting("auto", "where trials compute")
+    threads: int | None = setting(None, "torch CPU threads (default: all cores)",
+                                  check=at_least(1))
+    weights: str | None = setting(
+        None, "transfer backbones: DEFAULT, a torchvision weights name, 'none', or a local "
+        ".pth/.safetensors state dict (default: each backbone's DEFAULT)")
+    model_options: dict[str, dict[str, Any]] = setting(
+        factory=dict, flag=False, help="per-model constructor options, e.g. {study-light-k1: "
+        "{k: 2}}")
+    # E.g. {transfer-inception_v3: 75}: the backbone's smallest input while the small models
+    # train at `size`.
+    sizes: dict[str, int] = setting(factory=dict, flag=False, help="per-model image side")
+    out: str = setting("runs/study", "run folder")
+    report: bool = setting(True, "write the report at the end")
+    # Where trials run (a registered executor, see lightlayers.executors). Where they run does
+    # not change a trial's numbers, so a run folder can be resumed with another executor.
+    executor: str = setting("local", "where trials run", check=_executor_rule)
+    # The chosen executor's own settings, declared with its registration; in the YAML and on
+    # the command line they are top-level keys and flags (ray_address, --gpus-per-trial, ...).
+    executor_options: dict[str, Any] = setting(
+        factory=dict, flag=False, help="the executor's own settings")
 
     def resolved_protocol(self) -> Protocol:
         base = IMPROVED if self.protocol == "improved" else Protocol()
@@ -138,11 +179,21 @@ class StudyConfig:
         augment.update(aug_changes)
         merged.update(changes)
         merged.pop("augment")
-        proto = _build(Protocol, merged, "protocol_overrides")
+        proto = build(Protocol, merged, "protocol_overrides")
         proto = dataclasses.replace(
-            proto, augment=_build(Augment, augment, "protocol_overrides.augment"))
-        _check(proto, "protocol")
+            proto, augment=build(Augment, augment, "protocol_overrides.augment"))
+        check_all(proto, "protocol")
         return proto
+
+    def executor_settings(self) -> Any:
+        """The executor's settings as its declared dataclass (defaults filled in), or None for
+        an executor that declares none."""
+        from lightlayers.executors import executor_info
+
+        info = executor_info(self.executor)
+        if info.options is None:
+            return None
+        return build(info.options, dict(self.executor_options), "config")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -150,100 +201,61 @@ class StudyConfig:
         return d
 
 
-def _type_ok(value: Any, tp: Any) -> bool:
-    origin = get_origin(tp)
-    if tp is Any:
-        return True
-    if origin is Literal:
-        return value in get_args(tp)
-    if origin in (types.UnionType, typing.Union):
-        return any(_type_ok(value, a) for a in get_args(tp))
-    if tp is type(None):
-        return value is None
-    if origin is tuple:
-        (inner, _) = get_args(tp)
-        return isinstance(value, tuple) and all(_type_ok(v, inner) for v in value)
-    if origin is dict:
-        return isinstance(value, dict)
-    if tp is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(tp, type):
-        return isinstance(value, tp)
-    return True
+def _route_executor_options(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Top-level keys that are an executor's settings (``ray_address: auto``) moved into
+    ``executor_options``; a setting of an executor other than the chosen one is an error."""
+    from lightlayers.executors import EXECUTORS, executor_info
 
-
-def _describe(tp: Any) -> str:
-    if get_origin(tp) is Literal:
-        return " | ".join(repr(a) for a in get_args(tp))
-    return getattr(tp, "__name__", str(tp)).replace("NoneType", "None")
-
-
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}"
-        )
-    out = {}
-    for key, value in values.items():
-        tp = hints[key]
-        if get_origin(tp) is tuple and isinstance(value, list):
-            value = tuple(value)
-        if tp is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, str) and (tp is float or float in get_args(tp)):
-            # YAML 1.1 reads 1e-3 (no dot) as a string.
-            with contextlib.suppress(ValueError):
-                value = float(value)
-        if not _type_ok(value, tp):
-            raise ConfigError(f"{where}.{key}: expected {_describe(tp)}, got {value!r}")
-        out[key] = value
+    own = {f.name for f in fields(StudyConfig)}
+    values = dict(values)
+    opts = dict(values.get("executor_options") or {})
+    if not isinstance(values.get("executor_options", {}), dict):
+        raise ConfigError(f"{where}.executor_options: expected a mapping")
+    owners: dict[str, str] = {}
+    for info in EXECUTORS.values():
+        for f in fields(info.options) if info.options is not None else ():
+            owners.setdefault(f.name, info.name)
+    for key in [k for k in values if k not in own and k in owners]:
+        opts[key] = values.pop(key)
+    name = values.get("executor", "local")
     try:
-        return cls(**out)
-    except (TypeError, ValueError) as e:  # a dataclass's own range checks
-        raise ConfigError(f"{where}: {e}") from None
+        info = executor_info(name)
+    except ValueError:
+        return values  # the executor setting's own rule names the choices
+    declared = {f.name for f in fields(info.options)} if info.options is not None else set()
+    for key in opts:
+        if key not in declared:
+            if key in owners:
+                raise ConfigError(f"{key}: only used with executor {owners[key]} "
+                                  f"(--executor {owners[key]})")
+            raise ConfigError(f"{where}.executor_options: unknown key {key!r} for executor "
+                              f"{name}; valid keys: {', '.join(sorted(declared)) or 'none'}")
+    if info.options is not None:
+        # Defaults filled in, so a run folder's config.yaml says what the executor used.
+        values["executor_options"] = dataclasses.asdict(build(info.options, opts, where))
+    return values
 
 
-def _check(proto: Protocol, where: str) -> None:
-    checks = [
-        (proto.epochs >= 1, "epochs must be >= 1"),
-        (proto.batch_size >= 1, "batch_size must be >= 1"),
-        (proto.lr > 0, "lr must be > 0"),
-        (0 <= proto.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
-        (0 <= proto.dropout < 1, "dropout must be in [0, 1)"),
-        (proto.bn_momentum is None or 0 < proto.bn_momentum <= 1,
-         "bn_momentum must be in (0, 1] or null"),
-        (proto.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
-        (proto.weight_decay >= 0, "weight_decay must be >= 0"),
-        (proto.backbone_lr_scale > 0, "backbone_lr_scale must be > 0"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(f"{where}: {msg}")
+def _build_study(values: dict[str, Any], where: str) -> StudyConfig:
+    values = _route_executor_options(values, where)
+    if isinstance(values.get("models"), str):
+        values["models"] = [m.strip() for m in values["models"].split(",") if m.strip()]
+    return build(StudyConfig, values, where)
 
 
 def validate(cfg: StudyConfig) -> StudyConfig:
+    """The rules between settings (each setting's own rule ran when it was built)."""
     if not cfg.models:
         raise ConfigError("models: give at least one model (see `lightlayers models`)")
     if not cfg.seeds:
         raise ConfigError("seeds: give at least one seed")
     if len(set(cfg.models)) != len(cfg.models) or len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError("models and seeds must not repeat")
-    if cfg.protocol not in PROTOCOLS:
-        raise ConfigError(f"protocol: must be one of {', '.join(PROTOCOLS)}, got {cfg.protocol!r}")
-    if cfg.size is not None and not MIN_SIZE <= cfg.size <= MAX_SIZE:
-        raise ConfigError(f"size: must be {MIN_SIZE}..{MAX_SIZE} pixels, got {cfg.size}")
-    if cfg.in_chans not in (None, 1, 3):
-        raise ConfigError(f"in_chans: must be 1 or 3, got {cfg.in_chans}")
-    if not 0 < cfg.val_fraction < 1:
-        raise ConfigError(f"val_fraction: must be in (0, 1), got {cfg.val_fraction}")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise ConfigError(f"threads: must be >= 1, got {cfg.threads}")
-    _check_executor(cfg)
+    from lightlayers.executors import executor_info
+
+    info = executor_info(cfg.executor)
+    if info.options is not None and hasattr(info.options, "validate"):
+        cfg.executor_settings().validate(cfg)
     from lightlayers.models import model_info
 
     for name in cfg.models:
@@ -279,41 +291,18 @@ def validate(cfg: StudyConfig) -> StudyConfig:
             f"weights ({', '.join(cfg.models)}); drop --weights, or add a transfer-* model")
     for name, px in cfg.sizes.items():
         known("sizes", name)
-        if not isinstance(px, int) or isinstance(px, bool) or not MIN_SIZE <= px <= MAX_SIZE:
-            raise ConfigError(f"sizes.{name}: expected an int in {MIN_SIZE}..{MAX_SIZE} pixels, "
+        problem = (SIZE_RULE(px) if isinstance(px, int) and not isinstance(px, bool)
+                   else "expected an int")
+        if problem:
+            raise ConfigError(f"sizes.{name}: {problem} ({MIN_SIZE}..{MAX_SIZE} pixels), "
                               f"got {px!r}")
     cfg.resolved_protocol()
     return cfg
 
 
-def _check_executor(cfg: StudyConfig) -> None:
-    if cfg.gpus_per_trial < 0 or (cfg.gpus_per_trial > 1 and not cfg.gpus_per_trial.is_integer()):
-        # Ray's own rule: a fraction of one GPU, or whole GPUs.
-        raise ConfigError("gpus_per_trial: must be a fraction in [0, 1] or a whole number of "
-                          f"GPUs, got {cfg.gpus_per_trial}")
-    if cfg.cpus_per_trial is not None and cfg.cpus_per_trial < 1:
-        raise ConfigError(f"cpus_per_trial: must be >= 1, got {cfg.cpus_per_trial}")
-    if cfg.max_retries < 0:
-        raise ConfigError(f"max_retries: must be >= 0, got {cfg.max_retries}")
-    if cfg.executor == "local":
-        if cfg.ray_address is not None:
-            raise ConfigError("ray_address: only used with executor ray (--executor ray)")
-        return
-    if cfg.ray_address is not None and not cfg.ray_address.strip():
-        raise ConfigError("ray_address: give 'auto', HOST:PORT or ray://HOST:PORT, or leave it "
-                          "out to start a local Ray instance")
-    # Ray hides the GPUs from a task that asks for none, so these could never work.
-    if cfg.device == "cuda" and cfg.gpus_per_trial == 0:
-        raise ConfigError("device cuda with executor ray needs gpus_per_trial > 0, e.g. "
-                          "--gpus-per-trial 0.25")
-    if cfg.device == "cpu" and cfg.gpus_per_trial > 0:
-        raise ConfigError(f"gpus_per_trial {cfg.gpus_per_trial} with device cpu: the GPUs would "
-                          "be reserved and never used; use --device auto or cuda")
-
-
 def config_from_dict(values: dict[str, Any]) -> StudyConfig:
     """Rebuild and validate a config from :meth:`StudyConfig.to_dict` (how Ray workers get it)."""
-    return validate(_build(StudyConfig, dict(values), "config"))
+    return validate(_build_study(dict(values), "config"))
 
 
 def parse_overrides(texts: list[str]) -> dict[str, Any]:
@@ -382,6 +371,4 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> StudyConfig
         values["protocol_overrides"] = merge_overrides(values.get("protocol_overrides") or {},
                                                        extra_proto)
     where = str(path) if path is not None else "config"
-    if isinstance(values.get("models"), str):
-        values["models"] = [m.strip() for m in values["models"].split(",") if m.strip()]
-    return validate(_build(StudyConfig, values, where))
+    return validate(_build_study(values, where))

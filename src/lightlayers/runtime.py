@@ -19,16 +19,19 @@ def resolve_threads(cfg: StudyConfig) -> StudyConfig:
     """Fix the torch thread count of every trial, whichever executor runs it.
 
     CPU results depend on the thread count (it changes the order of floating-point sums), so one
-    policy serves both executors: ``threads`` if given, else ``cpus_per_trial`` if given, else
-    this machine's default (all cores) -- except Ray trials on GPUs, which get one thread so
-    several can share a node. Ray reserves ``cpus_per_trial`` (default: ``threads``) CPUs per
-    trial, so a default Ray run gives the numbers of a default local run.
+    policy serves every executor: ``threads`` if given, else the executor's ``cpus_per_trial``
+    if it has one and it is given, else this machine's default (all cores) -- except trials
+    on GPUs (``gpus_per_trial`` > 0), which get one thread so several can share a node. An
+    executor that reserves ``cpus_per_trial`` gets ``threads`` when it was not given, so a
+    default Ray run gives the numbers of a default local run.
     """
-    threads = cfg.threads or cfg.cpus_per_trial
+    opts = dict(cfg.executor_options)
+    threads = cfg.threads or opts.get("cpus_per_trial")
     if threads is None:
-        gpu_trials = cfg.executor == "ray" and cfg.gpus_per_trial > 0
-        threads = 1 if gpu_trials else _DEFAULT_THREADS
-    return dataclasses.replace(cfg, threads=threads, cpus_per_trial=cfg.cpus_per_trial or threads)
+        threads = 1 if (opts.get("gpus_per_trial") or 0) > 0 else _DEFAULT_THREADS
+    if "cpus_per_trial" in opts:
+        opts["cpus_per_trial"] = opts["cpus_per_trial"] or threads
+    return dataclasses.replace(cfg, threads=threads, executor_options=opts)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -39,7 +39,7 @@ CSV_COLUMNS = [
 # run is not one of them, so a study can be resumed with another executor; nor is the spelling
 # of the data's path: the data is compared by content (data_fingerprint).
 _SETTINGS_EXCLUDED = ("models", "seeds", "out", "report", "device", "threads", "executor",
-                      "ray_address", "gpus_per_trial", "cpus_per_trial", "max_retries", "data")
+                      "executor_options", "data")
 
 
 def write_results_csv(store: ResultsStore, path: Path) -> None:
@@ -105,7 +105,10 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
 
     cfg = resolve_threads(cfg)
     out = Path(cfg.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    # A folder this run creates is removed again when the study fails before it records a
+    # trial (a typo in --data, weights or data errors): no empty run folder is left behind.
+    created = _new_folders(out)
+    recorded_any = False
     # With Ray the trials run on the workers' devices: a head node without a GPU must not
     # refuse --device cuda, so the driver only describes its own.
     device = resolve_device(cfg.device if executor_info(cfg.executor).runs_here else "auto")
@@ -114,6 +117,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
         torch.backends.cudnn.benchmark = True
     protocol = cfg.resolved_protocol()
     executor = create_executor(cfg, protocol, device, out)
+    out.mkdir(parents=True, exist_ok=True)
     lock = _lock_run_folder(out)
     reporter = ProgressReporter(len(cfg.models) * len(cfg.seeds), enabled=progress)
     store = ResultsStore(out / "results.db")
@@ -176,6 +180,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
         redo = store.reset_interrupted()
         if redo:
             reporter.log(f"redoing {len(redo)} trial(s) interrupted by an earlier crash")
+        recorded_any = True
         store.add_trials({"model": sp.model, "seed": sp.seed, "protocol": sp.protocol,
                           "data": dk, "config": {"model_options": model_kwargs(cfg, sp.model)}}
                          for sp, _, dk in keyed)
@@ -215,6 +220,8 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
         reporter.close()
         store.close()
         lock.close()
+        if created and not recorded_any:
+            _remove_new_folders(created)
 
 
 def resolve_study_weights(cfg: StudyConfig, log: Any, progress: bool = True
@@ -244,6 +251,34 @@ def resolve_study_weights(cfg: StudyConfig, log: Any, progress: bool = True
         for note in rw.notes:
             log(f"  warning: {note}")
     return resolved, errors
+
+
+def _new_folders(out: Path) -> list[Path]:
+    """The folders ``out.mkdir(parents=True)`` would create, deepest first."""
+    new = []
+    for p in (out, *out.parents):
+        if p.exists():
+            break
+        new.append(p)
+    return new
+
+
+def _remove_new_folders(created: list[Path]) -> None:
+    """Remove what this run created (the store, the lock, config.yaml), only where nothing else
+    was written meanwhile: a folder holding anything unexpected stays."""
+    import shutil
+
+    ours = {"results.db", "results.db-wal", "results.db-shm", ".lock", "config.yaml",
+            "results.csv", "skipped_images.csv"}
+    for folder in created:
+        try:
+            if folder == created[0]:
+                if {p.name for p in folder.iterdir()} <= ours:
+                    shutil.rmtree(folder)
+            else:
+                folder.rmdir()
+        except OSError:
+            return  # not empty or not ours: keep it
 
 
 def _lock_run_folder(out: Path) -> Any:

@@ -1,95 +1,115 @@
-"""``lightlayers run``: train a study and record it (flags override the YAML)."""
+"""``lightlayers run``: train a study and record it (flags override the YAML).
+
+The flags are made from the settings' declarations (:class:`lightlayers.config.StudyConfig`
+and each registered executor's options), so a setting is declared in one place only.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
+from typing import Any
 
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") \
-            from None
+# Settings declared in StudyConfig that have a flag of another spelling here.
+_SPECIAL = {"report"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from lightlayers.config import StudyConfig
+    from lightlayers.executors import EXECUTORS, load_plugins
+    from lightlayers.schema import add_flags
+
     p.add_argument("config", nargs="?", help="study YAML file (configs/*.yaml); flags override it")
-    p.add_argument("--data", help="dataset path or short name (see `lightlayers data list`)")
-    p.add_argument("--models", help="comma-separated model names (see `lightlayers models`)")
-    p.add_argument("--seeds", type=_ints, help="comma-separated seeds, e.g. 0,1,2")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--size", type=int, help="square image size in pixels")
-    p.add_argument("--in-chans", type=int, choices=(1, 3))
-    p.add_argument("--on-bad-image", choices=("error", "skip"),
-                   help="undecodable image files: error (default) lists them and stops; skip "
-                        "leaves them out and lists them in the run folder and the report")
-    p.add_argument("--allow-missing-classes", action="store_true", default=None,
-                   help="keep a dataset in which a class has no images in some split")
-    p.add_argument("--protocol", choices=("seed", "improved"))
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    taken = set(_SPECIAL)
+    names = add_flags(p, StudyConfig, taken=taken)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override one protocol setting, e.g. --set class_weighting=false or "
                         "--set augment.rotate_deg=0 (repeatable; see protocol_overrides)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
-    p.add_argument("--weights", help="transfer backbones: DEFAULT, a torchvision weights name, "
-                                     "'none', or a local .pth/.safetensors state dict")
-    p.add_argument("--out", help="run folder (default runs/study)")
-    ray = p.add_argument_group("executor", "where trials run (see docs/ray.md)")
-    ray.add_argument("--executor", choices=("local", "ray"),
-                     help="local: one after another here (default); ray: one Ray task each "
-                          "(pip install 'lightlayers[ray]')")
-    ray.add_argument("--ray-address", help="join this Ray cluster ('auto' or HOST:PORT); "
-                                           "default: start a local Ray instance")
-    ray.add_argument("--gpus-per-trial", type=float,
-                     help="GPUs per Ray trial; fractions (0.25) share one GPU (default 0)")
-    ray.add_argument("--cpus-per-trial", type=int,
-                     help="CPUs Ray reserves per trial, also its torch threads unless "
-                          "--threads (default: --threads)")
-    ray.add_argument("--max-retries", type=int,
-                     help="resubmissions of a trial whose Ray worker died (default 2)")
+    load_plugins()
+    for info in EXECUTORS.values():
+        if info.options is None:
+            continue
+        group = p.add_argument_group(f"executor {info.name}", info.help)
+        names += add_flags(group, info.options, taken=taken)
+    p.set_defaults(_setting_names=names)
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object to stdout at the end: the run folder, the counts "
+                        "and each trial's status and metrics (progress still goes to stderr)")
+    executors = ", ".join(f"{i.name}: {i.help}" for i in EXECUTORS.values())
+    for action in p._actions:  # the executor's choices are the registry's, listed in its help
+        if action.dest == "executor":
+            action.help = f"where trials run; {executors}"
 
 
 def main(args: argparse.Namespace) -> int:
     from lightlayers.cli import CliError
     from lightlayers.config import ConfigError, load_config, parse_overrides
     from lightlayers.data import DataError
+    from lightlayers.schema import flag_values
     from lightlayers.store import StoreError
     from lightlayers.study import run_study
 
     try:
         overrides = parse_overrides(args.overrides)
-        cfg = load_config(
-            args.config, data=args.data, models=args.models, seeds=args.seeds,
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, size=args.size,
-            in_chans=args.in_chans, on_bad_image=args.on_bad_image,
-            allow_missing_classes=args.allow_missing_classes, protocol=args.protocol,
-            device=args.device, threads=args.threads, weights=args.weights, out=args.out,
-            executor=args.executor, ray_address=args.ray_address,
-            gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
-            max_retries=args.max_retries, protocol_overrides=overrides or None,
-            report=False if args.no_report else None,
-        )
-        outcome = run_study(cfg, progress=not args.quiet)
+        values = flag_values(args, args._setting_names)
+        if args.no_report:
+            values["report"] = False
+        cfg = load_config(args.config, protocol_overrides=overrides or None, **values)
+        outcome = run_study(cfg, progress=not args.quiet and not args.json)
     except (ConfigError, DataError, StoreError) as e:
         raise CliError(str(e)) from e
     c = outcome.counts
     print(f"{outcome.out_dir}: {c['done']} done, {c['failed']} failed "
           f"({outcome.ran} run now, {outcome.skipped} already done)", file=sys.stderr)
+    report: str | None = None
     if cfg.report and c["done"]:
         from lightlayers.report import ReportError, write_report
 
         try:
-            result = write_report(outcome.out_dir, console=not args.quiet)
+            result = write_report(outcome.out_dir, console=not args.quiet and not args.json)
         except ReportError as e:
             # The trials are recorded already; a report problem must not hide that.
             print(f"lightlayers run: the report could not be written: {e}; the results are in "
                   f"{outcome.out_dir / 'results.db'}", file=sys.stderr)
         else:
+            report = str(result.html)
             print(f"report: {result.html}", file=sys.stderr)
-    return 1 if c["failed"] else 0
+    code = 1 if c["failed"] else 0
+    if args.json:
+        print(json.dumps(json_safe(result_object(outcome, report, code)), indent=2,
+                         allow_nan=False))
+    return code
+
+
+def result_object(outcome: Any, report: str | None, exit_code: int) -> dict[str, Any]:
+    """What ``run --json`` prints: enough for a script to act without opening results.db."""
+    from lightlayers.metrics.registry import trial_metrics
+    from lightlayers.store import ResultsStore
+
+    names = [m.name for m in trial_metrics()]
+    with ResultsStore(outcome.out_dir / "results.db", create=False) as store:
+        trials = [{"model": t["model"], "seed": t["seed"], "protocol": t["protocol"],
+                   "status": t["status"], "attempts": t["attempts"], "error": t["error"],
+                   "checkpoint": t.get("checkpoint"),
+                   "metrics": {n: t.get(n) for n in names if t.get(n) is not None}}
+                  for t in store.trials()]
+    return {"run_dir": str(outcome.out_dir), "exit_code": exit_code, "counts": outcome.counts,
+            "ran": outcome.ran, "skipped": outcome.skipped, "report": report, "trials": trials}
+
+
+def json_safe(obj: Any) -> Any:
+    """Non-finite floats as strings ("nan", "inf"): JSON has no such numbers, and a script
+    must be able to tell them from a missing value (null)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, str | int | float | bool) or obj is None:
+        return obj
+    return str(obj)

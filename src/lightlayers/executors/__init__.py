@@ -1,10 +1,13 @@
 """Executors: where a study's trials run, by name.
 
 Each executor is one module with a ``create(cfg, protocol, device, out)`` factory, registered
-here by name (:func:`register_executor`); the contract is :class:`Executor`. ``local`` runs
-trials one after another in this process; ``ray`` runs each as a Ray task on a local Ray
-instance or a cluster (``pip install 'lightlayers[ray]'``). A registered factory is imported
-only when its executor is used, so naming an executor costs nothing until it runs.
+by name with :func:`register_executor` together with its settings (a dataclass of
+:func:`lightlayers.schema.setting` fields: they become YAML keys and ``lightlayers run``
+flags); the contract is :class:`Executor`. ``local`` runs trials one after another in this
+process; ``ray`` runs each as a Ray task on a local Ray instance or a cluster
+(``pip install 'lightlayers[ray]'``). A registered factory is imported only when its executor
+is used. Executors of other packages register through the ``lightlayers.executors`` entry point
+group (a callable that calls :func:`register_executor`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lightlayers.executors.base import Executor, Task, TaskOutcome
+from lightlayers.schema import ConfigError, at_least, not_blank, setting
 
 if TYPE_CHECKING:
     import torch
@@ -30,6 +34,8 @@ class ExecutorInfo:
     """A registered executor.
 
     ``factory``: a callable, or ``"module:function"`` imported when the executor is first used.
+    ``options``: a frozen dataclass of its settings (or None); an optional method
+    ``validate(cfg)`` on it checks rules between them and the study's settings.
     ``runs_here``: its trials run in this process (on the study's ``device``); otherwise the
     driver only describes its own device and the workers resolve theirs.
     """
@@ -37,6 +43,7 @@ class ExecutorInfo:
     name: str
     factory: Factory | str
     help: str
+    options: type | None = None
     runs_here: bool = False
 
     def load(self) -> Factory:
@@ -58,6 +65,8 @@ def register_executor(info: ExecutorInfo) -> ExecutorInfo:
 
 
 def executor_info(name: str) -> ExecutorInfo:
+    if name not in EXECUTORS:
+        load_plugins()
     try:
         return EXECUTORS[name]
     except KeyError:
@@ -76,26 +85,68 @@ def create_executor(cfg: StudyConfig, protocol: Protocol, device: torch.device,
     return executor
 
 
+def _gpu_share(v: float) -> str | None:
+    # Ray's own rule: a fraction of one GPU, or whole GPUs.
+    if v < 0 or (v > 1 and not float(v).is_integer()):
+        return "must be a fraction in [0, 1] or a whole number of GPUs"
+    return None
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """The ray executor's settings (see docs/ray.md)."""
+
+    ray_address: str | None = setting(
+        None, "join this Ray cluster ('auto', HOST:PORT or ray://HOST:PORT); default: start a "
+        "local Ray instance", check=not_blank)
+    gpus_per_trial: float = setting(
+        0.0, "GPUs per Ray trial; fractions (0.25) share one GPU", check=_gpu_share)
+    # None: `threads` (runtime.resolve_threads), so a Ray trial runs with the torch thread
+    # count a local run uses and gives the same numbers.
+    cpus_per_trial: int | None = setting(
+        None, "CPUs Ray reserves per trial, also its torch threads unless --threads "
+        "(default: --threads)", check=at_least(1))
+    max_retries: int = setting(2, "resubmissions of a trial whose Ray worker or node died",
+                               check=at_least(0))
+
+    def validate(self, cfg: Any) -> None:
+        # Ray hides the GPUs from a task that asks for none, so these could never work.
+        if cfg.device == "cuda" and self.gpus_per_trial == 0:
+            raise ConfigError("device cuda with executor ray needs gpus_per_trial > 0, e.g. "
+                              "--gpus-per-trial 0.25")
+        if cfg.device == "cpu" and self.gpus_per_trial > 0:
+            raise ConfigError(f"gpus_per_trial {self.gpus_per_trial} with device cpu: the GPUs "
+                              "would be reserved and never used; use --device auto or cuda")
+
+
 register_executor(ExecutorInfo(
     "local", "lightlayers.executors.local:create",
     "one trial after another in this process (default)", runs_here=True))
 register_executor(ExecutorInfo(
     "ray", "lightlayers.executors.ray:create",
     "one Ray task per trial, on a local Ray instance or a cluster "
-    "(pip install 'lightlayers[ray]'; see docs/ray.md)"))
-
-__all__ = ["EXECUTORS", "Executor", "ExecutorInfo", "Task", "TaskOutcome", "create_executor",
-           "executor_info", "register_executor"]
+    "(pip install 'lightlayers[ray]'; see docs/ray.md)", options=RayOptions))
+_loaded_entry_points = False
 
 
-def __getattr__(name: str) -> Any:
-    # The executors themselves, lazily: importing this package pulls in neither torch nor Ray.
-    if name == "LocalExecutor":
-        from lightlayers.executors.local import LocalExecutor
+def load_plugins() -> None:
+    """Register the executors other installed packages declare (entry point group
+    ``lightlayers.executors``), once."""
+    global _loaded_entry_points
+    if _loaded_entry_points:
+        return
+    _loaded_entry_points = True
+    from importlib.metadata import entry_points
 
-        return LocalExecutor
-    if name == "RayExecutor":
-        from lightlayers.executors.ray import RayExecutor
+    for ep in entry_points(group="lightlayers.executors"):
+        try:
+            ep.load()()
+        except Exception as e:  # one broken plugin must not take the built-in executors down
+            import warnings
 
-        return RayExecutor
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+            warnings.warn(f"executor plugin {ep.name} ({ep.value}) failed to load: {e}",
+                          stacklevel=2)
+
+__all__ = ["EXECUTORS", "Executor", "ExecutorInfo", "RayOptions", "Task", "TaskOutcome",
+           "create_executor", "executor_info", "load_plugins", "register_executor"]
+

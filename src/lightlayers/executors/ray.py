@@ -30,6 +30,7 @@ import torch
 
 from lightlayers.config import ConfigError, Protocol, StudyConfig, config_from_dict
 from lightlayers.data import DataError, Dataset, load_dataset
+from lightlayers.executors import RayOptions
 from lightlayers.executors.base import Task, TaskOutcome
 from lightlayers.fingerprint import data_key
 from lightlayers.models.weights import ResolvedWeights
@@ -107,7 +108,7 @@ def trial_task(spec: TrialSpec, data: Dataset | DataOnNode, key: str, cfg_values
         cfg = config_from_dict(cfg_values)
         # The driver resolved the thread count (runtime.resolve_threads); Ray's own setting
         # (OMP_NUM_THREADS = the task's CPUs) is only applied at worker start-up.
-        torch.set_num_threads(cfg.threads or cfg.cpus_per_trial or 1)
+        torch.set_num_threads(cfg.threads or cfg.executor_settings().cpus_per_trial or 1)
         device = resolve_device(cfg.device)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -148,6 +149,7 @@ class RayExecutor:
             raise ValueError(f"data_transfer must be auto, object_store or shared_path, "
                              f"got {data_transfer!r}")
         self.cfg, self.protocol, self.out = resolve_threads(cfg), protocol, out
+        self.opts: RayOptions = self.cfg.executor_settings()
         self.reporter = reporter
         self.data_transfer = data_transfer
         self.trial_fn = trial_fn
@@ -160,13 +162,13 @@ class RayExecutor:
             return False
         quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
         try:
-            if self.cfg.ray_address is None:
+            if self.opts.ray_address is None:
                 ray.init(include_dashboard=False, **quiet)
             else:
-                ray.init(address=self.cfg.ray_address, **quiet)
+                ray.init(address=self.opts.ray_address, **quiet)
         except ConnectionError as e:
             raise ConfigError(
-                f"cannot reach a Ray cluster at {self.cfg.ray_address!r}: {e}. Start one with "
+                f"cannot reach a Ray cluster at {self.opts.ray_address!r}: {e}. Start one with "
                 "`ray start --head` or leave out --ray-address for a local instance"
             ) from e
         return True
@@ -174,7 +176,7 @@ class RayExecutor:
     def _slots(self, started_here: bool) -> int:
         """How many trials fit on the cluster at once."""
         res = self.ray.cluster_resources()
-        cpus, gpus = self.cfg.cpus_per_trial, self.cfg.gpus_per_trial
+        cpus, gpus = self.opts.cpus_per_trial, self.opts.gpus_per_trial
         slots = int(res.get("CPU", 0) // cpus)
         if gpus > 0:
             # A small tolerance: Ray counts GPU fractions in steps of 1e-4.
@@ -235,7 +237,7 @@ class RayExecutor:
         # Retries are counted here (max_retries=0 in Ray) so that each one is logged and the
         # number is recorded with the trial.
         remote = ray.remote(trial_task).options(
-            num_cpus=self.cfg.cpus_per_trial, num_gpus=self.cfg.gpus_per_trial, max_retries=0)
+            num_cpus=self.opts.cpus_per_trial, num_gpus=self.opts.gpus_per_trial, max_retries=0)
         retryable = tuple(getattr(ray.exceptions, n) for n in _RETRYABLE
                           if hasattr(ray.exceptions, n))
         cfg_values = self.cfg.to_dict()
@@ -256,7 +258,7 @@ class RayExecutor:
             running[ref] = (task, retries)
 
         self._log(f"Ray: {self._slots(started_here)} trial(s) at a time, "
-                  f"{self.cfg.cpus_per_trial} CPU(s) and {self.cfg.gpus_per_trial:g} GPU(s) each")
+                  f"{self.opts.cpus_per_trial} CPU(s) and {self.opts.gpus_per_trial:g} GPU(s) each")
         try:
             while queue or running:
                 if queue:
@@ -278,9 +280,9 @@ class RayExecutor:
                 try:
                     out = ray.get(done[0])
                 except retryable as e:
-                    if retries < self.cfg.max_retries:
+                    if retries < self.opts.max_retries:
                         self._log(f"  {task.spec.model} seed {task.spec.seed}: {type(e).__name__}"
-                                  f"; retry {retries + 1}/{self.cfg.max_retries}")
+                                  f"; retry {retries + 1}/{self.opts.max_retries}")
                         submit(task, retries + 1)
                         continue
                     yield task, None, {**failure(e), "retries": retries}

@@ -1,0 +1,120 @@
+"""The package's shape: no import cycles, and the harness seams (executors, settings) are real.
+
+Imports are read from the source (every ``import`` of a module, at its top or inside a
+function, except under ``if TYPE_CHECKING``): a cycle through a function-level import still
+couples two modules both ways, even when Python happens to import them in a working order.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import lightlayers
+
+PACKAGE = Path(lightlayers.__file__).parent
+
+
+def _modules(root: Path) -> dict[str, Path]:
+    mods = {}
+    for f in root.rglob("*.py"):
+        parts = list(f.relative_to(root.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        mods[".".join(parts)] = f
+    return mods
+
+
+def _imported(module: str, path: Path, node: ast.Import | ast.ImportFrom,
+              mods: dict[str, Path]) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if node.level:
+        base = module.split(".")
+        if path.name != "__init__.py":
+            base = base[:-1]
+        base = base[:len(base) - (node.level - 1)]
+        name = ".".join(base + ([node.module] if node.module else []))
+    else:
+        name = node.module or ""
+    # `from pkg import mod` imports the module pkg.mod; `from mod import name` imports mod.
+    return [f"{name}.{a.name}" if f"{name}.{a.name}" in mods else name for a in node.names]
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    mods = _modules(root)
+    graph: dict[str, set[str]] = {}
+    for module, path in mods.items():
+        tree = ast.parse(path.read_text())
+        typing_only = [(n.lineno, n.end_lineno or n.lineno) for n in ast.walk(tree)
+                       if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test)]
+        deps = set()
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
+            if any(a <= node.lineno <= b for a, b in typing_only):
+                continue
+            deps.update(d for d in _imported(module, path, node, mods)
+                        if d in mods and d != module)
+        graph[module] = deps
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_package_has_no_import_cycle():
+    graph = import_graph(PACKAGE)
+    assert "lightlayers.study" in graph and "lightlayers.executors.ray" in graph
+    found = cycles(graph)
+    detail = [f"{c}: " + "; ".join(f"{v} -> {sorted(graph[v] & set(c))}" for v in c)
+              for c in found]
+    assert not found, "import cycles:\n" + "\n".join(detail)
+
+
+def test_the_cycle_check_finds_a_cycle(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from pkg.sub import b\n")
+    (pkg / "sub" / "b.py").write_text("def f():\n    from .. import a\n")  # lazy, still a cycle
+    (pkg / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                              "    from pkg import a\n")
+    (pkg / "d.py").write_text("import pkg.c\n")
+    graph = import_graph(pkg)
+    assert graph["pkg.a"] == {"pkg.sub.b"} and graph["pkg.sub.b"] == {"pkg.a"}
+    assert graph["pkg.c"] == set() and graph["pkg.d"] == {"pkg.c"}
+    assert cycles(graph) == [["pkg.a", "pkg.sub.b"]]
