@@ -175,3 +175,22 @@ def test_a_typo_in_data_leaves_no_run_folder(tmp_path, capsys):
     out.mkdir(parents=True)
     assert cli(["run", "--data", "digitz", "--out", str(out), "--quiet"]) == 2
     assert out.is_dir()
+
+
+def test_top_level_help_reads_as_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[2].startswith("Compare image classifiers")
+    assert "``" not in text and "lightlayers.commands" not in text  # no docstring fragment
+    for command in ("models", "data", "run", "report", "weights"):
+        assert f"\n    {command} " in text
+    assert "exit codes:" in text
+
+
+def test_data_summary_takes_the_study_settings_with_their_rules(capsys):
+    assert cli(["data", "summary", "digits", "--size", "4"]) == 2
+    assert "size: must be 8..1024 pixels, got 4" in capsys.readouterr().err
+    assert cli(["data", "summary", "digits", "--size", "8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["image_size"] == [1, 8, 8]

@@ -29,6 +29,18 @@ COMMANDS = {
     "weights": "list or fetch the transfer models' pretrained weights",
 }
 
+DESCRIPTION = """\
+Compare image classifiers under tight data and hardware budgets: train a study (models x
+seeds under one protocol) on an image dataset, record every number in a run folder, and
+report the table, the figures and an HTML page.
+
+  lightlayers models                       the models, with their parameter counts
+  lightlayers data summary digits          what a dataset holds
+  lightlayers run configs/cpu-demo.yaml    a one-minute study on the CPU
+  lightlayers report runs/cpu-demo         its table, figures and report.html
+
+`lightlayers COMMAND --help` describes each command."""
+
 # Exit codes (documented in `lightlayers --help`).
 EXIT_OK, EXIT_TRIAL_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -47,7 +59,7 @@ Python traceback of any error."""
 # sys.modules only: a module that was never imported cannot have raised its error, and
 # importing it here would slow every error down.
 _USER_ERRORS = (
-    ("lightlayers.config", "ConfigError"),
+    ("lightlayers.schema", "ConfigError"),
     ("lightlayers.data.errors", "DataError"),
     ("lightlayers.store", "StoreError"),
     ("lightlayers.report.load", "ReportError"),
@@ -62,7 +74,7 @@ class CliError(Exception):
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     from lightlayers import __version__
 
-    parser = argparse.ArgumentParser(prog="lightlayers", description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(prog="lightlayers", description=DESCRIPTION,
                                      epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"lightlayers {__version__}")

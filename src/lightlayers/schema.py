@@ -122,16 +122,18 @@ def _coerce(value: Any, tp: Any) -> Any:
 
 def check_value(cls: type, name: str, value: Any, where: str) -> Any:
     """``value`` for setting ``name`` of ``cls``, coerced (lists to tuples, ints to floats), or
-    a ConfigError naming ``where.name`` with what was expected."""
+    a ConfigError naming ``where.name`` (``name`` when ``where`` is empty) and what was
+    expected."""
     tp = typing.get_type_hints(cls)[name]
     value = _coerce(value, tp)
+    label = f"{where}.{name}" if where else name
     if not _type_ok(value, tp):
-        raise ConfigError(f"{where}.{name}: expected {describe(tp)}, got {value!r}")
+        raise ConfigError(f"{label}: expected {describe(tp)}, got {value!r}")
     rule = _field(cls, name).metadata.get("check")
     if value is not None and rule is not None:
         problem = rule(value)
         if problem:
-            raise ConfigError(f"{where}.{name}: {problem}, got {value!r}")
+            raise ConfigError(f"{label}: {problem}, got {value!r}")
     return value
 
 

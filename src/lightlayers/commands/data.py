@@ -7,8 +7,14 @@ import json
 import sys
 from typing import Any
 
+DATA_SETTINGS = ("size", "in_chans", "resize", "val_fraction", "on_bad_image",
+                 "allow_missing_classes")
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from lightlayers.config import StudyConfig
+    from lightlayers.schema import add_flags
+
     sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     lst = sub.add_parser("list", help="the dataset short names", description="the short names")
     lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -19,25 +25,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         description="Load SOURCE (decoding and caching it on first use) and describe it.",
     )
     s.add_argument("source", help="a path (folder, .tar.gz/.tgz/.zip, .npz, IDX folder) or name")
-    s.add_argument("--size", type=int, default=None, metavar="PX", help="square side in pixels")
-    s.add_argument("--in-chans", type=int, choices=(1, 3), default=None)
-    s.add_argument("--resize", choices=("stretch", "crop"), default="stretch")
-    s.add_argument("--val-fraction", type=float, default=0.1, metavar="F")
     s.add_argument("--resplit", type=float, default=None, metavar="F", help="pool and re-split")
     s.add_argument("--seed", type=int, default=0, metavar="N")
     s.add_argument("--patient-pattern", default=None, metavar="REGEX")
     s.add_argument("--no-patient-grouping", action="store_true")
-    s.add_argument(
-        "--on-bad-image",
-        choices=("error", "skip"),
-        default="error",
-        help="skip: leave undecodable images out and list them (default: error)",
-    )
-    s.add_argument(
-        "--allow-missing-classes",
-        action="store_true",
-        help="keep a dataset where a class has no images in a split (default: an error)",
-    )
+    # The settings a study decodes its data with: the same declarations, rules and defaults.
+    add_flags(s, StudyConfig, DATA_SETTINGS)
     s.add_argument("--json", action="store_true", help="print one JSON object to stdout")
 
 
@@ -88,6 +81,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _summary(args: argparse.Namespace) -> int:
     from lightlayers.cli import CliError
+    from lightlayers.config import ConfigError
     from lightlayers.data import DataError, load_dataset
     from lightlayers.data.splits import DEFAULT_PATIENT_PATTERN
 
@@ -95,19 +89,10 @@ def _summary(args: argparse.Namespace) -> int:
         None if args.no_patient_grouping else (args.patient_pattern or DEFAULT_PATIENT_PATTERN)
     )
     try:
-        ds = load_dataset(
-            args.source,
-            size=args.size,
-            in_chans=args.in_chans,
-            resize=args.resize,
-            val_fraction=args.val_fraction,
-            seed=args.seed,
-            resplit=args.resplit,
-            patient_pattern=pattern,
-            on_bad_image=args.on_bad_image,
-            allow_missing_classes=args.allow_missing_classes,
-        )
-    except DataError as e:
+        opts = settings(args)
+        ds = load_dataset(args.source, seed=args.seed, resplit=args.resplit,
+                          patient_pattern=pattern, **opts)
+    except (DataError, ConfigError) as e:
         raise CliError(str(e)) from e
     summary = ds.summary()
     if args.json:
@@ -116,6 +101,18 @@ def _summary(args: argparse.Namespace) -> int:
         return 0
     _print_summary(summary)
     return 0
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The decode settings given as flags, checked by their declarations' rules, the others
+    at their declared defaults."""
+    from lightlayers.config import StudyConfig
+    from lightlayers.schema import check_value
+
+    defaults = StudyConfig()
+    return {name: (getattr(defaults, name) if getattr(args, name) is None
+                   else check_value(StudyConfig, name, getattr(args, name), ""))
+            for name in DATA_SETTINGS}
 
 
 def _print_summary(s: dict[str, Any]) -> None:
