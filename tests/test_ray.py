@@ -274,13 +274,13 @@ def test_trial_needing_more_than_the_local_instance_is_refused(ray_instance, tmp
 
 
 @pytest.mark.parametrize(("given", "threads", "cpus"), [
-    ({}, _DEFAULT_THREADS, _DEFAULT_THREADS),  # local and Ray: the same default
+    ({}, _DEFAULT_THREADS, None),  # local and Ray: the same default
     ({"executor": "ray"}, _DEFAULT_THREADS, _DEFAULT_THREADS),
     ({"executor": "ray", "cpus_per_trial": 1}, 1, 1),  # no oversubscribed CPUs
     ({"executor": "ray", "threads": 3}, 3, 3),
     ({"executor": "ray", "threads": 1, "cpus_per_trial": 4}, 1, 4),
     ({"executor": "ray", "gpus_per_trial": 0.25}, 1, 1),  # GPU trials share a node
-    ({"threads": 1}, 1, 1),
+    ({"threads": 1}, 1, None),  # the local executor reserves no CPUs
 ])
 def test_one_thread_policy_for_both_executors(given, threads, cpus):
     cfg = resolve_threads(load_config(**given))

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from typing import Any
+
+from lightlayers.commands._json import json_safe
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -13,6 +17,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", dest="formats", default=",".join(FORMATS),
                    help=f"comma-separated outputs (default: all of {','.join(FORMATS)})")
     p.add_argument("--quiet", action="store_true", help="do not print the table")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object to stdout instead of the table: per model its "
+                        "seeds, collapsed runs and each metric's mean, std, 95%% CI and n; the "
+                        "files written; the notes")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -20,10 +28,37 @@ def main(args: argparse.Namespace) -> int:
     from lightlayers.report import ReportError, write_report
 
     try:
-        result = write_report(args.run_dir, formats=args.formats, console=not args.quiet)
+        result = write_report(args.run_dir, formats=args.formats,
+                              console=not args.quiet and not args.json)
     except ReportError as e:
         raise CliError(str(e)) from e
     where = result.html or result.out_dir
     print(f"report: {len(result.files)} files in {result.out_dir}"
           + (f"; open {where}" if result.html else ""), file=sys.stderr)
+    if args.json:
+        print(json.dumps(json_safe(report_object(result)), indent=2, allow_nan=False))
     return 0
+
+
+def report_object(result: Any) -> dict[str, Any]:
+    """What ``report --json`` prints: the table's numbers, unformatted."""
+    from dataclasses import asdict
+
+    models = []
+    for row in result.rows:
+        g = row.group
+        models.append({
+            "label": g.label, "model": g.model, "protocol": g.protocol, "seeds": g.seeds,
+            "missing_seeds": g.missing_seeds, "incomplete": g.incomplete,
+            "collapsed_runs": row.collapsed, "diagnoses": list(row.diagnoses),
+            "metrics": {k: {f: v for f, v in asdict(s).items() if f in _STATS}
+                        for k, s in row.stats.items()},
+        })
+    return {"report_dir": str(result.out_dir), "html": str(result.html) if result.html else None,
+            "files": [str(f) for f in result.files], "models": models,
+            "notes": list(result.notes),
+            "failed": [{"model": t["model"], "seed": t["seed"], "protocol": t["protocol"],
+                        "error": t.get("error")} for t in result.failed]}
+
+
+_STATS = ("mean", "std", "ci_low", "ci_high", "n")

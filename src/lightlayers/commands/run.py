@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from typing import Any
+
+from lightlayers.commands._json import json_safe
 
 # Settings declared in StudyConfig that have a flag of another spelling here.
 _SPECIAL = {"report"}
@@ -100,16 +101,3 @@ def result_object(outcome: Any, report: str | None, exit_code: int) -> dict[str,
     return {"run_dir": str(outcome.out_dir), "exit_code": exit_code, "counts": outcome.counts,
             "ran": outcome.ran, "skipped": outcome.skipped, "report": report, "trials": trials}
 
-
-def json_safe(obj: Any) -> Any:
-    """Non-finite floats as strings ("nan", "inf"): JSON has no such numbers, and a script
-    must be able to tell them from a missing value (null)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, str | int | float | bool) or obj is None:
-        return obj
-    return str(obj)
