@@ -164,6 +164,14 @@ def test_run_json_prints_one_result_object(tmp_path, capsys):
     assert trial["metrics"]["params_total"] == 2649
     with ResultsStore(out / "results.db") as store:
         assert trial["metrics"]["accuracy"] == store.trials()[0]["accuracy"]
+    # report --json: the same numbers, as the table aggregates them.
+    assert cli(["report", str(out), "--json", "--format", "csv"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (model,) = report["models"]
+    assert model["model"] == "paper-light-k1" and model["seeds"] == [0]
+    acc = model["metrics"]["accuracy"]
+    assert acc["mean"] == trial["metrics"]["accuracy"] and acc["n"] == 1 and acc["std"] is None
+    assert report["files"] == [str(out / "report" / "table.csv")]
 
 
 def test_a_typo_in_data_leaves_no_run_folder(tmp_path, capsys):
