@@ -6,10 +6,12 @@ from lightlayers.models._registry import (
     check_options,
     create_model,
     list_models,
+    model_description,
     model_info,
     model_options,
+    model_params,
 )
 from lightlayers.models.interface import ClassifierBase, Preprocess
 
 __all__ = ["ClassifierBase", "ModelInfo", "Preprocess", "check_options", "create_model",
-           "list_models", "model_info", "model_options"]
+           "list_models", "model_description", "model_info", "model_options", "model_params"]
