@@ -1,14 +1,30 @@
 """lightlayers: LightLayers in PyTorch, a model zoo, and a benchmark harness.
 
 ``from lightlayers import LightConv2d`` loads only the layers; the harness (data, training,
-results, reports) lives in submodules imported on demand.
+results, reports) lives in submodules imported on demand. The names below are imported on
+first use too (PEP 562), so that ``import lightlayers`` and a CLI command that needs no model
+(``lightlayers --help``, the ``lightlayers models`` table) do not wait for torch.
 """
 
-from lightlayers.layers import LightConv2d, LightLinear, light_penalty
-from lightlayers.models import ModelInfo, create_model, list_models, model_info
-from lightlayers.params import ParamCount, count_params
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# Each public name -> the module defining it.
+_EXPORTS = {
+    "LightConv2d": "lightlayers.layers",
+    "LightLinear": "lightlayers.layers",
+    "light_penalty": "lightlayers.layers",
+    "ModelInfo": "lightlayers.models",
+    "create_model": "lightlayers.models",
+    "list_models": "lightlayers.models",
+    "model_info": "lightlayers.models",
+    "ParamCount": "lightlayers.params",
+    "count_params": "lightlayers.params",
+}
 
 __all__ = [
     "LightConv2d",
@@ -22,3 +38,21 @@ __all__ = [
     "list_models",
     "model_info",
 ]
+
+if TYPE_CHECKING:
+    from lightlayers.layers import LightConv2d, LightLinear, light_penalty
+    from lightlayers.models import ModelInfo, create_model, list_models, model_info
+    from lightlayers.params import ParamCount, count_params
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lightlayers' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

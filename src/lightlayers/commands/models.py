@@ -1,8 +1,22 @@
+"""``lightlayers models``: the registered models with their parameter counts.
+
+The table for each model's default classes is read from :mod:`._models_table`, written from
+the registry by ``python -m lightlayers.commands.models``: listing then imports neither torch
+nor torchvision, whose imports took longer than everything else. tests/test_cli_models.py
+fails when the stored table differs from what the registry gives. ``--num-classes`` and
+``--json`` ask the registry itself, building each model on PyTorch's meta device (shapes
+only, no weights).
+"""
+
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
+from pathlib import Path
 from typing import Any
+
+TABLE_FILE = Path(__file__).with_name("_models_table.py")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -11,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="count the parameters for this many classes (default: each model's)")
     p.add_argument("--json", action="store_true",
                    help="a JSON list instead of the table: per model its counts, description "
-                        "and registry defaults (reads the transfer models' torchvision metadata)")
+                        "and registry defaults")
 
 
 def _positive_int(text: str) -> int:
@@ -20,9 +34,23 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def table_rows(pattern: str | None = None, num_classes: int | None = None
+               ) -> list[tuple[str, int, int, str]]:
+    """(name, total, trainable, description) per registered model, from the registry:
+    counts of ``create_model(name, num_classes)`` without pretrained weights, Keras
+    convention (:func:`lightlayers.count_params`)."""
+    from lightlayers.models import list_models, model_info, model_params
+
+    rows = []
+    for name in list_models(pattern):
+        c = model_params(name, num_classes)
+        rows.append((name, c.total, c.trainable, model_info(name).description))
+    return rows
+
+
 def model_row(name: str, num_classes: int | None = None) -> dict[str, Any]:
-    """Everything the registry knows of ``name``, with its parameter counts (no pretrained
-    weights; Keras convention, see :func:`lightlayers.count_params`) for ``num_classes``."""
+    """Everything the registry knows of ``name``, with its parameter counts for
+    ``num_classes`` (default: the model's own)."""
     from dataclasses import asdict
 
     from lightlayers.models import model_info, model_options, model_params
@@ -42,16 +70,48 @@ def model_row(name: str, num_classes: int | None = None) -> dict[str, Any]:
     }
 
 
-def main(args: argparse.Namespace) -> int:
-    from lightlayers.models import list_models, model_description, model_params
+def stored_rows(pattern: str | None = None) -> list[tuple[str, int, int, str]]:
+    """The stored table (each model's default classes), filtered like ``list_models``."""
+    from lightlayers.commands._models_table import TABLE
 
-    names = list_models(args.pattern)
+    return [r for r in TABLE if pattern is None or fnmatch.fnmatchcase(r[0], pattern)]
+
+
+def table_source(rows: list[tuple[str, int, int, str]]) -> str:
+    """The text of ``_models_table.py`` holding ``rows``."""
+    lines = [
+        '"""The `lightlayers models` table for each model\'s default classes (see',
+        "lightlayers.commands.models). Written by `python -m lightlayers.commands.models`; do not",
+        'edit."""',
+        "",
+        "# name, total and trainable parameters (Keras convention, no pretrained weights),",
+        "# description",
+        "TABLE: tuple[tuple[str, int, int, str], ...] = (",
+        *(f"    ({name!r}, {total}, {trainable},\n     {description!r}),"
+          for name, total, trainable, description in rows),
+        ")",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
     if args.json:
-        print(json.dumps([model_row(n, args.num_classes) for n in names], indent=2))
+        from lightlayers.models import list_models
+
+        rows = [model_row(n, args.num_classes) for n in list_models(args.pattern)]
+        print(json.dumps(rows, indent=2))
         return 0
-    # Counts and descriptions only: neither builds a model's weights nor imports torchvision.
+    if args.num_classes is None:
+        table = stored_rows(args.pattern)
+    else:
+        table = table_rows(args.pattern, args.num_classes)
     print(f"{'model':28s} {'total':>12s} {'trainable':>12s}  description")
-    for name in names:
-        c = model_params(name, args.num_classes)
-        print(f"{name:28s} {c.total:12,d} {c.trainable:12,d}  {model_description(name)}")
+    for name, total, trainable, description in table:
+        print(f"{name:28s} {total:12,d} {trainable:12,d}  {description}")
     return 0
+
+
+if __name__ == "__main__":
+    TABLE_FILE.write_text(table_source(table_rows()))
+    print(f"wrote {TABLE_FILE}")

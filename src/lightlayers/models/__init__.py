@@ -6,7 +6,6 @@ from lightlayers.models._registry import (
     check_options,
     create_model,
     list_models,
-    model_description,
     model_info,
     model_options,
     model_params,
@@ -14,4 +13,4 @@ from lightlayers.models._registry import (
 from lightlayers.models.interface import ClassifierBase, Preprocess
 
 __all__ = ["ClassifierBase", "ModelInfo", "Preprocess", "check_options", "create_model",
-           "list_models", "model_description", "model_info", "model_options", "model_params"]
+           "list_models", "model_info", "model_options", "model_params"]

@@ -15,8 +15,8 @@ from torch import nn
 from lightlayers.models.interface import ClassifierBase
 from lightlayers.params import ParamCount, count_params
 
-__all__ = ["ModelInfo", "check_options", "create_model", "list_models", "model_description",
-           "model_info", "model_options", "model_params", "register_model"]
+__all__ = ["ModelInfo", "check_options", "create_model", "list_models", "model_info",
+           "model_options", "model_params", "register_model"]
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,6 @@ class ModelInfo:
 
 
 Builder = Callable[..., nn.Module]
-# num_classes (None: the model's default) -> the counts of create_model(name, num_classes).
-Counter = Callable[[int | None], ParamCount]
 
 
 @dataclass(frozen=True)
@@ -49,10 +47,6 @@ class _Entry:
     # torchvision's weights metadata, which would slow down `import lightlayers`).
     info_source: ModelInfo | Callable[[], ModelInfo]
     listed_k: tuple[int, ...] = ()
-    # For models whose info or build needs slow imports (torchvision): what listing them
-    # shows, known without either.
-    counts: Counter | None = None
-    description: str | None = None
 
     @property
     def info(self) -> ModelInfo:
@@ -77,8 +71,7 @@ _INFO_CACHE: dict[str, ModelInfo] = {}
 
 
 def register_model(
-    pattern: str, info: ModelInfo | Callable[[], ModelInfo], listed_k: Iterable[int] = (),
-    *, counts: Counter | None = None, description: str | None = None,
+    pattern: str, info: ModelInfo | Callable[[], ModelInfo], listed_k: Iterable[int] = ()
 ) -> Callable[[Builder], Builder]:
     """Register ``builder(num_classes=, in_chans=, [k=,] **kw)`` under ``pattern``.
 
@@ -87,18 +80,12 @@ def register_model(
 
     A pattern containing ``{k}`` accepts any integer k >= 1 (``study-light-k7``); ``listed_k``
     are the values :func:`list_models` shows.
-
-    ``counts`` and ``description`` let :func:`model_params` and :func:`model_description`
-    answer without calling ``info`` or building the model, for models whose info or build
-    needs slow imports; ``counts(num_classes)`` must equal what a build gives (``None``: the
-    model's default classes).
     """
 
     def deco(builder: Builder) -> Builder:
         if pattern in _REGISTRY:
             raise ValueError(f"model {pattern!r} is registered twice")
-        _REGISTRY[pattern] = _Entry(pattern, builder, info, tuple(listed_k), counts,
-                                    description)
+        _REGISTRY[pattern] = _Entry(pattern, builder, info, tuple(listed_k))
         return builder
 
     return deco
@@ -150,7 +137,8 @@ def create_model(
     num_classes = info.num_classes if num_classes is None else num_classes
     in_chans = info.in_chans if in_chans is None else in_chans
     for arg, value in (("num_classes", num_classes), ("in_chans", in_chans)):
-        _check_count(name, arg, value)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}: {arg} must be an integer >= 1, got {value!r}")
     check_options(name, kwargs)
     if k is not None:
         kwargs["k"] = k
@@ -162,30 +150,13 @@ def create_model(
     return model
 
 
-def _check_count(name: str, arg: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}: {arg} must be an integer >= 1, got {value!r}")
-
-
 def model_params(name: str, num_classes: int | None = None) -> ParamCount:
     """:func:`~lightlayers.params.count_params` of ``create_model(name, num_classes)`` (no
-    pretrained weights), without initialising any weight: from the model's registered
-    ``counts``, else from a build on PyTorch's meta device (shapes only, no memory)."""
-    entry, _ = _resolve(name)
-    if entry.counts is not None:
-        if num_classes is not None:
-            _check_count(name, "num_classes", num_classes)
-        return entry.counts(num_classes)
+    pretrained weights), without initialising any weight: the model is built on PyTorch's meta
+    device (shapes only, no memory), which takes milliseconds even for InceptionV3."""
     kwargs: dict[str, Any] = {"weights": None} if "weights" in model_options(name) else {}
     with torch.device("meta"):
         return count_params(create_model(name, num_classes=num_classes, **kwargs))
-
-
-def model_description(name: str) -> str:
-    """The one-line description of ``name`` (without calling a lazy info function when the
-    model registered its description)."""
-    entry, _ = _resolve(name)
-    return entry.description if entry.description is not None else model_info(name).description
 
 
 def model_options(name: str) -> list[str]:

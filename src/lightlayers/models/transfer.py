@@ -30,7 +30,6 @@ from lightlayers.models.weights import (
     offline_hint,
     sha256_file,
 )
-from lightlayers.params import ParamCount
 
 __all__ = ["BACKBONES", "TransferModel", "WeightsError", "backbone_preprocess",
            "backbone_stages", "build_backbone", "resolve_weights"]
@@ -41,21 +40,6 @@ BACKBONES: tuple[str, ...] = (
     "inception_v3", "resnet18", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large",
     "efficientnet_b0", "densenet121",
 )
-
-# Each headless backbone as torchvision builds it: (parameters, BatchNorm running-statistic
-# values, features). `lightlayers models` lists the transfer models from these without
-# importing torchvision, which takes longer than the rest of the listing together;
-# tests/test_cli_models.py checks them against torchvision's builds.
-BACKBONE_SHAPES: dict[str, tuple[int, int, int]] = {
-    "inception_v3": (21_785_568, 34_432, 2048),
-    "resnet18": (11_176_512, 9_600, 512),
-    "resnet50": (23_508_032, 53_120, 2048),
-    "mobilenet_v3_small": (927_008, 12_112, 576),
-    "mobilenet_v3_large": (2_971_952, 24_400, 960),
-    "efficientnet_b0": (4_007_548, 42_016, 1280),
-    "densenet121": (6_953_856, 83_648, 1024),
-}
-NUM_CLASSES = 2  # the transfer models' default
 
 
 @functools.cache
@@ -285,9 +269,9 @@ def _make_info(backbone: str):
         default = official_weights(backbone)
         pre = backbone_preprocess(backbone)
         return ModelInfo(
-            name=f"transfer-{backbone}", family="transfer", num_classes=NUM_CLASSES, in_chans=3,
+            name=f"transfer-{backbone}", family="transfer", num_classes=2, in_chans=3,
             input_size=pre.crop_size or 224, reference=f"torchvision {default}",
-            description=_description(backbone),
+            description=f"frozen torchvision {backbone} + Linear(features -> classes)",
             min_input_size=int(default.meta.get("min_size", (1, 1))[0]),
             extra={"preprocess": pre, "takes_weights": True},
         )
@@ -295,26 +279,8 @@ def _make_info(backbone: str):
     return info
 
 
-def _description(backbone: str) -> str:
-    return f"frozen torchvision {backbone} + Linear(features -> classes)"
-
-
-def _make_counts(backbone: str):
-    """The counts of a default (frozen) transfer model: the backbone's, all frozen, plus the
-    trainable head ``Linear(features, num_classes)``."""
-    params, bn_stats, features = BACKBONE_SHAPES[backbone]
-
-    def counts(num_classes: int | None) -> ParamCount:
-        n = NUM_CLASSES if num_classes is None else num_classes
-        head = features * n + n
-        return ParamCount(total=params + bn_stats + head, trainable=head)
-
-    return counts
-
-
 for _name in BACKBONES:
-    register_model(f"transfer-{_name}", _make_info(_name), counts=_make_counts(_name),
-                   description=_description(_name))(_make_builder(_name))
+    register_model(f"transfer-{_name}", _make_info(_name))(_make_builder(_name))
 
 
 def takes_weights(name: str) -> bool:
