@@ -27,6 +27,8 @@ COMMANDS = {
     "run": "train a study (models x seeds) and record every number",
     "report": "write the table, figures and HTML page of a run folder",
     "weights": "list or fetch the transfer models' pretrained weights",
+    "export": "export a trained model of a run folder as one ONNX file (optionally int8)",
+    "predict": "classify image files, folders or archives with an exported model",
 }
 
 DESCRIPTION = """\

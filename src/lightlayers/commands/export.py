@@ -1,0 +1,151 @@
+"""``lightlayers export RUN_DIR``: a trial's model as one self-describing file.
+
+The trial is the best on validation unless ``--model``/``--seed`` pin it (never chosen on
+test). Before the file is written, its outputs are compared with the PyTorch checkpoint's on
+every validation image (an fp32 file differing by more than 1e-4 in any probability is
+refused), and its Grad-CAM maps with Captum's. ``--int8`` quantizes it (ONNX Runtime static
+quantization, calibrated on training images) and prints the int8 test accuracy and AUC beside
+the fp32 ones, with both file sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from lightlayers.commands._json import json_safe
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by `lightlayers run`")
+    p.add_argument("--model", help="export this model's trial (default: the best on validation)")
+    p.add_argument("--seed", type=int, help="export this seed's trial (default: the best on "
+                   "validation)")
+    p.add_argument("--format", choices=sorted(FORMATS), default="onnx",
+                   help="file format (default: onnx)")
+    p.add_argument("--int8", action="store_true",
+                   help="static int8 quantization (ONNX only), calibrated on training images; "
+                        "prints int8 and fp32 test accuracy, AUC and file sizes")
+    p.add_argument("--calibration", type=_positive_int, default=256, metavar="N",
+                   help="training images drawn to calibrate --int8 (default: 256)")
+    p.add_argument("--out", help="file to write (default: RUN_DIR/exports/"
+                   "MODEL__seedS[.int8].onnx)")
+    p.add_argument("--data", help="where the run's data is now, when it moved (checked to be "
+                   "the same data by content)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (choice, verification, metrics, sizes)")
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return int(text)
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1000:.1f} kB" if n < 1_000_000 else f"{n / 1e6:.2f} MB"
+
+
+def main(args: argparse.Namespace) -> int:
+    from lightlayers.cli import CliError
+    from lightlayers.deploy import DeployError
+
+    if args.int8 and args.format != "onnx":
+        raise CliError("--int8 needs --format onnx (int8 files are quantized with ONNX Runtime)")
+    try:
+        result = export(args)
+    except DeployError as e:
+        raise CliError(str(e)) from e
+    if args.json:
+        print(json.dumps(json_safe(result), indent=2, allow_nan=False))
+    return 0
+
+
+def export(args: argparse.Namespace) -> dict[str, Any]:
+    from lightlayers.deploy import DeployError
+    from lightlayers.deploy import export as ex
+    from lightlayers.deploy.trial import choose_trial
+
+    say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    trial, key, candidates = choose_trial(args.run_dir, args.model, args.seed)
+    chosen = trial.chosen_on()
+    say(f"{trial.label}: chosen on validation ({key} {chosen.get(key, float('nan')):.4f} at "
+        f"epoch {chosen.get('epoch')}; best of {candidates} finished trial(s), test never "
+        "looked at)")
+    model = trial.build_model()
+    card = trial.card(model)
+    deployable, example = ex.deployable_for(model, card)
+    card = card.replace(cam=deployable.with_cam)
+    ds = trial.load_data(args.data)
+    if list(ds.classes) != list(card.classes):
+        raise DeployError(f"the data's classes {list(ds.classes)} differ from the checkpoint's "
+                          f"{card.classes}; pass --data with the run's data")
+    if args.format == "onnx":
+        blob = ex.to_onnx(deployable, example, card)
+    else:
+        blob = ex.to_torchscript(deployable, example, card)
+    run = ex.run_model(blob, args.format)
+    check = ex.verify(run, deployable, ds.splits["val"], card)
+    cam_text = ("no Grad-CAM output (no global average pooling)" if check.cam_rel_diff is None
+                else f"Grad-CAM vs Captum {check.cam_rel_diff:.1e} (relative, limit "
+                     f"{ex.CAM_TOLERANCE:.0e})")
+    say(f"verified on {check.images} validation images: max |probability difference| vs "
+        f"PyTorch {check.max_prob_diff:.1e} (limit {ex.FP32_TOLERANCE:.0e}); {cam_text}")
+    if check.max_prob_diff > ex.FP32_TOLERANCE:
+        raise DeployError(
+            f"the {args.format} export of {trial.label} differs from its checkpoint by "
+            f"{check.max_prob_diff:.2e} in probability (> {ex.FP32_TOLERANCE:.0e}); nothing "
+            "written. Rerun with --debug and report it, or try the other --format")
+    if check.cam_rel_diff is not None and check.cam_rel_diff > ex.CAM_TOLERANCE:
+        raise DeployError(
+            f"the Grad-CAM maps of the {args.format} export of {trial.label} differ from "
+            f"Captum's by {check.cam_rel_diff:.2e} (relative, > {ex.CAM_TOLERANCE:.0e}): its "
+            "head is not global pooling + affine; nothing written. Report it")
+    test = ds.splits["test"]
+    fp32 = ex.evaluate(run, test, card)
+    recorded = card.test_metrics
+    rows = [(f"fp32 {args.format}", fp32, len(blob))]
+    out_blob = blob
+    int8 = None
+    if args.int8:
+        calib = ex.calibration_images(ds.splits["train"], card, args.calibration,
+                                      seed=card.seed)
+        out_blob = ex.quantize_int8(blob, calib, card)
+        int8 = ex.evaluate(ex.run_model(out_blob), test, card)
+        rows.append(("int8 onnx", int8, len(out_blob)))
+    say(f"test split ({len(test)} images)   accuracy     AUC      size")
+    for name, m, size in rows:
+        say(f"  {name:24s} {m['accuracy']:8.4f} {_fmt(m['auc']):>8s}   {_kb(size)}"
+            + (f" ({size / len(blob):.2f}x fp32)" if m is int8 else ""))
+    say(f"  {'recorded (PyTorch)':24s} {_fmt(recorded.get('accuracy')):>8s} "
+        f"{_fmt(recorded.get('auc')):>8s}")
+    ext = FORMATS[args.format]
+    out = Path(args.out) if args.out else (
+        Path(trial.run_dir) / "exports" / f"{trial.model_name}__seed{trial.seed}"
+        f"{'.int8' if args.int8 else ''}{ext}")
+    ex.write_atomic(out, out_blob)
+    say(f"wrote {out} ({_kb(len(out_blob))}, {'int8' if args.int8 else 'fp32'})")
+    return {
+        "out": str(out), "model": trial.model_name, "seed": trial.seed,
+        "protocol": card.protocol, "format": args.format,
+        "precision": "int8" if args.int8 else "fp32",
+        "chosen_on": {"key": key, **chosen, "candidates": candidates},
+        "verification": {"images": check.images, "max_prob_diff": check.max_prob_diff,
+                         "cam_rel_diff": check.cam_rel_diff},
+        "size_bytes": len(out_blob), "fp32_size_bytes": len(blob),
+        "test": {"images": len(test),
+                 "fp32": {"accuracy": fp32["accuracy"], "auc": fp32["auc"]},
+                 "int8": None if int8 is None else {"accuracy": int8["accuracy"],
+                                                    "auc": int8["auc"]},
+                 "recorded": {"accuracy": recorded.get("accuracy"),
+                              "auc": recorded.get("auc")}},
+    }
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"

@@ -1,0 +1,16 @@
+"""Shipping a trained model: export a trial of a run folder as one self-describing ONNX (or
+TorchScript) file, quantize it to int8, run it on new images, and show where it looked.
+
+- :mod:`~lightlayers.deploy.trial`: choose a trial of a run folder (on validation, never on
+  test) and rebuild its model from the checkpoint.
+- :mod:`~lightlayers.deploy.card`: what an exported file says about itself (classes,
+  preprocessing, data fingerprint, test metrics), stored in the file.
+- :mod:`~lightlayers.deploy.graph`: the exported module (probabilities and Grad-CAM maps).
+- :mod:`~lightlayers.deploy.export`: ONNX / TorchScript export, verification, int8.
+- :mod:`~lightlayers.deploy.predict`: run an exported file on image files, folders, archives.
+- :mod:`~lightlayers.deploy.cam`: Grad-CAM (Captum) and the heatmap images.
+"""
+
+from lightlayers.deploy.errors import DeployError
+
+__all__ = ["DeployError"]

@@ -1,0 +1,64 @@
+"""Grad-CAM heatmaps as images: a map upsampled to the model's input and laid over the image
+the model saw (decoded, resized and cropped as for training).
+
+The maps themselves come from the exported file (see :mod:`lightlayers.deploy.graph`, checked
+against Captum's ``LayerGradCam`` when the file was written); upsampling is Captum's
+``LayerAttribution.interpolate`` (bilinear).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["ALPHA", "DISPLAY_MIN", "overlay", "peak", "upsample"]
+
+ALPHA = 0.45  # weight of the heatmap over the image
+DISPLAY_MIN = 224  # smaller inputs are shown enlarged to this side
+
+
+def upsample(cam: np.ndarray, size: int) -> np.ndarray:
+    """(h, w) map -> (size, size), bilinear, as Captum upsamples layer attributions."""
+    import torch
+
+    from lightlayers.deploy.errors import require
+
+    LayerAttribution = require("captum.attr").LayerAttribution
+
+    t = torch.from_numpy(np.ascontiguousarray(cam, dtype=np.float32))[None, None]
+    return LayerAttribution.interpolate(t, (size, size), "bilinear")[0, 0].numpy()
+
+
+def peak(cam: np.ndarray, size: int) -> tuple[int, int]:
+    """(row, col) of the upsampled map's maximum, in input pixels."""
+    up = upsample(cam, size)
+    r, c = np.unravel_index(int(np.argmax(up)), up.shape)
+    return int(r), int(c)
+
+
+def overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    """``image`` uint8 (C, H, W) with the map ``cam`` (h, w) over it, as uint8 RGB
+    (S, S, 3), S = max(H, DISPLAY_MIN). The map is scaled to its own maximum (a map of
+    zeros, where no position raised the class score, shows the image only)."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    side = max(image.shape[-1], DISPLAY_MIN)
+    base = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+    base_img = Image.fromarray(np.ascontiguousarray(base)).convert("RGB")
+    rgb = np.asarray(base_img.resize((side, side), Image.Resampling.BILINEAR), np.float32)
+    up = upsample(cam, side)
+    top = float(up.max())
+    if top <= 0:
+        return rgb.astype(np.uint8)
+    heat = colormaps["jet"](np.clip(up / top, 0, 1))[..., :3] * 255
+    weight = ALPHA * np.clip(up / top, 0, 1)[..., None] ** 0.5  # cold areas stay readable
+    return (rgb * (1 - weight) + heat * weight).round().astype(np.uint8)
+
+
+def write_png(path: Path, rgb: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path, format="PNG")

@@ -1,0 +1,221 @@
+"""Predict with an exported model on image files, folders and archives.
+
+Every image is decoded by the data package's own decoder
+(:func:`lightlayers.data.preprocess.decode_image`) at the size, channels and resize mode the
+model card names, then converted by :class:`lightlayers.data.DeviceLoader` with the card's
+crop and normalisation: the very code training used. An image that cannot be decoded is
+reported and skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lightlayers.deploy.card import ModelCard
+from lightlayers.deploy.errors import DeployError
+
+__all__ = ["Item", "Prediction", "gather_inputs", "parse_model", "predict"]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input image: the path shown for it, a short id (for file names) and its bytes or
+    its local path."""
+
+    path: str
+    rel: str
+    payload: bytes | str
+
+
+@dataclass
+class Prediction:
+    path: str
+    predicted: str
+    probabilities: dict[str, float]
+    cam: str | None = None
+
+
+@dataclass
+class Outcome:
+    predictions: list[Prediction] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+def _walk_images(root: Path) -> Iterator[str]:
+    """Image files below ``root`` (relative posix paths, sorted); hidden files and folders
+    are left out, symlinked folders are not followed (no loops)."""
+    from lightlayers.data.sources.tree import _is_image
+
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
+        rel_dir = Path(folder).relative_to(root).as_posix()
+        for name in sorted(files):
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            if _is_image(rel):
+                yield rel
+
+
+def gather_inputs(inputs: list[str]) -> list[Item]:
+    """The images of ``inputs``: image files (any file named is tried), folders (their image
+    files, recursively) and .tar(.gz)/.tgz/.zip archives (their image members, read in place
+    within the data package's archive limits)."""
+    from lightlayers.data import DataError
+    from lightlayers.data.sources.tree import _read_archive, is_archive
+
+    items: list[Item] = []
+    for text in inputs:
+        p = Path(text).expanduser()
+        if not p.exists():
+            raise DeployError(f"{p} does not exist; give image files, folders or archives "
+                              "(.tar.gz/.tgz/.zip)")
+        if p.is_dir():
+            found = [Item(str(p / rel), rel, str(p / rel)) for rel in _walk_images(p)]
+            if not found:
+                raise DeployError(f"{p}: no image files found (looked for .png, .jpg, "
+                                  ".jpeg, .bmp, .tif, ...)")
+            items += found
+        elif is_archive(p):
+            try:
+                blobs, _, _ = _read_archive(p)
+            except DataError as e:
+                raise DeployError(str(e)) from e
+            if not blobs:
+                raise DeployError(f"{p}: no image files in the archive")
+            items += [Item(f"{p}/{m}", m, blobs[m]) for m in sorted(blobs)]
+        else:
+            items.append(Item(str(p), p.name, str(p)))
+    return items
+
+
+def parse_model(text: str) -> tuple[Path, str | None, int | None]:
+    """``FILE``, ``RUN_DIR``, ``RUN_DIR:MODEL`` or ``RUN_DIR:MODEL:SEED`` (``RUN_DIR::SEED``
+    too) -> (path, model, seed)."""
+    if Path(text).exists():
+        return Path(text), None, None
+    for n in (1, 2):
+        parts = text.rsplit(":", n)
+        if len(parts) == n + 1 and Path(parts[0]).is_dir():
+            model = parts[1] or None
+            seed = None
+            if n == 2:
+                if not parts[2].lstrip("-").isdigit():
+                    raise DeployError(f"{text}: the seed after the second ':' must be an "
+                                      f"integer, got {parts[2]!r}")
+                seed = int(parts[2])
+            return Path(parts[0]), model, seed
+    raise DeployError(f"{text} does not exist; give an exported .onnx file or a run folder "
+                      "(RUN_DIR, RUN_DIR:MODEL or RUN_DIR:MODEL:SEED)")
+
+
+def _slug(rel: str) -> str:
+    stem = rel.rsplit(".", 1)[0] if "." in rel.rsplit("/", 1)[-1] else rel
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem.replace("/", "__")).strip("_") or "image"
+
+
+def _crop(u8: np.ndarray, card: ModelCard) -> np.ndarray:
+    """The center crop DeviceLoader takes (the image the model sees, before normalising)."""
+    c = card.crop
+    h, w = u8.shape[-2:]
+    if c is None or c >= min(h, w):
+        return u8
+    top, left = (h - c) // 2, (w - c) // 2
+    return u8[..., top:top + c, left:left + c]
+
+
+def predict(run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]],
+            card: ModelCard, items: list[Item], batch_size: int = 64,
+            cam_dir: Path | None = None, progress: bool = True) -> Outcome:
+    """Predict every item; with ``cam_dir``, write one Grad-CAM PNG per image there."""
+    from lightlayers.data import DeviceLoader, Split
+    from lightlayers.data.preprocess import _decode_job, _progress, _to_nchw, parallel_map
+
+    if cam_dir is not None and not card.cam:
+        raise DeployError(f"{card.model}: the model file carries no Grad-CAM output (the model "
+                          "has no global average pooling); predict without --cam")
+    out = Outcome()
+    names: set[str] = set()
+    advance, stop = _progress(len(items), "predicting", progress)
+    jobs = ((it.payload, card.image_size, card.image_chans, card.resize) for it in items)
+    decoded = parallel_map(_decode_job, jobs, len(items), "decoding", False)
+    pending: list[tuple[Item, np.ndarray]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        batch = [a for _, a in pending]
+        u8 = _to_nchw(batch, card.image_chans)
+        split = Split(u8, np.zeros(len(u8), np.int64), None)
+        x = next(iter(DeviceLoader(split, len(u8), "cpu", **card.loader_options())))[0]
+        probs, cams = run(np.ascontiguousarray(x.numpy(), dtype=np.float32))
+        pred = card.predicted(probs)
+        for i, (it, _) in enumerate(pending):
+            row = Prediction(it.path, card.classes[int(pred[i])],
+                             {c: float(probs[i, j]) for j, c in enumerate(card.classes)})
+            if cam_dir is not None and cams is not None:
+                row.cam = str(_write_cam(cam_dir, it, names, _crop(u8[i], card),
+                                         cams[i, int(pred[i])]))
+            out.predictions.append(row)
+        advance(len(pending))
+        pending.clear()
+
+    try:
+        for it, result in zip(items, decoded, strict=True):
+            if isinstance(result, str):
+                out.skipped.append((it.path, result))
+                advance(1)
+                continue
+            pending.append((it, result[0]))
+            if len(pending) == batch_size:
+                flush()
+        flush()
+    finally:
+        stop()
+    return out
+
+
+def _write_cam(cam_dir: Path, item: Item, taken: set[str], image: np.ndarray,
+               cam: np.ndarray) -> Path:
+    from lightlayers.deploy.cam import overlay, write_png
+
+    base = _slug(item.rel)
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}-{n}"
+    taken.add(name)
+    path = cam_dir / f"{name}.png"
+    write_png(path, overlay(image, cam))
+    return path
+
+
+def csv_text(outcome: Outcome, card: ModelCard) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    with_cam = any(p.cam for p in outcome.predictions)
+    w.writerow(["path", "predicted", *[f"prob_{c}" for c in card.classes],
+                *(["cam"] if with_cam else [])])
+    for p in outcome.predictions:
+        w.writerow([p.path, p.predicted, *[f"{p.probabilities[c]:.6g}" for c in card.classes],
+                    *([p.cam or ""] if with_cam else [])])
+    return buf.getvalue()
+
+
+def json_object(outcome: Outcome, card: ModelCard) -> dict[str, Any]:
+    return {
+        "model": {"model": card.model, "seed": card.seed, "precision": card.precision,
+                  "classes": card.classes, "threshold": card.threshold},
+        "predictions": [{"path": p.path, "predicted": p.predicted,
+                         "probabilities": p.probabilities, "cam": p.cam}
+                        for p in outcome.predictions],
+        "skipped": [{"path": f, "reason": r} for f, r in outcome.skipped],
+    }

@@ -1,0 +1,270 @@
+"""A finished trial of a run folder: choose it on validation, rebuild its model from its
+checkpoint, describe it (:class:`~lightlayers.deploy.card.ModelCard`) and reload its data.
+
+Choosing: among the finished trials (optionally of one model and/or seed), the best on the
+validation score of the epoch each trial kept: ``val_auc`` when every candidate recorded one
+(binary tasks), else ``val_acc``; ties go to the lower ``val_loss``, then to the order of the
+study. Test numbers are never looked at to choose.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightlayers.deploy.card import ModelCard
+from lightlayers.deploy.errors import DeployError
+
+__all__ = ["Trial", "choose_trial", "find_trials"]
+
+# The trial's test metrics a card carries (those recorded; others are left out).
+CARD_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision",
+                "f1", "auc", "test_loss", "threshold", "collapsed", "params_total", "size_mb")
+
+
+@dataclass
+class Trial:
+    """One finished trial of a run folder, as the results store recorded it."""
+
+    run_dir: Path
+    row: dict[str, Any]
+    history: list[dict[str, Any]]
+    meta: dict[str, Any]
+
+    @property
+    def model_name(self) -> str:
+        return str(self.row["model"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.row["seed"])
+
+    @property
+    def label(self) -> str:
+        return f"{self.model_name} seed {self.seed}"
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return self.row.get("extra") or {}
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.meta.get("config") or {}
+
+    @property
+    def checkpoint(self) -> Path:
+        rel = self.row.get("checkpoint")
+        if not rel:
+            raise DeployError(f"{self.run_dir}: trial {self.label} recorded no checkpoint; "
+                              "rerun it with `lightlayers run` to have one")
+        path = self.run_dir / rel
+        if not path.is_file():
+            raise DeployError(f"{path} (the checkpoint of {self.label}) is missing; restore it "
+                              "or rerun the trial into a new run folder")
+        return path
+
+    def selected_epoch(self) -> dict[str, Any]:
+        """The history row of the epoch whose weights the trial kept (its best_epoch)."""
+        best = self.row.get("best_epoch")
+        for h in self.history:
+            if h.get("epoch") == best:
+                return h
+        return self.history[-1] if self.history else {}
+
+    # --- the model --------------------------------------------------------------------------
+    def checkpoint_metadata(self) -> dict[str, str]:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.checkpoint), "pt") as f:
+                return dict(f.metadata() or {})
+        except Exception as e:  # safetensors raises its own error types
+            raise DeployError(f"{self.checkpoint}: cannot read the checkpoint ({e}); restore "
+                              "it or rerun the trial") from e
+
+    def build_model(self) -> Any:
+        """The trial's model with its checkpoint's weights, in eval mode on the CPU.
+
+        A transfer model is rebuilt from the checkpoint alone (no pretrained weights are
+        fetched): the backbone's state comes from the checkpoint, with the architecture its
+        weights were trained in (pretrained or random).
+        """
+        from safetensors.torch import load_file
+
+        from lightlayers.models import create_model, model_info
+
+        meta = self.checkpoint_metadata()
+        state = load_file(str(self.checkpoint))
+        classes = json.loads(meta.get("classes", "[]")) or self.classes()
+        in_chans = int(meta.get("in_chans", self.extra.get("in_chans", 0)) or 0) or None
+        options = dict((self.row.get("config") or {}).get("model_options") or {})
+        try:
+            takes_weights = bool(model_info(self.model_name).extra.get("takes_weights"))
+        except ValueError as e:
+            raise DeployError(f"{self.run_dir}: {e}") from e
+        if takes_weights:
+            from lightlayers.models.weights import ResolvedWeights
+
+            label = str(self.extra.get("weights") or options.get("weights") or "none")
+            backbone = {k.removeprefix("backbone."): v for k, v in state.items()
+                        if k.startswith("backbone.")}
+            pretrained = label.lower() != "none"
+            options["weights"] = ResolvedWeights(label, backbone if pretrained else None)
+        try:
+            model = create_model(self.model_name, num_classes=len(classes), in_chans=in_chans,
+                                 **options)
+            model.load_state_dict(state, strict=True)
+        except (ValueError, RuntimeError) as e:
+            raise DeployError(f"{self.checkpoint} does not fit {self.model_name} as this "
+                              f"lightlayers builds it ({str(e).splitlines()[0]}); export it "
+                              "with the lightlayers version that trained it") from e
+        return model.float().eval()
+
+    def classes(self) -> list[str]:
+        data = self.meta.get("data") or {}
+        classes = data.get("classes") or (self.meta.get("data_fingerprint") or {}).get("classes")
+        if not classes:
+            raise DeployError(f"{self.run_dir}: the results store names no classes")
+        return list(classes)
+
+    def card(self, model: Any, lightlayers_version: str | None = None) -> ModelCard:
+        """The model card of this trial's model (fp32; the export fills in ``cam``)."""
+        from lightlayers import __version__
+
+        meta = self.checkpoint_metadata()
+        classes = json.loads(meta["classes"]) if "classes" in meta else self.classes()
+        loader = dict(self.extra.get("loader") or {})
+        image_size = int(meta.get("image_size", self.extra.get("image_size", 0)))
+        input_chans = int(model.model_info.in_chans)
+        image_chans = 1 if loader.get("out_chans") == 3 and input_chans == 3 else input_chans
+        crop = loader.get("crop")
+        positive = (self.meta.get("data") or {}).get("positive_class")
+        metrics = {k: self.row.get(k) for k in CARD_METRICS if self.row.get(k) is not None}
+        threshold = self.row.get("threshold")
+        proto = self.extra.get("protocol") or self.meta.get("protocol") or {}
+        if proto.get("threshold", "argmax") == "argmax":
+            threshold = None
+        from lightlayers.data.preprocess import RESAMPLE
+
+        return ModelCard(
+            model=self.model_name, seed=self.seed, protocol=str(self.row["protocol"]),
+            trial=str(self.row.get("key", "")), classes=list(classes),
+            positive_class=None if positive is None else int(positive),
+            threshold=None if threshold is None else float(threshold),
+            image_size=image_size, image_chans=image_chans,
+            resize=str(self.config.get("resize") or "stretch"), resample=RESAMPLE,
+            crop=None if crop is None else int(crop), input_chans=input_chans,
+            input_size=int(crop or image_size),
+            mean=loader.get("mean"), std=loader.get("std"), data=str(self.row.get("data", "")),
+            data_fingerprint=self.meta.get("data_fingerprint") or {},
+            test_metrics=metrics, weights=str(self.extra.get("weights") or "none"),
+            precision="fp32", lightlayers_version=lightlayers_version or __version__,
+            cam=False, chosen_on=self.chosen_on(),
+        )
+
+    def chosen_on(self) -> dict[str, Any]:
+        h = self.selected_epoch()
+        return {k: h.get(k) for k in ("epoch", "val_acc", "val_loss", "val_auc")
+                if h.get(k) is not None}
+
+    # --- the data ---------------------------------------------------------------------------
+    def load_data(self, data: str | None = None, progress: bool = False) -> Any:
+        """The run's dataset, decoded as this trial's model saw it, checked to be the data
+        the run was made with (by content, whatever the path)."""
+        from lightlayers.data import DataError, load_dataset
+        from lightlayers.fingerprint import data_fingerprint
+
+        cfg = self.config
+        source = data or cfg.get("data")
+        if not source:
+            raise DeployError(f"{self.run_dir}: the results store does not say which data the "
+                              "run used; pass --data PATH")
+        size = int(self.checkpoint_metadata().get("image_size")
+                   or self.extra.get("image_size"))
+        try:
+            ds = load_dataset(
+                source, size=size, in_chans=cfg.get("in_chans"),
+                resize=cfg.get("resize") or "stretch",
+                val_fraction=cfg.get("val_fraction", 0.1), seed=cfg.get("split_seed", 0),
+                on_bad_image=cfg.get("on_bad_image") or "error",
+                allow_missing_classes=bool(cfg.get("allow_missing_classes", False)),
+                progress=progress)
+        except DataError as e:
+            hint = "" if data else " (the run's own data; pass --data PATH where it moved)"
+            raise DeployError(f"{e}{hint}") from e
+        # Bound by content (the fingerprint leaves out the decode size and the path's
+        # spelling), as `lightlayers run` binds the folder; the trial's data key names the
+        # decode size the study used, which may have been the data's own (size None).
+        recorded = self.meta.get("data_fingerprint") or {}
+        now = data_fingerprint(ds)
+        if recorded and recorded != now:
+            from lightlayers.fingerprint import _data_change
+
+            raise DeployError(
+                f"{source} is not the data {self.run_dir} was made with "
+                f"({_data_change(recorded, now)}); pass --data with the run's data")
+        return ds
+
+
+def _score(t: Trial, key: str) -> tuple[float, float]:
+    h = t.selected_epoch()
+    value = h.get(key)
+    loss = h.get("val_loss")
+    value = -math.inf if value is None or not math.isfinite(value) else float(value)
+    loss = math.inf if loss is None or not math.isfinite(loss) else float(loss)
+    return value, -loss
+
+
+def find_trials(run_dir: str | Path, model: str | None = None,
+                seed: int | None = None) -> list[Trial]:
+    """The finished trials of ``run_dir`` (of ``model`` and ``seed`` when given)."""
+    from lightlayers.store import ResultsStore, StoreError
+
+    run_dir = Path(run_dir)
+    if run_dir.name == "results.db" and run_dir.is_file():
+        run_dir = run_dir.parent
+    if not run_dir.is_dir():
+        raise DeployError(f"run folder {run_dir} does not exist; give a folder written by "
+                          "`lightlayers run`")
+    if not (run_dir / "results.db").is_file():
+        raise DeployError(f"{run_dir} holds no results.db: not a run folder; give a folder "
+                          "written by `lightlayers run`")
+    try:
+        with ResultsStore(run_dir / "results.db", create=False) as store:
+            rows = store.trials(status="done")
+            meta = store.meta()
+            histories = {r["id"]: store.history(r["id"]) for r in rows}
+    except StoreError as e:
+        raise DeployError(str(e)) from e
+    if not rows:
+        raise DeployError(f"{run_dir} holds no finished trial; finish its study with "
+                          "`lightlayers run` first")
+    trials = [Trial(run_dir, r, histories[r["id"]], meta) for r in rows]
+    models = sorted({t.model_name for t in trials})
+    if model is not None:
+        trials = [t for t in trials if t.model_name == model]
+        if not trials:
+            raise DeployError(f"{run_dir} has no finished trial of {model}; its models: "
+                              f"{', '.join(models)}")
+    if seed is not None:
+        seeds = sorted({t.seed for t in trials})
+        trials = [t for t in trials if t.seed == seed]
+        if not trials:
+            raise DeployError(f"{run_dir} has no finished trial with seed {seed}"
+                              + (f" of {model}" if model else "")
+                              + f"; finished seeds: {', '.join(map(str, seeds))}")
+    return trials
+
+
+def choose_trial(run_dir: str | Path, model: str | None = None,
+                 seed: int | None = None) -> tuple[Trial, str, int]:
+    """The best trial on validation (see the module docstring), the validation key it was
+    chosen on, and the number of candidates."""
+    trials = find_trials(run_dir, model, seed)
+    key = "val_auc" if all(t.selected_epoch().get("val_auc") is not None for t in trials) \
+        else "val_acc"
+    best = max(trials, key=lambda t: _score(t, key))  # max keeps the first of equals
+    return best, key, len(trials)
