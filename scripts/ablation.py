@@ -31,7 +31,15 @@ VARIANTS: dict[str, list[str]] = {
     "select on val loss (not val AUC)": ["select=val_loss"],
     "threshold from val (Youden), not 0.5": ["threshold=val_youden"],
 }
-METRICS = ("accuracy", "auc", "sensitivity", "specificity", "balanced_accuracy")
+
+
+def scored() -> list[tuple[str, str | None]]:
+    """(metric, name in ablation.md or None) of each score compared across the variants: the
+    registry's metrics marked ``ablation`` (lightlayers.metrics.registry), in their order;
+    ablation.md shows those with a 95%-interval name, ablation.csv all of them."""
+    from lightlayers.metrics.registry import ablation_metrics
+
+    return [(m.name, m.ci) for m in ablation_metrics()]
 
 
 def slug(name: str) -> str:
@@ -63,8 +71,8 @@ def summarize_variant(out: Path) -> dict[str, object]:
         done = [t for t in store.trials() if t["status"] == "done"]
     row: dict[str, object] = {"seeds": len(done),
                               "collapsed": sum(bool(t["collapsed"]) for t in done)}
-    for m in METRICS:
-        s = summarize(t[m] for t in done)
+    for m, _ in scored():
+        s = summarize(t.get(m) for t in done)
         row[f"{m}_mean"], row[f"{m}_std"] = s.mean, s.std
     return row
 
@@ -73,23 +81,25 @@ def write_tables(rows: dict[str, dict[str, object]], results: Path, args: argpar
                  ) -> None:
     results.mkdir(parents=True, exist_ok=True)
     base = rows["improved"]
+    metrics = [m for m, _ in scored()]
+    shown = [(m, name) for m, name in scored() if name]
     fields = ["variant", "seeds", "collapsed"]
-    for m in METRICS:
+    for m in metrics:
         fields += [f"{m}_mean", f"{m}_std", f"{m}_delta"]
     with open(results / "ablation.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for name, row in rows.items():
             deltas = {f"{m}_delta": float(row[f"{m}_mean"]) - float(base[f"{m}_mean"])  # type: ignore[arg-type]
-                      for m in METRICS}
+                      for m in metrics}
             w.writerow({"variant": name, **row, **deltas})
     lines = [f"Ablation of `improved` on {args.model}, seeds {args.seeds} (mean ± std; "
              "in brackets the change of the mean against the full recipe).", "",
-             "| variant | accuracy | AUC | sensitivity | specificity | collapsed |",
-             "| --- | --- | --- | --- | --- | ---: |"]
+             "| variant | " + " | ".join(name for _, name in shown) + " | collapsed |",
+             "| --- | " + "--- | " * len(shown) + "---: |"]
     for name, row in rows.items():
         cells = []
-        for m in METRICS[:4]:
+        for m, _ in shown:
             mean, std = float(row[f"{m}_mean"]), row[f"{m}_std"]  # type: ignore[arg-type]
             delta = mean - float(base[f"{m}_mean"])  # type: ignore[arg-type]
             spread = "" if std is None else f" ± {std:.3f}"

@@ -12,8 +12,13 @@ import argparse
 import csv
 from pathlib import Path
 
-SCORES = (("accuracy", "accuracy"), ("auc", "AUC"), ("sensitivity", "sens."),
-          ("specificity", "spec."))
+
+def scores() -> list[tuple[str, str]]:
+    """(metric, column name) of each score shown: the registry's metrics with a 95% interval
+    line in the report (lightlayers.metrics.registry), under their short names."""
+    from lightlayers.metrics.registry import ci_metrics
+
+    return [(m.name, m.short or m.ci or m.name) for m in ci_metrics()]
 
 
 def read(path: Path) -> dict[str, dict[str, str]]:
@@ -32,9 +37,10 @@ def cell(row: dict[str, str] | None, key: str) -> str:
 
 def table(tables: dict[str, dict[str, dict[str, str]]]) -> str:
     models = list(dict.fromkeys(m for t in tables.values() for m in t))
+    shown = scores()
     header = ["model", "params"]
     for proto in tables:
-        header += [f"{name} ({proto})" for _, name in SCORES] + [f"collapsed ({proto})"]
+        header += [f"{name} ({proto})" for _, name in shown] + [f"collapsed ({proto})"]
     lines = ["| " + " | ".join(header) + " |",
              "| --- | ---: | " + " | ".join("---:" for _ in header[2:]) + " |"]
     for m in models:
@@ -42,7 +48,7 @@ def table(tables: dict[str, dict[str, dict[str, str]]]) -> str:
         any_row = next(r for r in rows.values() if r is not None)
         cells = [m, f"{int(float(any_row['params_total_mean'])):,}"]
         for r in rows.values():
-            cells += [cell(r, k) for k, _ in SCORES]
+            cells += [cell(r, k) for k, _ in shown]
             cells.append("—" if r is None else f"{r['collapsed_runs']}/{r['n_seeds']}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

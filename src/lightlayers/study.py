@@ -27,12 +27,21 @@ from lightlayers.runtime import resolve_device, resolve_threads
 from lightlayers.store import ResultsStore, StoreError
 from lightlayers.trial import TrialSpec, data_size_for, model_kwargs, takes_weights, weights_request
 
-CSV_COLUMNS = [
-    "model", "seed", "protocol", "status", "params_total", "params_trainable", "size_mb", "macs",
-    "accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1", "auc",
-    "collapsed", "threshold", "test_loss", "total_time_s", "epoch_time_s", "first_epoch_s",
-    "feature_time_s", "infer_img_s", "latency_ms", "best_epoch", "epochs_run", "attempts", "error",
-]
+
+def csv_columns() -> list[str]:
+    """results.csv's columns: the trial, every registered trial metric in its declaration order
+    (:mod:`lightlayers.metrics.registry`), then the attempts and the error."""
+    from lightlayers.metrics.registry import trial_metrics
+
+    return ["model", "seed", "protocol", "status", *(m.name for m in trial_metrics()),
+            "attempts", "error"]
+
+
+def __getattr__(name: str) -> Any:
+    # CSV_COLUMNS follows the registry, a metric registered after this import included.
+    if name == "CSV_COLUMNS":
+        return csv_columns()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # Settings that change a trial's numbers: a run folder holds one value of each. Where trials
@@ -44,13 +53,13 @@ _SETTINGS_EXCLUDED = ("models", "seeds", "out", "report", "device", "threads", "
 
 def write_results_csv(store: ResultsStore, path: Path) -> None:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=csv_columns(), extrasaction="ignore",
+                       lineterminator="\n")
     w.writeheader()
     for t in store.trials():
-        row = dict(t)
-        if row.get("collapsed") is not None:
-            row["collapsed"] = int(row["collapsed"])
-        w.writerow(row)
+        # Booleans (collapsed) as 0/1; a non-finite value as nan, inf or -inf, a missing one
+        # as an empty cell.
+        w.writerow({k: int(v) if isinstance(v, bool) else v for k, v in t.items()})
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(buf.getvalue())
     os.replace(tmp, path)

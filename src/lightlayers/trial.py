@@ -192,8 +192,8 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
     metrics = {
         "params_total": counts.total, "params_trainable": counts.trainable, "size_mb": size_mb,
         "macs": macs, "test_loss": test.loss,
-        **{k: m[k] for k in ("accuracy", "balanced_accuracy", "sensitivity", "specificity",
-                             "precision", "f1", "auc", "collapsed", "threshold")},
+        # Every registered score of the test predictions (lightlayers.metrics.registry).
+        **{k: v for k, v in m.items() if k != "confusion"},
         "total_time_s": result.total_time_s + (feature_time or 0.0),
         "epoch_time_s": result.epoch_time_s, "first_epoch_s": result.first_epoch_s,
         "feature_time_s": feature_time, "infer_img_s": infer_img_s, "latency_ms": latency_ms,

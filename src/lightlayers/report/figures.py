@@ -24,9 +24,10 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from lightlayers.metrics.registry import chart_metrics, get_metric
 from lightlayers.report.load import Group, RunData
 from lightlayers.report.stats import pareto_front, summarize
-from lightlayers.report.table import COLUMNS, Row
+from lightlayers.report.table import Row
 
 HATCHES = ("", "//", "\\\\", "xx", "..", "++", "oo", "--", "**", "||")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
@@ -39,15 +40,18 @@ SAVE_OPTIONS: dict[str, dict[str, Any]] = {
 }
 RC = {"svg.hashsalt": "lightlayers-report", "svg.fonttype": "path", "font.size": 9}
 
-# (store field, axis label with unit, chart title)
-CRITERIA: tuple[tuple[str, str, str], ...] = (
-    ("params_total", "Total parameters (count, incl. BN running stats)", "Total parameters"),
-    ("params_trainable", "Trainable parameters (count)", "Trainable parameters"),
-    ("size_mb", "Model size (MB = 10⁶ bytes, float32 weights file)", "Model size"),
-    ("accuracy", "Test accuracy (fraction correct)", "Test accuracy"),
-    ("total_time_s", "Total training time (s, wall clock)", "Total training time"),
-    ("epoch_time_s", "Time per epoch (s, wall clock, train + val)", "Time per epoch"),
-)
+
+def criteria() -> tuple[tuple[str, str, str], ...]:
+    """(metric, axis label with unit, chart title) of each criterion chart: the registry's
+    metrics with ``chart`` set, in their order."""
+    return tuple((m.name, m.ylabel, m.title) for m in chart_metrics())
+
+
+def __getattr__(name: str) -> Any:
+    # CRITERIA follows the registry, metrics registered later included.
+    if name == "CRITERIA":
+        return criteria()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -85,7 +89,7 @@ def _new(width: float, height: float) -> Figure:
 
 # --- one bar chart per criterion ------------------------------------------------------------
 def criterion_chart(rows: Sequence[Row], key: str, ylabel: str, title: str) -> Figure | None:
-    col = next(c for c in COLUMNS if c.key == key)
+    col = get_metric(key)
     styled = [(i, r) for i, r in enumerate(rows) if r.stats[key].mean is not None]
     if not styled:
         return None
@@ -344,7 +348,7 @@ def _build_figures(run: RunData, rows: Sequence[Row]) -> tuple[list[FigureSpec],
         names.add(stem)
         specs.append(FigureSpec(stem, caption, section, fig))
 
-    for key, ylabel, title in CRITERIA:
+    for key, ylabel, title in criteria():
         fig = criterion_chart(rows, key, ylabel, title)
         if fig is None:
             notes.append(f"{title}: no finished trial records it; chart skipped")

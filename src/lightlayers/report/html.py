@@ -15,7 +15,7 @@ from typing import Any
 
 from lightlayers.report.figures import FigureSpec
 from lightlayers.report.load import RunData
-from lightlayers.report.table import DIAGNOSED, HEADERS, Row, diagnosis_lines
+from lightlayers.report.table import DIAGNOSED, Row, diagnosis_lines, headers
 
 SECTIONS = (
     ("criteria", "One chart per criterion"),
@@ -72,7 +72,7 @@ def _pre(obj: Any) -> str:
 
 
 def results_table(rows: Sequence[Row]) -> str:
-    head = "".join(f"<th scope='col'>{_e(h)}</th>" for h in HEADERS)
+    head = "".join(f"<th scope='col'>{_e(h)}</th>" for h in headers())
     body = []
     for r in rows:
         cells = r.cells()

@@ -71,7 +71,8 @@ def load_run(run_dir: str | Path) -> RunData:
         raise ReportError(
             f"run folder {run_dir} holds no results (no results.db); {_first_run_hint(run_dir)}")
     try:
-        with ResultsStore(db, create=False) as store:
+        # Read-only: a report never changes the record, and works on a read-only folder.
+        with ResultsStore(db, create=False, readonly=True) as store:
             trials = store.trials()
             if not trials:
                 raise ReportError(

@@ -8,57 +8,38 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from lightlayers.metrics import DIAGNOSIS
+from lightlayers.metrics.registry import Metric, chart_metrics, ci_metrics, table_metrics
 from lightlayers.report.load import Group, RunData
 from lightlayers.report.stats import Summary, summarize
 
 
-@dataclass(frozen=True)
-class Column:
-    key: str  # trial field
-    header: str
-    fmt: Callable[[float], str]
-    # Architecture-determined numbers (parameters, size, MACs) do not vary over seeds:
-    # a "± 0" would be noise in the table.
-    spread: bool = True
+def columns() -> tuple[Metric, ...]:
+    """The table's metric columns: the registry's metrics with a ``header``, in their order
+    (the study's columns first, DESIGN.md §1, then what we add)."""
+    return table_metrics()
 
 
-def _int(v: float) -> str:
-    return f"{v:,.0f}"
+def headers() -> tuple[str, ...]:
+    return ("Model", *(str(c.header) for c in columns()), "Seeds", "Collapsed runs")
 
 
-def _f4(v: float) -> str:
-    return f"{v:.4f}"
+def ci_keys() -> tuple[tuple[str, str], ...]:
+    """(metric, name in the text) of the scores with a 95% interval line."""
+    return tuple((m.name, str(m.ci)) for m in ci_metrics())
 
 
-def _f2(v: float) -> str:
-    return f"{v:.2f}"
+def __getattr__(name: str) -> Any:
+    # COLUMNS, HEADERS and CI_KEYS follow the registry, metrics registered later included.
+    views = {"COLUMNS": columns, "HEADERS": headers, "CI_KEYS": ci_keys}
+    if name in views:
+        return views[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _size(v: float) -> str:
-    return f"{v:.4f}" if v < 10 else f"{v:.1f}"
-
-
-# The study's columns first (DESIGN.md §1), then what we add.
-COLUMNS: tuple[Column, ...] = (
-    Column("params_total", "Total params", _int, spread=False),
-    Column("params_trainable", "Trainable params", _int, spread=False),
-    Column("size_mb", "Size (MB)", _size, spread=False),
-    Column("accuracy", "Accuracy", _f4),
-    Column("total_time_s", "Total time (s)", _f2),
-    Column("epoch_time_s", "Time per epoch (s)", _f2),
-    Column("auc", "AUC", _f4),
-    Column("sensitivity", "Sensitivity", _f4),
-    Column("specificity", "Specificity", _f4),
-    Column("f1", "F1", _f4),
-    Column("macs", "MACs", _int, spread=False),
-    Column("infer_img_s", "Inference (img/s)", _int),
-)
-HEADERS: tuple[str, ...] = ("Model", *(c.header for c in COLUMNS), "Seeds", "Collapsed runs")
 MISSING = "—"
 DIAGNOSED = "†"  # after a collapsed-runs count whose trials have a diagnosis below the table
 
@@ -76,17 +57,18 @@ class Row:
         return self.group.label
 
     def cells(self, marker: str = "*") -> list[str]:
-        """Formatted cells in :data:`HEADERS` order; an incomplete model's name gets ``marker``."""
+        """Formatted cells in :func:`headers` order; an incomplete model's name gets
+        ``marker``."""
         name = self.label + (marker if self.group.incomplete else "")
         cells = [name]
-        for c in COLUMNS:
-            cells.append(format_cell(self.stats[c.key], c))
+        for c in columns():
+            cells.append(format_cell(self.stats[c.name], c))
         cells += [str(len(self.group.done)),
                   str(self.collapsed) + (f" {DIAGNOSED}" if self.diagnoses else "")]
         return cells
 
 
-def format_cell(s: Summary, col: Column) -> str:
+def format_cell(s: Summary, col: Metric) -> str:
     if s.mean is None:
         return MISSING
     text = col.fmt(s.mean)
@@ -97,10 +79,16 @@ def format_cell(s: Summary, col: Column) -> str:
 
 def build_rows(run: RunData) -> list[Row]:
     return [
-        Row(g, {c.key: summarize(t[c.key] for t in g.done) for c in COLUMNS},
+        Row(g, {m.name: summarize(t.get(m.name) for t in g.done) for m in _summarized()},
             sum(1 for t in g.done if t.get("collapsed")), group_diagnoses(g))
         for g in run.groups
     ]
+
+
+def _summarized() -> tuple[Metric, ...]:
+    """The metrics a row summarizes: the table's columns, then any other metric with a chart
+    or an interval line."""
+    return tuple({m.name: m for m in (*columns(), *chart_metrics(), *ci_metrics())}.values())
 
 
 def group_diagnoses(g: Group) -> tuple[str, ...]:
@@ -150,8 +138,8 @@ CSV_STATS = ("mean", "std", "ci95_low", "ci95_high", "n")
 
 def table_csv(rows: list[Row]) -> str:
     header = ["model", "protocol", "seeds", "n_seeds", "incomplete", "collapsed_runs"]
-    for c in COLUMNS:
-        header += [f"{c.key}_{s}" for s in CSV_STATS]
+    for c in columns():
+        header += [f"{c.name}_{s}" for s in CSV_STATS]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
@@ -159,8 +147,8 @@ def table_csv(rows: list[Row]) -> str:
         g = r.group
         line: list[Any] = [g.model, g.protocol, " ".join(str(s) for s in g.seeds),
                            len(g.done), int(g.incomplete), r.collapsed]
-        for c in COLUMNS:
-            s = r.stats[c.key]
+        for c in columns():
+            s = r.stats[c.name]
             line += [_num(s.mean), _num(s.std), _num(s.ci_low), _num(s.ci_high), s.n]
         w.writerow(line)
     return buf.getvalue()
@@ -175,8 +163,9 @@ def table_markdown(rows: list[Row], notes: list[str]) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
-    out = [line(list(HEADERS)),
-           "| " + " | ".join(["---"] + ["---:"] * (len(HEADERS) - 1)) + " |"]
+    heads = headers()
+    out = [line(list(heads)),
+           "| " + " | ".join(["---"] + ["---:"] * (len(heads) - 1)) + " |"]
     out += [line(r.cells()) for r in rows]
     out.append("")
     out.append("Metrics are mean ± sample standard deviation over seeds (95% CI in table.csv). "
@@ -195,10 +184,6 @@ def table_markdown(rows: list[Row], notes: list[str]) -> str:
     return "\n".join(out) + "\n"
 
 
-CI_KEYS = (("accuracy", "accuracy"), ("auc", "AUC"), ("sensitivity", "sensitivity"),
-           ("specificity", "specificity"))
-
-
 def ci_lines(rows: list[Row]) -> list[str]:
     """Per model with two or more seeds: mean ± std and the 95% t-interval of the key scores.
 
@@ -208,7 +193,7 @@ def ci_lines(rows: list[Row]) -> list[str]:
     lines = []
     for r in rows:
         parts = []
-        for key, name in CI_KEYS:
+        for key, name in ci_keys():
             st = r.stats[key]
             if st.n >= 2 and st.std is not None:
                 low, high = max(0.0, st.ci_low or 0.0), min(1.0, st.ci_high or 1.0)
@@ -224,14 +209,15 @@ def print_table(rows: list[Row], notes: list[str], title: str) -> None:
     from rich.text import Text
 
     cells = [r.cells() for r in rows]
+    heads = headers()
     console = Console()
     if not console.is_terminal:
         # rich assumes 80 columns when piped, which folds a 15-column table beyond reading:
         # give it the width it needs (cell, padding and border per column).
-        widest = [max(len(c) for c in col) for col in zip(HEADERS, *cells, strict=True)]
+        widest = [max(len(c) for c in col) for col in zip(heads, *cells, strict=True)]
         console = Console(width=max(80, sum(widest) + 3 * len(widest) + 1))
     table = Table(title=Text(title), title_justify="left")
-    for i, h in enumerate(HEADERS):
+    for i, h in enumerate(heads):
         table.add_column(h, justify="left" if i == 0 else "right", no_wrap=i == 0)
     for row in cells:
         # Text, not markup: a label such as "model [improved]" is not a style tag.
