@@ -160,11 +160,15 @@ def _worker_dies(marker_dir: str, always: set[int]):
 
 def _use_executor(monkeypatch, **kw) -> None:
     """Make run_study build a RayExecutor with test-only options."""
-    from lightlayers.executors import EXECUTORS, ExecutorInfo
+    from dataclasses import replace
+
+    from lightlayers.executors import EXECUTORS
     from lightlayers.executors.ray import RayExecutor
 
-    monkeypatch.setitem(EXECUTORS, "ray", ExecutorInfo(
-        "ray", lambda cfg, protocol, device, out: RayExecutor(cfg, protocol, out, **kw), "test"))
+    # The registered entry with another factory: its settings (and so its flags) stay.
+    monkeypatch.setitem(EXECUTORS, "ray", replace(
+        EXECUTORS["ray"],
+        factory=lambda cfg, protocol, device, out: RayExecutor(cfg, protocol, out, **kw)))
 
 
 @pytest.mark.slow

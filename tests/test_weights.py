@@ -285,7 +285,7 @@ def test_a_trial_given_resolved_weights_never_looks_for_files(use_hub, tiny_npz,
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "worker-has-nothing"))
     ds = load_dataset(str(tiny_npz), size=37)
     cfg = load_config(None, data=str(tiny_npz), models="transfer-resnet18", epochs=1, size=32,
-                      device="cpu")
+                      device="cpu", executor="ray")
     out = trial_task(TrialSpec("transfer-resnet18", 0, "seed"), ds, data_key(ds),
                      cfg.to_dict(), None, resolved)
     assert "result" in out, out.get("failure")

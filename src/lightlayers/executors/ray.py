@@ -108,7 +108,7 @@ def trial_task(spec: TrialSpec, data: Dataset | DataOnNode, key: str, cfg_values
         cfg = config_from_dict(cfg_values)
         # The driver resolved the thread count (runtime.resolve_threads); Ray's own setting
         # (OMP_NUM_THREADS = the task's CPUs) is only applied at worker start-up.
-        torch.set_num_threads(cfg.threads or cfg.executor_settings().cpus_per_trial or 1)
+        torch.set_num_threads(cfg.threads or cfg.executor_options.get("cpus_per_trial") or 1)
         device = resolve_device(cfg.device)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
