@@ -96,3 +96,17 @@ def small_npz_arrays(
         out[f"{split}_images"] = rng.integers(0, 256, (k, *shape), dtype=np.uint8)
         out[f"{split}_labels"] = (np.arange(k) % classes).reshape(-1, 1).astype(np.uint8)
     return out
+
+
+def pneumonia_subset(
+    path: Path, train: int = 400, val: int = 100, test: int = 200
+) -> Path:
+    """The first ``train``/``val``/``test`` chest X-rays of each split of the real
+    PneumoniaMNIST file (both classes in each), in the same keys, shapes and dtypes: the
+    official splits, small enough that a study on them trains in seconds. A file name starting
+    with ``pneumoniamnist_`` gets the class names normal and pneumonia, as the real file."""
+    with np.load(PNEUMONIA_NPZ) as z:
+        arrays = {f"{split}_{kind}": z[f"{split}_{kind}"][:n]
+                  for split, n in (("train", train), ("val", val), ("test", test))
+                  for kind in ("images", "labels")}
+    return save_npz(path, **arrays)
