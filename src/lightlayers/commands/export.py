@@ -13,12 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 from lightlayers.commands._json import json_safe
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+# What study-conv says about inputs below 50x50 px (lightlayers.models.interface).
+PADDING_WARNING = r".*zero-padding it"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,7 +61,11 @@ def main(args: argparse.Namespace) -> int:
     if args.int8 and args.format != "onnx":
         raise CliError("--int8 needs --format onnx (int8 files are quantized with ONNX Runtime)")
     try:
-        result = export(args)
+        with warnings.catch_warnings():
+            # The model was trained (and warned about) at this size; exporting it repeats
+            # that warning on every call of the model.
+            warnings.filterwarnings("ignore", message=PADDING_WARNING)
+            result = export(args)
     except DeployError as e:
         raise CliError(str(e)) from e
     if args.json:
@@ -69,8 +76,14 @@ def main(args: argparse.Namespace) -> int:
 def export(args: argparse.Namespace) -> dict[str, Any]:
     from lightlayers.deploy import DeployError
     from lightlayers.deploy import export as ex
+    from lightlayers.deploy.errors import require
     from lightlayers.deploy.trial import choose_trial
 
+    # Known before any work: what this export needs beyond the core install (Captum checks
+    # the file's Grad-CAM maps).
+    for module in (("onnx", "onnxscript", "onnxruntime") if args.format == "onnx" else ()):
+        require(module)
+    require("captum")
     say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     trial, key, candidates = choose_trial(args.run_dir, args.model, args.seed)
     chosen = trial.chosen_on()

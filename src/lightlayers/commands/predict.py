@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from lightlayers.commands._json import json_safe
@@ -41,10 +42,13 @@ def _positive_int(text: str) -> int:
 
 def main(args: argparse.Namespace) -> int:
     from lightlayers.cli import CliError
+    from lightlayers.commands.export import PADDING_WARNING
     from lightlayers.deploy import DeployError
 
     try:
-        return _main(args)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=PADDING_WARNING)
+            return _main(args)
     except DeployError as e:
         raise CliError(str(e)) from e
 
@@ -57,6 +61,7 @@ def _say(args: argparse.Namespace, text: str) -> None:
 def _main(args: argparse.Namespace) -> int:
     from lightlayers.deploy import DeployError
     from lightlayers.deploy import export as ex
+    from lightlayers.deploy.errors import require
     from lightlayers.deploy.predict import (
         csv_text,
         gather_inputs,
@@ -66,6 +71,12 @@ def _main(args: argparse.Namespace) -> int:
     )
 
     path, model, seed = parse_model(args.model)
+    onnx_model = path.is_dir() or path.suffix.lower() == ".onnx"
+    for module in (("onnx", "onnxscript", "onnxruntime") if path.is_dir() else
+                   ("onnx", "onnxruntime") if onnx_model else ()):
+        require(module)
+    if args.cam:
+        require("captum")
     items = gather_inputs(args.inputs)
     if path.is_dir():
         from lightlayers.deploy.trial import choose_trial
@@ -83,7 +94,7 @@ def _main(args: argparse.Namespace) -> int:
         if model is not None or seed is not None:
             raise DeployError(f"{args.model}: MODEL:SEED applies to run folders only")
         card = ex.read_card(path)
-        fmt = "onnx" if path.suffix.lower() == ".onnx" else "torchscript"
+        fmt = "onnx" if onnx_model else "torchscript"
         run = ex.run_model(path, fmt)
         _say(args, f"model: {card.model} seed {card.seed} ({card.precision}) from {path}")
     cam_dir = Path(args.cam) if args.cam else None

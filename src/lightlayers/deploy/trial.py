@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,7 @@ class Trial:
     def load_data(self, data: str | None = None, progress: bool = False) -> Any:
         """The run's dataset, decoded as this trial's model saw it, checked to be the data
         the run was made with (by content, whatever the path)."""
-        from lightlayers.data import DataError, load_dataset
+        from lightlayers.data import DataError, DuplicateImagesWarning, load_dataset
         from lightlayers.fingerprint import data_fingerprint
 
         cfg = self.config
@@ -185,13 +186,16 @@ class Trial:
         size = int(self.checkpoint_metadata().get("image_size")
                    or self.extra.get("image_size"))
         try:
-            ds = load_dataset(
-                source, size=size, in_chans=cfg.get("in_chans"),
-                resize=cfg.get("resize") or "stretch",
-                val_fraction=cfg.get("val_fraction", 0.1), seed=cfg.get("split_seed", 0),
-                on_bad_image=cfg.get("on_bad_image") or "error",
-                allow_missing_classes=bool(cfg.get("allow_missing_classes", False)),
-                progress=progress)
+            with warnings.catch_warnings():
+                # `lightlayers run` told about duplicates when it loaded this data.
+                warnings.simplefilter("ignore", DuplicateImagesWarning)
+                ds = load_dataset(
+                    source, size=size, in_chans=cfg.get("in_chans"),
+                    resize=cfg.get("resize") or "stretch",
+                    val_fraction=cfg.get("val_fraction", 0.1), seed=cfg.get("split_seed", 0),
+                    on_bad_image=cfg.get("on_bad_image") or "error",
+                    allow_missing_classes=bool(cfg.get("allow_missing_classes", False)),
+                    progress=progress)
         except DataError as e:
             hint = "" if data else " (the run's own data; pass --data PATH where it moved)"
             raise DeployError(f"{e}{hint}") from e
