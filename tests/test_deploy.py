@@ -375,3 +375,36 @@ def test_bad_input_is_one_clear_line(pneumonia_run, tmp_path, capsys):
     not_onnx.write_bytes(b"\x00 not a model")
     line = _error_line(capsys, ["predict", str(not_onnx), str(broken)])
     assert str(not_onnx) in line
+
+
+# --- the deployment benchmark ---------------------------------------------------------------
+
+def test_alternate_runs_the_contestants_in_turn():
+    from lightlayers.deploy.bench import alternate
+
+    order: list[str] = []
+    times = alternate({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                      budget_s=0, min_rounds=4, max_rounds=10)
+    assert order == ["a", "b"] * 5  # one warm-up round, then four timed ones
+    assert [len(v) for v in times.values()] == [4, 4]
+    assert all(t >= 0 for v in times.values() for t in v)
+
+
+def test_bench_deploy_script_measures_every_contestant(tmp_path, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_deploy.py"
+    spec = importlib.util.spec_from_file_location("bench_deploy", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "deploy.json"
+    assert bench.main(["--models", "study-light-k3", "--budget-s", "0.2", "--threads", "1",
+                       "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["models"][0]
+    assert row["model"] == "study-light-k3" and row["params_total"] == 6447
+    assert row["onnx_int8_bytes"] <= 0.5 * row["onnx_fp32_bytes"]
+    for k in ("torch", "ort_fp32", "ort_int8"):
+        assert row[k]["calls"] >= 10 and row[k]["batch"] == 64
+        assert 0 < row[k]["latency_ms"] <= row[k]["latency_p95_ms"]
+        assert row[k]["images_per_s"] > 0
+    assert "study-light-k3" in capsys.readouterr().out
