@@ -276,6 +276,31 @@ def test_predict_archives_json_cams_and_unreadable_images(chest, tmp_path, capsy
         assert by_name[p.name]["NORMAL"] == pytest.approx(recorded[str(p)][0], abs=1e-4)
 
 
+def test_cam_examples_are_the_recorded_most_confident_of_each_kind(chest, tmp_path):
+    from lightlayers.deploy.examples import cam_examples, write_cam_figure
+
+    run_dir, _ = chest
+    _, preds = _trial(run_dir, "study-light-k2")
+    p_pos = preds["probs"][:, 1]  # PNEUMONIA, the positive class
+    labels, predicted = preds["labels"], preds["probs"].argmax(1)
+    examples = cam_examples(run_dir, "study-light-k2", per_kind=2)
+    assert list(examples) == ["true positive", "false positive", "false negative"]
+    want = {"true positive": (labels == 1) & (predicted == 1),
+            "false positive": (labels == 0) & (predicted == 1),
+            "false negative": (labels == 1) & (predicted == 0)}
+    for kind, found in examples.items():
+        candidates = np.flatnonzero(want[kind])
+        assert [e.index for e in found] == sorted(
+            candidates, key=lambda i: p_pos[i] if kind == "false negative" else -p_pos[i])[:2]
+        for e in found:
+            assert e.label == ("NORMAL", "PNEUMONIA")[labels[e.index]]
+            assert e.probability == pytest.approx(preds["probs"][e.index].max())
+            assert e.overlay.shape == (224, 224, 3) and e.overlay.dtype == np.uint8
+    assert sum(len(v) for v in examples.values()) >= 2
+    fig = write_cam_figure(examples, tmp_path / "cams.png", "study-light-k2 seed 0")
+    assert Image.open(fig).format == "PNG"
+
+
 # --- Grad-CAM points at the bright square -------------------------------------------------
 
 SIDE, SQUARE = 32, 12

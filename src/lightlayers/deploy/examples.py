@@ -1,0 +1,138 @@
+"""Where a trained model looked on a few test images: Grad-CAM heatmaps of its most confident
+true positives, false positives and false negatives (for a task with a positive class; else
+its most confident right and wrong answers), as one figure.
+
+The images are chosen from the test predictions the run recorded (nothing is chosen on a
+recomputation); the maps are computed by the module that ``lightlayers export`` writes
+(:class:`~lightlayers.deploy.graph.Deployable`, checked against Captum there), in PyTorch on
+the CPU, on the images as the model saw them. Each panel shows the map of the class the model
+predicted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lightlayers.deploy.errors import DeployError
+
+__all__ = ["CamExample", "cam_examples", "write_cam_figure"]
+
+
+@dataclass(frozen=True)
+class CamExample:
+    kind: str  # "true positive", "false positive", "false negative", "right", "wrong"
+    index: int  # in the test split
+    label: str
+    predicted: str
+    probability: float  # of the predicted class
+    overlay: np.ndarray  # uint8 RGB (S, S, 3): the map over the image
+
+
+def _choose(probs: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
+            positive: int | None, per_kind: int) -> dict[str, list[int]]:
+    """Test indices of each kind, the most confident first."""
+    if positive is not None and probs.shape[1] == 2:
+        p = probs[:, positive]
+        kinds = {
+            "true positive": ((labels == positive) & (predicted == positive), -p),
+            "false positive": ((labels != positive) & (predicted == positive), -p),
+            "false negative": ((labels == positive) & (predicted != positive), p),
+        }
+    else:
+        conf = probs[np.arange(len(probs)), predicted]
+        kinds = {"right": (labels == predicted, -conf), "wrong": (labels != predicted, -conf)}
+    out = {}
+    for kind, (mask, key) in kinds.items():
+        idx = np.flatnonzero(mask)
+        out[kind] = [int(i) for i in idx[np.argsort(key[idx], kind="stable")][:per_kind]]
+    return out
+
+
+def cam_examples(run_dir: str | Path, model: str | None = None, seed: int | None = None,
+                 per_kind: int = 3, data: str | None = None) -> dict[str, list[CamExample]]:
+    """Up to ``per_kind`` examples of each kind for the trial of ``run_dir`` that
+    ``lightlayers export`` would choose (``model``/``seed`` pin it)."""
+    import torch
+
+    from lightlayers.data import Split
+    from lightlayers.deploy.cam import overlay
+    from lightlayers.deploy.export import batches, deployable_for
+    from lightlayers.deploy.predict import _crop
+    from lightlayers.deploy.trial import choose_trial
+    from lightlayers.store import ResultsStore
+
+    trial, _, _ = choose_trial(run_dir, model, seed)
+    with ResultsStore(Path(trial.run_dir) / "results.db", create=False) as store:
+        recorded = store.predictions(int(trial.row["id"]))
+    if recorded is None:
+        raise DeployError(f"{run_dir}: {trial.label} recorded no test predictions; rerun it "
+                          "with `lightlayers run` into a new folder")
+    net = trial.build_model()
+    card = trial.card(net)
+    deployable, _ = deployable_for(net, card)
+    if not deployable.with_cam:
+        raise DeployError(f"{trial.label} has no global average pooling: no Grad-CAM maps")
+    probs, labels = recorded["probs"], recorded["labels"]
+    predicted = card.predicted(probs)
+    chosen = _choose(probs, labels, predicted, card.positive_class, per_kind)
+    test = trial.load_data(data).splits["test"]
+    if len(test) != len(labels):
+        raise DeployError(f"{run_dir}: the test split has {len(test)} images, the recorded "
+                          f"predictions {len(labels)}; pass --data with the run's data")
+    wanted = sorted({i for idx in chosen.values() for i in idx})
+    if not wanted:
+        return {kind: [] for kind in chosen}
+    images = np.ascontiguousarray(np.asarray(test.images)[wanted])
+    x = next(batches(Split(images, labels[wanted], None), card, batch_size=len(wanted)))[0]
+    with torch.no_grad():
+        _, cams = deployable(torch.from_numpy(x))
+    row = {i: n for n, i in enumerate(wanted)}
+    out: dict[str, list[CamExample]] = {}
+    for kind, idx in chosen.items():
+        out[kind] = []
+        for i in idx:
+            pred = int(predicted[i])
+            heat = overlay(_crop(images[row[i]], card), cams[row[i], pred].numpy())
+            out[kind].append(CamExample(kind, i, card.classes[int(labels[i])],
+                                        card.classes[pred], float(probs[i, pred]), heat))
+    return out
+
+
+def write_cam_figure(examples: dict[str, list[CamExample]], path: str | Path,
+                     title: str = "") -> Path:
+    """One row per kind, one panel per example (true and predicted class, probability);
+    a kind without examples says so. PNG (or any format matplotlib writes by suffix)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = list(examples)
+    cols = max(1, max((len(v) for v in examples.values()), default=1))
+    fig, axes = plt.subplots(len(kinds), cols, figsize=(2.4 * cols, 2.6 * len(kinds)),
+                             squeeze=False)
+    for r, kind in enumerate(kinds):
+        for c in range(cols):
+            ax: Any = axes[r][c]
+            ax.axis("off")
+            if c < len(examples[kind]):
+                e = examples[kind][c]
+                ax.imshow(e.overlay)
+                ax.set_title(f"true {e.label}\npred {e.predicted} {e.probability:.2f}",
+                             fontsize=8)
+            elif c == 0:
+                ax.text(0.5, 0.5, "none", ha="center", va="center", fontsize=9)
+        axes[r][0].text(-0.08, 0.5, kind, rotation=90, ha="right", va="center",
+                        transform=axes[r][0].transAxes, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
