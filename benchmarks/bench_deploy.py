@@ -26,14 +26,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 import lightlayers as L
-from lightlayers.data import DuplicateImagesWarning, Split, load_dataset
-from lightlayers.deploy import export as ex
-from lightlayers.deploy.bench import compare_speed, torch_runner
-from lightlayers.deploy.card import ModelCard
+from lightlayers.data import DeviceLoader, DuplicateImagesWarning, Split, load_dataset
+from lightlayers.deploy.bench import deployment_metrics
 from lightlayers.environment import cpu_name
 from lightlayers.models import model_info
 
@@ -42,7 +39,6 @@ PNEUMONIA_NPZ = (BENCH_DIR.parent.parent / "shared" / "data" / "chest_xray_pneum
                  / "pneumoniamnist_28_reconstructed.npz")
 MODELS = (*(f"study-light-k{k}" for k in range(1, 6)), "study-conv")
 BATCH = 64
-CALIBRATION = 256
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -66,30 +62,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def untrained(name: str, ds: Any) -> tuple[torch.nn.Module, ModelCard]:
-    """A fresh model (BatchNorm statistics from real batches) and its card."""
+def untrained(name: str, ds: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A fresh model (BatchNorm statistics from real batches) and its loader options."""
     torch.manual_seed(0)
     kw = {"weights": None} if model_info(name).extra.get("takes_weights") else {}
     model = L.create_model(name, num_classes=len(ds.classes), **kw)
-    chans = model.model_info.in_chans
-    card = ModelCard(
-        model=name, seed=0, protocol="untrained", trial="", classes=list(ds.classes),
-        positive_class=None, threshold=None, image_size=ds.image_size, image_chans=ds.in_chans,
-        resize="stretch", resample="bilinear", crop=None, input_chans=chans,
-        input_size=ds.image_size,
-        mean=None if model.preprocess.mean is None else list(model.preprocess.mean),
-        std=None if model.preprocess.std is None else list(model.preprocess.std),
-        data=ds.name, data_fingerprint={}, test_metrics={}, weights="none", precision="fp32",
-        lightlayers_version=L.__version__, cam=False)
+    opts: dict[str, Any] = {}
+    if model.preprocess.mean is not None and model.preprocess.std is not None:
+        opts["mean"], opts["std"] = list(model.preprocess.mean), list(model.preprocess.std)
+    if model.model_info.in_chans != ds.in_chans:
+        opts["out_chans"] = model.model_info.in_chans
     model.train()
     with torch.no_grad():
-        for x, _ in ex.batches(ds.splits["train"], card, limit=4 * BATCH):
-            model(torch.from_numpy(x))
-    return model.eval(), card
+        for x, _ in DeviceLoader(Split(ds.splits["train"].images[:4 * BATCH],
+                                       ds.splits["train"].labels[:4 * BATCH], None),
+                                 BATCH, "cpu", **opts):
+            model(x)
+    return model.eval(), opts
 
 
-def trained(run_dir: Path, names: list[str] | None) -> list[tuple[Any, torch.nn.Module,
-                                                                  ModelCard, Any]]:
+def trained(run_dir: Path, names: list[str] | None) -> list[tuple[str, torch.nn.Module,
+                                                                  dict[str, Any], Any]]:
+    """Each model's trial of ``run_dir`` that `lightlayers export` would choose."""
     from lightlayers.deploy.trial import choose_trial, find_trials
 
     models = names or sorted({t.model_name for t in find_trials(run_dir)})
@@ -97,39 +91,23 @@ def trained(run_dir: Path, names: list[str] | None) -> list[tuple[Any, torch.nn.
     for name in models:
         trial, _, _ = choose_trial(run_dir, name)
         model = trial.build_model()
-        out.append((trial, model, trial.card(model), trial.load_data()))
+        out.append((name, model, trial.card(model).loader_options(), trial.load_data()))
     return out
 
 
-def bench_one(name: str, model: torch.nn.Module, card: ModelCard, ds: Any,
+def bench_one(name: str, model: torch.nn.Module, opts: dict[str, Any], ds: Any,
               budget_s: float, threads: int) -> dict[str, Any]:
-    deployable, example = ex.deployable_for(model, card)
-    card = card.replace(cam=deployable.with_cam)
     t = time.perf_counter()
-    fp32 = ex.to_onnx(deployable, example, card)
-    export_s = time.perf_counter() - t
-    calib = ex.calibration_images(ds.splits["train"], card, CALIBRATION)
-    t = time.perf_counter()
-    int8 = ex.quantize_int8(fp32, calib, card)
-    quantize_s = time.perf_counter() - t
-    test = ds.splits["test"]
-    many = next(ex.batches(Split(test.images[:BATCH], test.labels[:BATCH], None), card,
-                           batch_size=BATCH))[0]
-    one = np.ascontiguousarray(many[:1])
-    runners = {"torch": torch_runner(deployable),
-               "ort_fp32": ex.run_model(fp32, threads=threads),
-               "ort_int8": ex.run_model(int8, threads=threads)}
-    speed = compare_speed(runners, one, many, budget_s)
-    torch_s = speed["torch"]
+    m = deployment_metrics(model, ds.splits["train"], ds.splits["test"], opts, budget_s,
+                           threads, batch=BATCH)
     return {
-        "model": name, "px": card.input_size, "params_total": L.count_params(model).total,
-        "onnx_fp32_bytes": len(fp32), "onnx_int8_bytes": len(int8),
-        "export_s": export_s, "quantize_s": quantize_s,
-        **{k: v.as_dict() for k, v in speed.items()},
-        "ratio_latency_ort_torch": speed["ort_fp32"].latency_ms / torch_s.latency_ms,
-        "ratio_img_s_ort_torch": speed["ort_fp32"].images_per_s / torch_s.images_per_s,
-        "ratio_latency_int8_torch": speed["ort_int8"].latency_ms / torch_s.latency_ms,
-        "ratio_img_s_int8_torch": speed["ort_int8"].images_per_s / torch_s.images_per_s,
+        "model": name, "px": int(opts.get("crop") or ds.image_size),
+        "params_total": L.count_params(model).total, **m,
+        "export_and_timing_s": time.perf_counter() - t,
+        "ratio_latency_ort_torch": m["ort_latency_ms"] / m["torch_cpu_latency_ms"],
+        "ratio_img_s_ort_torch": m["ort_img_s"] / m["torch_cpu_img_s"],
+        "ratio_latency_int8_torch": m["ort_int8_latency_ms"] / m["torch_cpu_latency_ms"],
+        "ratio_img_s_int8_torch": m["ort_int8_img_s"] / m["torch_cpu_img_s"],
     }
 
 
@@ -142,14 +120,14 @@ def print_table(rows: list[dict[str, Any]], threads: int) -> None:
     print(head)
     print("-" * len(head))
     def ms(r: dict[str, Any], k: str) -> str:
-        return f"{r[k]['latency_ms']:.2f} / {r[k]['latency_p95_ms']:.2f}"
+        return f"{r[k + '_latency_ms']:.2f} / {r[k + '_latency_p95_ms']:.2f}"
 
     for r in rows:
-        print(f"{r['model']:22s} {r['px']:4d} {r['onnx_fp32_bytes'] / 1e3:8.1f} "
-              f"{r['onnx_int8_bytes'] / 1e3:8.1f} | {ms(r, 'torch'):>13s} {ms(r, 'ort_fp32'):>13s} "
+        print(f"{r['model']:22s} {r['px']:4d} {r['onnx_fp32_mb'] * 1e3:8.1f} "
+              f"{r['onnx_int8_mb'] * 1e3:8.1f} | {ms(r, 'torch_cpu'):>13s} {ms(r, 'ort'):>13s} "
               f"{ms(r, 'ort_int8'):>13s} {r['ratio_latency_ort_torch']:6.2f} | "
-              f"{r['torch']['images_per_s']:11.0f} {r['ort_fp32']['images_per_s']:10.0f} "
-              f"{r['ort_int8']['images_per_s']:10.0f} {r['ratio_img_s_ort_torch']:6.2f}")
+              f"{r['torch_cpu_img_s']:11.0f} {r['ort_img_s']:10.0f} "
+              f"{r['ort_int8_img_s']:10.0f} {r['ratio_img_s_ort_torch']:6.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,22 +139,27 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r".*zero-padding it")
     names = [m for m in args.models.split(",") if m]
     t0 = time.perf_counter()
+    load_start = os.getloadavg()
     if args.run is not None:
         given = names if args.models != ",".join(MODELS) else None
-        contestants = [(t.model_name, m, c, d) for t, m, c, d in trained(args.run, given)]
+        contestants = trained(args.run, given)
     else:
         ds = load_dataset(args.data, size=args.size, progress=False)
         contestants = [(n, *untrained(n, ds), ds) for n in names]
     rows = []
-    for name, model, card, ds in contestants:
+    for name, model, opts, ds in contestants:
         print(f"-- {name}", flush=True)
-        rows.append(bench_one(name, model, card, ds, args.budget_s, args.threads))
+        rows.append(bench_one(name, model, opts, ds, args.budget_s, args.threads))
     result = {"machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "threads": args.threads,
                           "torch": torch.__version__, "python": platform.python_version(),
-                          "load_average": os.getloadavg()},
+                          "load_average": load_start},
               "run": None if args.run is None else str(args.run), "models": rows,
               "wall_s": time.perf_counter() - t0}
     print_table(rows, args.threads)
+    load = os.getloadavg()[0]
+    print(f"load average (1 min): {result['machine']['load_average'][0]:.2f} at the start, "
+          f"{load:.2f} at the end; other processes on the cores distort PyTorch's threads "
+          "most (use --threads 1 on a shared machine)")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))

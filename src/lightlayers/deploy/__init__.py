@@ -9,6 +9,10 @@ TorchScript) file, quantize it to int8, run it on new images, and show where it 
 - :mod:`~lightlayers.deploy.export`: ONNX / TorchScript export, verification, int8.
 - :mod:`~lightlayers.deploy.predict`: run an exported file on image files, folders, archives.
 - :mod:`~lightlayers.deploy.cam`: Grad-CAM (Captum) and the heatmap images.
+- :mod:`~lightlayers.deploy.examples`: heatmaps of a trial's true positives, false positives
+  and false negatives, as one figure (for the report).
+- :mod:`~lightlayers.deploy.bench`: ONNX sizes and ONNX Runtime CPU latency and throughput
+  beside PyTorch's (``deployment_metrics``; ``benchmarks/bench_deploy.py``).
 """
 
 from lightlayers.deploy.errors import DeployError
