@@ -66,6 +66,7 @@ _USER_ERRORS = (
     ("lightlayers.store", "StoreError"),
     ("lightlayers.report.load", "ReportError"),
     ("lightlayers.models.weights", "WeightsError"),
+    ("lightlayers.deploy.errors", "DeployError"),
 )
 
 

@@ -55,19 +55,16 @@ def _kb(n: int) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    # A DeployError is a user error (one line, exit 2): lightlayers.cli lists it.
     from lightlayers.cli import CliError
-    from lightlayers.deploy import DeployError
 
     if args.int8 and args.format != "onnx":
         raise CliError("--int8 needs --format onnx (int8 files are quantized with ONNX Runtime)")
-    try:
-        with warnings.catch_warnings():
-            # The model was trained (and warned about) at this size; exporting it repeats
-            # that warning on every call of the model.
-            warnings.filterwarnings("ignore", message=PADDING_WARNING)
-            result = export(args)
-    except DeployError as e:
-        raise CliError(str(e)) from e
+    with warnings.catch_warnings():
+        # The model was trained (and warned about) at this size; exporting it repeats that
+        # warning on every call of the model.
+        warnings.filterwarnings("ignore", message=PADDING_WARNING)
+        result = export(args)
     if args.json:
         print(json.dumps(json_safe(result), indent=2, allow_nan=False))
     return 0

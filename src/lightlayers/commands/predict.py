@@ -41,16 +41,12 @@ def _positive_int(text: str) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    from lightlayers.cli import CliError
+    # A DeployError is a user error (one line, exit 2): lightlayers.cli lists it.
     from lightlayers.commands.export import PADDING_WARNING
-    from lightlayers.deploy import DeployError
 
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=PADDING_WARNING)
-            return _main(args)
-    except DeployError as e:
-        raise CliError(str(e)) from e
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=PADDING_WARNING)
+        return _main(args)
 
 
 def _say(args: argparse.Namespace, text: str) -> None:
