@@ -171,7 +171,9 @@ def test_run_json_prints_one_result_object(tmp_path, capsys):
     assert model["model"] == "paper-light-k1" and model["seeds"] == [0]
     acc = model["metrics"]["accuracy"]
     assert acc["mean"] == trial["metrics"]["accuracy"] and acc["n"] == 1 and acc["std"] is None
-    assert report["files"] == [str(out / "report" / "table.csv")]
+    assert report["files"] == [str(out / "report" / f) for f in ("comparisons.csv",
+                                                                  "table.csv")]
+    assert report["comparisons"] == []  # one model: no pair
 
 
 def test_a_typo_in_data_leaves_no_run_folder(tmp_path, capsys):

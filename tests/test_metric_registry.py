@@ -34,17 +34,17 @@ from lightlayers.store import ResultsStore, StoreError
 ROOT = Path(__file__).resolve().parents[1]
 
 # What each consumer showed before the registry, in its order: pinned, so that reading the
-# registry changed nothing.
+# registry changed nothing. ECE, added since through the registry alone, is the one addition.
 CSV_BEFORE = [
     "model", "seed", "protocol", "status", "params_total", "params_trainable", "size_mb", "macs",
     "accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1", "auc",
-    "collapsed", "threshold", "test_loss", "total_time_s", "epoch_time_s", "first_epoch_s",
+    "collapsed", "threshold", "ece", "test_loss", "total_time_s", "epoch_time_s", "first_epoch_s",
     "feature_time_s", "infer_img_s", "latency_ms", "best_epoch", "epochs_run", "attempts", "error",
 ]
 HEADERS_BEFORE = (
     "Model", "Total params", "Trainable params", "Size (MB)", "Accuracy", "Total time (s)",
     "Time per epoch (s)", "AUC", "Sensitivity", "Specificity", "F1", "MACs", "Inference (img/s)",
-    "Seeds", "Collapsed runs")
+    "ECE", "Seeds", "Collapsed runs")
 CRITERIA_BEFORE = (
     ("params_total", "Total parameters (count, incl. BN running stats)", "Total parameters"),
     ("params_trainable", "Trainable parameters (count)", "Trainable parameters"),
@@ -115,7 +115,7 @@ def test_consumers_show_what_they_showed_before() -> None:
     assert table.CI_KEYS == CI_BEFORE
     assert _script("ablation").scored() == ABLATION_BEFORE
     assert _script("results_table").scores() == README_SCORES_BEFORE
-    assert [c.spread for c in table.COLUMNS] == [False] * 3 + [True] * 7 + [False, True]
+    assert [c.spread for c in table.COLUMNS] == [False] * 3 + [True] * 7 + [False, True, True]
 
 
 def test_every_consumer_reads_the_registry() -> None:

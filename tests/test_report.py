@@ -116,7 +116,7 @@ def test_table_md_has_the_study_columns_and_mean_pm_std(run):
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert tuple(header[:7]) == STUDY_HEADERS
     assert header[7:] == ["AUC", "Sensitivity", "Specificity", "F1", "MACs",
-                          "Inference (img/s)", "Seeds", "Collapsed runs"]
+                          "Inference (img/s)", "ECE", "Seeds", "Collapsed runs"]
     body = [line for line in lines[2:] if line.startswith("| ")]
     assert [b.split("|")[1].strip() for b in body] == list(MODELS)
     rows = {r["model"]: r for r in _csv_rows(run_dir / "report" / "table.csv")}
@@ -133,7 +133,8 @@ def test_console_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Trainable params" in out and "linear-8x8" in out and "linear-4x4" in out
     # Only what was asked for is written.
-    assert [p.name for p in (run_dir / "report").iterdir()] == ["table.csv"]
+    assert sorted(p.name for p in (run_dir / "report").iterdir()) == ["comparisons.csv",
+                                                                       "table.csv"]
 
 
 def test_console_prints_the_confidence_interval_of_each_model(tmp_path, capsys):
@@ -171,7 +172,7 @@ def test_figures_cover_every_criterion_model_and_format(run):
     fig_dir = run_dir / "report" / "figures"
     stems = {"criterion_params_total", "criterion_params_trainable", "criterion_size_mb",
              "criterion_accuracy", "criterion_total_time_s", "criterion_epoch_time_s",
-             "accuracy_vs_params", "roc",
+             "accuracy_vs_params", "roc", "reliability",
              *(f"history_{m}" for m in MODELS), *(f"confusion_{m}" for m in MODELS)}
     assert {p.name for p in fig_dir.iterdir()} == {f"{s}.{e}" for s in stems for e in ("png",
                                                                                        "svg")}
@@ -180,6 +181,7 @@ def test_figures_cover_every_criterion_model_and_format(run):
             assert im.width > 300 and im.height > 200
         ET.parse(fig_dir / f"{stem}.svg")  # well-formed XML
     assert set(result.files) == {*fig_dir.iterdir(), run_dir / "report" / "table.csv",
+                                 run_dir / "report" / "comparisons.csv",
                                  run_dir / "report" / "table.md",
                                  run_dir / "report" / "report.html"}
 
@@ -302,7 +304,7 @@ def test_missing_or_empty_run_folder_is_a_clear_error(tmp_path, capsys):
 def test_cli_formats(run, capsys):
     run_dir, _ = run
     assert cli(["report", str(run_dir), "--format", "csv,md", "--quiet"]) == 0
-    assert "2 files in" in capsys.readouterr().err
+    assert "3 files in" in capsys.readouterr().err  # table.csv, comparisons.csv, table.md
     assert cli(["report", str(run_dir), "--format", "html,pdf"]) == 2
     assert "unknown report format(s) ['pdf']" in capsys.readouterr().err
     assert FORMATS == ("html", "md", "csv", "png", "svg")

@@ -57,6 +57,8 @@ def report_object(result: Any) -> dict[str, Any]:
     return {"report_dir": str(result.out_dir), "html": str(result.html) if result.html else None,
             "files": [str(f) for f in result.files], "models": models,
             "notes": list(result.notes),
+            "comparisons": [{**asdict(c), "interval_excludes_zero": c.real}
+                            for c in result.comparisons],
             "failed": [{"model": t["model"], "seed": t["seed"], "protocol": t["protocol"],
                         "error": t.get("error")} for t in result.failed]}
 

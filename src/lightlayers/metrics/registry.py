@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lightlayers.metrics import scores
+from lightlayers.metrics import calibration, scores
 
 Scope = Literal["trial", "epoch"]
 Direction = Literal["higher", "lower"]
@@ -264,6 +264,8 @@ for _m in (
            label="Collapsed (one class predicted)", compute=scores.collapsed),
     Metric("threshold", float, label="Decision threshold",
            unit="positive-class probability; none when argmax", compute=scores.threshold),
+    Metric("ece", float, direction="lower", label="Test expected calibration error",
+           unit="top label, 15 equal-width bins", header="ECE", compute=calibration.ece),
     Metric("test_loss", float, direction="lower", label="Test loss", unit="cross-entropy"),
     Metric("total_time_s", float, direction="lower", fmt=fmt_f2, label="Total training time",
            unit="s, wall clock", header="Total time (s)", chart=True, order=5),

@@ -287,6 +287,44 @@ def roc_figure(run: RunData) -> tuple[Figure | None, str | None]:
     return fig, None
 
 
+# --- calibration ----------------------------------------------------------------------------
+def reliability_figure(run: RunData) -> Figure | None:
+    """Top-label reliability per model, the test predictions of its seeds pooled: a point per
+    confidence bin holding images, at (mean confidence, accuracy); the diagonal is perfect."""
+    from lightlayers.metrics.calibration import reliability
+
+    curves = []
+    for i, g in enumerate(run.groups):
+        preds = [p for t in g.done if (p := run.predictions.get(t["id"])) is not None
+                 and len(p["labels"])]
+        if not preds:
+            continue
+        rel = reliability(np.concatenate([p["labels"] for p in preds]),
+                          np.concatenate([p["probs"] for p in preds]))
+        curves.append((i, g, rel, len(preds)))
+    if not curves:
+        return None
+    fig = _new(6.4, 5.4)
+    ax = fig.add_subplot()
+    for i, g, rel, n in curves:
+        st = style(i, len(run.groups))
+        full = rel.count > 0
+        ax.plot(rel.confidence[full], rel.accuracy[full], color=st["color"],
+                linestyle=st["linestyle"], marker=st["marker"], markeredgecolor="black",
+                linewidth=1.4, label=f"{g.label} (ECE {rel.ece:.3f}, {n} seed"
+                f"{'s' if n != 1 else ''} pooled)")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("Confidence (probability of the predicted class), bin mean")
+    ax.set_ylabel("Accuracy in the bin (fraction correct)")
+    ax.set_title("Reliability on the test split (15 equal-width bins)")
+    ax.grid(linewidth=0.4, alpha=0.5)
+    ax.legend(fontsize=8, loc="upper left")
+    return fig
+
+
 # --- confusion matrices ---------------------------------------------------------------------
 def confusion_figure(group: Group, run: RunData) -> Figure | None:
     mats = [np.asarray(t["confusion"]) for t in group.done if t.get("confusion")]
@@ -372,6 +410,11 @@ def _build_figures(run: RunData, rows: Sequence[Row]) -> tuple[list[FigureSpec],
         add("roc", "ROC curves of all models on the test split.", "roc", fig)
     elif why:
         notes.append(why)
+    fig = reliability_figure(run)
+    if fig is not None:
+        add("reliability", "Calibration: accuracy against confidence on the test split, per "
+            "model (ECE: expected calibration error, mean |accuracy - confidence| over "
+            "images).", "calibration", fig)
     for g in run.groups:
         fig = confusion_figure(g, run)
         if fig is not None:

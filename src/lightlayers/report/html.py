@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
+from lightlayers.report.compare import Comparison
 from lightlayers.report.figures import FigureSpec
 from lightlayers.report.load import RunData
 from lightlayers.report.table import DIAGNOSED, Row, diagnosis_lines, headers
@@ -22,6 +23,7 @@ SECTIONS = (
     ("history", "Training history"),
     ("tradeoff", "Accuracy against size"),
     ("roc", "ROC curves"),
+    ("calibration", "Calibration"),
     ("confusion", "Confusion matrices"),
 )
 
@@ -128,6 +130,38 @@ def figures_html(figures: Sequence[FigureSpec], png: dict[str, bytes],
     return "\n".join(parts) if parts else "<p>No figures: no finished trials.</p>"
 
 
+def comparisons_html(comps: Sequence[Comparison], n_boot: int) -> str:
+    """One row per pair of models: the difference of each score with its 95% interval, in
+    bold where the interval excludes 0."""
+    if not comps:
+        return "<p>Fewer than two models with stored test predictions: nothing to compare.</p>"
+    metrics = list(dict.fromkeys(c.metric for c in comps))
+    names = {"accuracy": "accuracy", "auc": "AUC"}
+    pairs: dict[tuple[str, str], dict[str, Comparison]] = {}
+    for c in comps:
+        pairs.setdefault((c.model_a, c.model_b), {})[c.metric] = c
+    head = "".join(f"<th scope='col'>Δ {_e(names.get(m, m))} (A − B) [95% interval]</th>"
+                   for m in metrics)
+    body = []
+    for (a, b), by_metric in pairs.items():
+        cells = []
+        for m in metrics:
+            c = by_metric.get(m)
+            if c is None:
+                cells.append("<td class='num'>—</td>")
+                continue
+            text = _e(f"{c.difference:+.4f} [{c.low:+.4f}, {c.high:+.4f}]")
+            cells.append(f"<td class='num'>{f'<strong>{text}</strong>' if c.real else text}</td>")
+        body.append(f"<tr><th scope='row'>{_e(a)}</th><td>{_e(b)}</td>{''.join(cells)}</tr>")
+    return (f"<div class='scroll'><table id='comparisons'><thead><tr><th scope='col'>Model A"
+            f"</th><th scope='col'>Model B</th>{head}</tr></thead><tbody>{''.join(body)}"
+            f"</tbody></table></div><p>Paired bootstrap over the test images ({n_boot:,} "
+            "replicates, the same images for both models, each model's seeds drawn with "
+            "replacement). <strong>Bold</strong>: the interval excludes 0, so the difference "
+            "is unlikely to be noise of the test sample or of the seeds. All numbers in "
+            "<a href='comparisons.csv'>comparisons.csv</a>.</p>")
+
+
 def data_html(data: dict[str, Any]) -> str:
     if not data:
         return "<p>Not recorded.</p>"
@@ -184,7 +218,8 @@ def environment_html(env: dict[str, Any], run: RunData) -> str:
 
 
 def page(run: RunData, rows: Sequence[Row], notes: Sequence[str],
-         figures: Sequence[FigureSpec], png: dict[str, bytes], svg_written: bool) -> str:
+         figures: Sequence[FigureSpec], png: dict[str, bytes], svg_written: bool,
+         comparisons: Sequence[Comparison] = (), n_boot: int = 0) -> str:
     from lightlayers import __version__
 
     meta = run.meta
@@ -217,6 +252,8 @@ def page(run: RunData, rows: Sequence[Row], notes: Sequence[str],
 <a href="table.csv">table.csv</a>). Accuracy, AUC, sensitivity, specificity and F1 on the test
 split; times are wall clock; MACs per image; size of the float32 weights file (MB = 10⁶ bytes).
 {"<br>* fewer finished seeds than planned or than the other models." if marked else ""}</p>
+<h2 id="differences">Which differences are real</h2>
+{comparisons_html(comparisons, n_boot)}
 <h2 id="failures">Failed and unfinished trials</h2>
 {failures_table(run)}
 <h2 id="figures">Figures</h2>

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lightlayers.report.compare import Comparison
 from lightlayers.report.load import ReportError, RunData, load_run
 from lightlayers.report.table import (
     Row,
@@ -31,6 +32,9 @@ class ReportResult:
     rows: tuple[Row, ...]  # one per model (and protocol)
     notes: tuple[str, ...]  # partial results, skipped figures
     failed: tuple[dict[str, Any], ...]  # failed trials, as the store returns them
+    # Every pair of models: differences with 95% intervals (report.compare); empty when
+    # neither csv nor html was asked for.
+    comparisons: tuple[Comparison, ...] = ()
 
 
 def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
@@ -60,8 +64,9 @@ def write_report(
     formats: str | Sequence[str] = FORMATS,
     console: bool = True,
 ) -> ReportResult:
-    """Write ``RUN_DIR/report/``: ``table.csv``, ``table.md``, ``figures/*.png|svg`` and
-    ``report.html`` (those of ``formats``), and print the table when ``console``.
+    """Write ``RUN_DIR/report/``: ``table.csv``, ``comparisons.csv`` (every pair of models:
+    differences with 95% intervals), ``table.md``, ``figures/*.png|svg`` and ``report.html``
+    (those of ``formats``), and print the table when ``console``.
 
     Safe on a partial run: failed and unfinished trials are listed, models with fewer seeds
     marked. Raises :class:`ReportError` when the folder holds no results. Re-running on an
@@ -84,8 +89,16 @@ def write_report(
         path.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
         written.append(path)
 
+    comparisons: list[Comparison] = []
+    n_boot = 0
+    if {"csv", "html"} & set(fmts):
+        from lightlayers.report.compare import comparisons_csv, pairwise
+
+        comparisons, compare_notes, n_boot = pairwise(run)
+        notes += compare_notes
     if "csv" in fmts:
         put(out / "table.csv", table_csv(rows))
+        put(out / "comparisons.csv", comparisons_csv(comparisons, n_boot))
     figure_notes: list[str] = []
     html_path = None
     if {"png", "svg", "html"} & set(fmts):
@@ -115,11 +128,12 @@ def write_report(
             from lightlayers.report.html import page
 
             html_path = out / "report.html"
-            put(html_path, page(run, rows, notes + figure_notes, specs, png, "svg" in fmts))
+            put(html_path, page(run, rows, notes + figure_notes, specs, png, "svg" in fmts,
+                                comparisons, n_boot))
     all_notes = notes + figure_notes
     if "md" in fmts:
         put(out / "table.md", table_markdown(rows, all_notes))
     if console:
         print_table(rows, all_notes, f"{run.run_dir}: {len(rows)} model(s)")
     return ReportResult(out, tuple(sorted(written)), html_path, tuple(rows), tuple(all_notes),
-                        tuple(run.failed))
+                        tuple(run.failed), tuple(comparisons))
