@@ -400,6 +400,20 @@ def test_bad_input_is_one_clear_line(pneumonia_run, tmp_path, capsys):
     not_onnx.write_bytes(b"\x00 not a model")
     line = _error_line(capsys, ["predict", str(not_onnx), str(broken)])
     assert str(not_onnx) in line
+    # An ONNX file that `lightlayers export` did not write: no model card to preprocess by.
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(graph), str(foreign))
+    line = _error_line(capsys, ["predict", str(foreign), str(broken)])
+    assert "holds no lightlayers metadata" in line and "lightlayers export" in line
+    # Other data than the run's.
+    line = _error_line(capsys, ["export", str(pneumonia_run), "--data", "digits"])
+    assert "is not the data" in line and str(pneumonia_run) in line
 
 
 # --- the deployment benchmark ---------------------------------------------------------------
