@@ -19,7 +19,7 @@ import numpy as np
 
 from lightlayers.deploy.errors import DeployError
 
-__all__ = ["CamExample", "cam_examples", "write_cam_figure"]
+__all__ = ["CamExample", "cam_examples", "cam_figure", "write_cam_figure"]
 
 
 @dataclass(frozen=True)
@@ -102,23 +102,22 @@ def cam_examples(run_dir: str | Path, model: str | None = None, seed: int | None
     return out
 
 
-def write_cam_figure(examples: dict[str, list[CamExample]], path: str | Path,
-                     title: str = "") -> Path:
-    """One row per kind, one panel per example (true and predicted class, probability);
-    a kind without examples says so. PNG (or any format matplotlib writes by suffix)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def cam_figure(examples: dict[str, list[CamExample]], title: str = "") -> Any:
+    """A matplotlib ``Figure``: one row per kind, one panel per example (true and predicted
+    class, probability); a kind without examples says so."""
+    from matplotlib.figure import Figure
 
     kinds = list(examples)
     cols = max(1, max((len(v) for v in examples.values()), default=1))
-    fig, axes = plt.subplots(len(kinds), cols, figsize=(2.4 * cols, 2.6 * len(kinds)),
-                             squeeze=False)
+    fig = Figure(figsize=(2.4 * cols, 2.6 * len(kinds)), layout="constrained")
+    axes = fig.subplots(len(kinds), cols, squeeze=False)
     for r, kind in enumerate(kinds):
         for c in range(cols):
             ax: Any = axes[r][c]
-            ax.axis("off")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for side in ax.spines.values():
+                side.set_visible(False)
             if c < len(examples[kind]):
                 e = examples[kind][c]
                 ax.imshow(e.overlay)
@@ -126,13 +125,16 @@ def write_cam_figure(examples: dict[str, list[CamExample]], path: str | Path,
                              fontsize=8)
             elif c == 0:
                 ax.text(0.5, 0.5, "none", ha="center", va="center", fontsize=9)
-        axes[r][0].text(-0.08, 0.5, kind, rotation=90, ha="right", va="center",
-                        transform=axes[r][0].transAxes, fontsize=9)
+        axes[r][0].set_ylabel(kind, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    return fig
+
+
+def write_cam_figure(examples: dict[str, list[CamExample]], path: str | Path,
+                     title: str = "") -> Path:
+    """:func:`cam_figure` as an image file (PNG, or any format matplotlib writes by suffix)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    cam_figure(examples, title).savefig(path, dpi=100)
     return path
