@@ -182,6 +182,7 @@ def test_figures_cover_every_criterion_model_and_format(run):
         ET.parse(fig_dir / f"{stem}.svg")  # well-formed XML
     assert set(result.files) == {*fig_dir.iterdir(), run_dir / "report" / "table.csv",
                                  run_dir / "report" / "comparisons.csv",
+                                 run_dir / "report" / "ensembles.csv",
                                  run_dir / "report" / "table.md",
                                  run_dir / "report" / "report.html"}
 
@@ -304,7 +305,8 @@ def test_missing_or_empty_run_folder_is_a_clear_error(tmp_path, capsys):
 def test_cli_formats(run, capsys):
     run_dir, _ = run
     assert cli(["report", str(run_dir), "--format", "csv,md", "--quiet"]) == 0
-    assert "3 files in" in capsys.readouterr().err  # table.csv, comparisons.csv, table.md
+    # table.csv, comparisons.csv, ensembles.csv (3 seeds each), table.md
+    assert "4 files in" in capsys.readouterr().err
     assert cli(["report", str(run_dir), "--format", "html,pdf"]) == 2
     assert "unknown report format(s) ['pdf']" in capsys.readouterr().err
     assert FORMATS == ("html", "md", "csv", "png", "svg")

@@ -59,6 +59,11 @@ def report_object(result: Any) -> dict[str, Any]:
             "notes": list(result.notes),
             "comparisons": [{**asdict(c), "interval_excludes_zero": c.real}
                             for c in result.comparisons],
+            "ensembles": [{"model": e.group.model, "protocol": e.group.protocol,
+                           "seeds": list(e.seeds), "params_total": e.params_total,
+                           "size_mb": e.size_mb, "threshold": e.threshold,
+                           "member_mean_accuracy": e.member_accuracy, "metrics": e.metrics}
+                          for e in result.ensembles],
             "failed": [{"model": t["model"], "seed": t["seed"], "protocol": t["protocol"],
                         "error": t.get("error")} for t in result.failed]}
 

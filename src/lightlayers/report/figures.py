@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from lightlayers.metrics.registry import chart_metrics, get_metric
+from lightlayers.report.ensemble import Ensemble
 from lightlayers.report.load import Group, RunData
 from lightlayers.report.stats import pareto_front, summarize
 from lightlayers.report.table import Row
@@ -190,7 +191,8 @@ def history_figure(group: Group, histories: dict[int, list[dict[str, Any]]]) -> 
 
 
 # --- accuracy against parameters ---------------------------------------------------------------
-def tradeoff_figure(rows: Sequence[Row]) -> tuple[Figure, list[str]] | None:
+def tradeoff_figure(rows: Sequence[Row], ensembles: Sequence[Ensemble] = ()
+                    ) -> tuple[Figure, list[str]] | None:
     # A log axis has no place for zero parameters (a model that was never counted).
     pts = [(i, r) for i, r in enumerate(rows)
            if r.stats["params_total"].mean and r.stats["accuracy"].mean is not None]
@@ -207,6 +209,18 @@ def tradeoff_figure(rows: Sequence[Row]) -> tuple[Figure, list[str]] | None:
                     color=st["color"], markeredgecolor="black", markersize=8, capsize=4,
                     ecolor="black", linestyle="none", label=r.label)
         ax.annotate(r.label, (x, y), textcoords="offset points", xytext=(7, 5), fontsize=8)
+    # Seed ensembles: hollow markers of their model's style, at the members' total.
+    index = {r.group.label: i for i, r in enumerate(rows)}
+    for e in ensembles:
+        acc = e.metrics.get("accuracy")
+        if not e.params_total or acc is None:
+            continue
+        st = style(index.get(e.group.label, 0), len(rows))
+        ax.plot(e.params_total, acc, marker=st["marker"], markerfacecolor="none",
+                markeredgecolor=st["color"], markeredgewidth=1.8, markersize=9,
+                linestyle="none", label=e.label)
+        ax.annotate(f"{e.group.label} ×{len(e.seeds)}", (e.params_total, acc),
+                    textcoords="offset points", xytext=(7, -10), fontsize=7)
     fx, fy = [xs[j] for j in front], [ys[j] for j in front]
     ax.step(fx, fy, where="post", color="black", linestyle=":", linewidth=1.2,
             label="Pareto front")
@@ -368,13 +382,15 @@ def _class_names(group: Group, run: RunData, k: int) -> list[str]:
 
 
 # --- all of them ------------------------------------------------------------------------------
-def build_figures(run: RunData, rows: Sequence[Row]) -> tuple[list[FigureSpec], list[str]]:
+def build_figures(run: RunData, rows: Sequence[Row], ensembles: Sequence[Ensemble] = ()
+                  ) -> tuple[list[FigureSpec], list[str]]:
     """Every figure the run allows, and a note for each one it does not."""
     with matplotlib.rc_context(RC):  # font sizes are read when the text is created
-        return _build_figures(run, rows)
+        return _build_figures(run, rows, ensembles)
 
 
-def _build_figures(run: RunData, rows: Sequence[Row]) -> tuple[list[FigureSpec], list[str]]:
+def _build_figures(run: RunData, rows: Sequence[Row], ensembles: Sequence[Ensemble]
+                   ) -> tuple[list[FigureSpec], list[str]]:
     specs: list[FigureSpec] = []
     notes: list[str] = []
     names: set[str] = set()
@@ -399,12 +415,14 @@ def _build_figures(run: RunData, rows: Sequence[Row]) -> tuple[list[FigureSpec],
                 f"{g.label}: accuracy and loss per epoch, train and validation.", "history", fig)
         elif g.done:
             notes.append(f"{g.label}: no per-epoch history recorded; history figure skipped")
-    trade = tradeoff_figure(rows)
+    trade = tradeoff_figure(rows, ensembles)
     if trade is not None:
         fig, front = trade
         add("accuracy_vs_params",
-            "Test accuracy against total parameters (log scale); Pareto front: "
-            + ", ".join(front) + ".", "tradeoff", fig)
+            "Test accuracy against total parameters (log scale); Pareto front of the single "
+            "models: " + ", ".join(front) + "."
+            + (" Hollow markers: seed ensembles (their seeds' probabilities averaged), at "
+               "their members' total parameters." if ensembles else ""), "tradeoff", fig)
     fig, why = roc_figure(run)
     if fig is not None:
         add("roc", "ROC curves of all models on the test split.", "roc", fig)

@@ -14,6 +14,7 @@ from html import escape
 from typing import Any
 
 from lightlayers.report.compare import Comparison
+from lightlayers.report.ensemble import Ensemble
 from lightlayers.report.figures import FigureSpec
 from lightlayers.report.load import RunData
 from lightlayers.report.table import DIAGNOSED, Row, diagnosis_lines, headers
@@ -130,6 +131,31 @@ def figures_html(figures: Sequence[FigureSpec], png: dict[str, bytes],
     return "\n".join(parts) if parts else "<p>No figures: no finished trials.</p>"
 
 
+def ensembles_html(items: Sequence[Ensemble]) -> str:
+    if not items:
+        return ""
+    head = ("<tr><th scope='col'>Model</th><th scope='col'>Seeds</th><th scope='col'>Total "
+            "params (all members)</th><th scope='col'>Accuracy (members' mean)</th>"
+            "<th scope='col'>AUC</th><th scope='col'>Sensitivity</th><th scope='col'>"
+            "Specificity</th><th scope='col'>ECE</th></tr>")
+
+    def num(v: Any) -> str:
+        return "—" if v is None else f"{v:.4f}"
+
+    body = "".join(
+        f"<tr><th scope='row'>{_e(e.group.label)}</th><td class='num'>{len(e.seeds)}</td>"
+        f"<td class='num'>{e.params_total:,}</td><td class='num'>"
+        f"{num(e.metrics.get('accuracy'))} ({e.member_accuracy:.4f})</td>"
+        + "".join(f"<td class='num'>{num(e.metrics.get(k))}</td>"
+                  for k in ("auc", "sensitivity", "specificity", "ece"))
+        + "</tr>" for e in items)
+    return ("<h3 id='ensembles'>Seed ensembles</h3><div class='scroll'><table>"
+            f"<thead>{head}</thead><tbody>{body}</tbody></table></div><p>Each model's seeds' "
+            "test probabilities averaged into one prediction (the members' mean threshold, "
+            "else the most probable class); its parameters are all its members'. In "
+            "<a href='ensembles.csv'>ensembles.csv</a> with every score.</p>")
+
+
 def comparisons_html(comps: Sequence[Comparison], n_boot: int) -> str:
     """One row per pair of models: the difference of each score with its 95% interval, in
     bold where the interval excludes 0."""
@@ -219,7 +245,8 @@ def environment_html(env: dict[str, Any], run: RunData) -> str:
 
 def page(run: RunData, rows: Sequence[Row], notes: Sequence[str],
          figures: Sequence[FigureSpec], png: dict[str, bytes], svg_written: bool,
-         comparisons: Sequence[Comparison] = (), n_boot: int = 0) -> str:
+         comparisons: Sequence[Comparison] = (), n_boot: int = 0,
+         ensembles: Sequence[Ensemble] = ()) -> str:
     from lightlayers import __version__
 
     meta = run.meta
@@ -252,6 +279,7 @@ def page(run: RunData, rows: Sequence[Row], notes: Sequence[str],
 <a href="table.csv">table.csv</a>). Accuracy, AUC, sensitivity, specificity and F1 on the test
 split; times are wall clock; MACs per image; size of the float32 weights file (MB = 10⁶ bytes).
 {"<br>* fewer finished seeds than planned or than the other models." if marked else ""}</p>
+{ensembles_html(ensembles)}
 <h2 id="differences">Which differences are real</h2>
 {comparisons_html(comparisons, n_boot)}
 <h2 id="failures">Failed and unfinished trials</h2>

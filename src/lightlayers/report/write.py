@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lightlayers.report.compare import Comparison
+from lightlayers.report.ensemble import Ensemble
 from lightlayers.report.load import ReportError, RunData, load_run
 from lightlayers.report.table import (
     Row,
@@ -35,6 +36,8 @@ class ReportResult:
     # Every pair of models: differences with 95% intervals (report.compare); empty when
     # neither csv nor html was asked for.
     comparisons: tuple[Comparison, ...] = ()
+    # Per model with two or more seeds: its seeds' averaged predictions (report.ensemble).
+    ensembles: tuple[Ensemble, ...] = ()
 
 
 def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
@@ -65,7 +68,8 @@ def write_report(
     console: bool = True,
 ) -> ReportResult:
     """Write ``RUN_DIR/report/``: ``table.csv``, ``comparisons.csv`` (every pair of models:
-    differences with 95% intervals), ``table.md``, ``figures/*.png|svg`` and ``report.html``
+    differences with 95% intervals), ``ensembles.csv`` (models with two or more seeds: their
+    seeds' averaged predictions), ``table.md``, ``figures/*.png|svg`` and ``report.html``
     (those of ``formats``), and print the table when ``console``.
 
     Safe on a partial run: failed and unfinished trials are listed, models with fewer seeds
@@ -96,15 +100,21 @@ def write_report(
 
         comparisons, compare_notes, n_boot = pairwise(run)
         notes += compare_notes
+    from lightlayers.report.ensemble import ensembles, ensembles_csv
+
+    seed_ensembles, ensemble_notes = ensembles(run)
+    notes += ensemble_notes
     if "csv" in fmts:
         put(out / "table.csv", table_csv(rows))
         put(out / "comparisons.csv", comparisons_csv(comparisons, n_boot))
+        if seed_ensembles:
+            put(out / "ensembles.csv", ensembles_csv(seed_ensembles))
     figure_notes: list[str] = []
     html_path = None
     if {"png", "svg", "html"} & set(fmts):
         from lightlayers.report import figures as F
 
-        specs, figure_notes = F.build_figures(run, rows)
+        specs, figure_notes = F.build_figures(run, rows, seed_ensembles)
         fig_dir = out / "figures"
         fig_dir.mkdir(exist_ok=True)
         png: dict[str, bytes] = {}
@@ -129,11 +139,11 @@ def write_report(
 
             html_path = out / "report.html"
             put(html_path, page(run, rows, notes + figure_notes, specs, png, "svg" in fmts,
-                                comparisons, n_boot))
+                                comparisons, n_boot, seed_ensembles))
     all_notes = notes + figure_notes
     if "md" in fmts:
         put(out / "table.md", table_markdown(rows, all_notes))
     if console:
         print_table(rows, all_notes, f"{run.run_dir}: {len(rows)} model(s)")
     return ReportResult(out, tuple(sorted(written)), html_path, tuple(rows), tuple(all_notes),
-                        tuple(run.failed), tuple(comparisons))
+                        tuple(run.failed), tuple(comparisons), tuple(seed_ensembles))
