@@ -30,6 +30,15 @@ from lightlayers.store import ResultsStore
 QUICK = ["--quiet", "--no-report", "--threads", "1", "--set", "bn_momentum=0.1"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _keep_torch_threads():
+    """`lightlayers run --threads 1` sets torch's threads for the whole process: give the
+    tests after these their threads back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def _run(data: Path | str, out: Path, models: str, *extra: str) -> Path:
     assert cli(["run", "--data", str(data), "--models", models, "--out", str(out), *QUICK,
                 *extra]) == 0
