@@ -19,6 +19,7 @@ from PIL import Image
 import lightlayers as L
 from lightlayers.cli import main as cli
 from lightlayers.data import Split
+from lightlayers.deploy import DeployError
 from lightlayers.deploy import export as ex
 from lightlayers.deploy.cam import peak
 from lightlayers.deploy.card import ModelCard
@@ -103,6 +104,23 @@ def test_every_family_exports_with_pytorchs_outputs_and_captums_cams(name, size)
     x = next(ex.batches(Split(images, np.zeros(7, np.int64), None), card))[0]
     np.testing.assert_allclose(run(x[:1])[0], run(x)[0][:1], atol=1e-6)
     assert ex.card_of_bytes(blob).model == name
+
+
+def test_model_card_round_trip_and_decision_rule():
+    card = _card("study-light-k3", 3, 2, 28).replace(positive_class=1, threshold=0.8,
+                                                     test_metrics={"accuracy": 0.9})
+    props = card.to_props()
+    assert all(isinstance(v, str) for v in props.values())
+    assert ModelCard.from_props(props, "f.onnx") == card
+    probs = np.array([[0.3, 0.7], [0.1, 0.9], [0.6, 0.4]])
+    # The threshold chosen on validation decides, as the trial's metrics did; without one,
+    # the more probable class.
+    assert card.predicted(probs).tolist() == [0, 1, 0]
+    assert card.replace(threshold=None).predicted(probs).tolist() == [1, 1, 0]
+    with pytest.raises(DeployError, match="format 'other/9'"):
+        ModelCard.from_props({**props, "format": "other/9"}, "f.onnx")
+    with pytest.raises(DeployError, match="lacks 'classes'"):
+        ModelCard.from_props({k: v for k, v in props.items() if k != "classes"}, "f.onnx")
 
 
 # --- int8 on a trained PneumoniaMNIST model -----------------------------------------------
