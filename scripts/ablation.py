@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # variant -> the --set flags that take one ingredient out of the recipe (or, for the threshold,
-# swap the decision rule).
+# swap the decision rule), or add a candidate ingredient.
 VARIANTS: dict[str, list[str]] = {
     "improved": [],
     "no augmentation": [f"augment.{k}=0" for k in
@@ -30,6 +30,9 @@ VARIANTS: dict[str, list[str]] = {
     "Keras BatchNorm momentum (0.01)": ["bn_momentum=null"],
     "select on val loss (not val AUC)": ["select=val_loss"],
     "threshold from val (Youden), not 0.5": ["threshold=val_youden"],
+    # Candidates to add to the recipe, measured the same way.
+    "plus EMA of the weights (0.999)": ["ema=0.999"],
+    "plus 40 epochs (cosine over all of them)": ["epochs=40"],
 }
 
 

@@ -55,6 +55,12 @@ class Protocol:
     # evaluation statistics are trustworthy).
     bn_momentum: float | None = setting(None, "BatchNorm running-statistics momentum",
                                         check=within(0, 1, low_open=True))
+    # Polyak/EMA averaging (torch.optim.swa_utils.AveragedModel): validation, selection and
+    # test then judge the averaged weights, which move less from batch to batch.
+    ema: float | None = setting(
+        None, "exponential moving average of the weights (and BatchNorm statistics) with this "
+        "decay per step, e.g. 0.999; validation, selection and test use the average",
+        check=within(0, 1, low_open=True, high_open=True))
     augment: Augment = setting(factory=Augment, help="augmentation of training batches")
     select: Literal["val_loss", "val_auc", "val_acc", "last"] = setting(
         "val_loss", "which epoch's weights are kept (chosen on validation)")

@@ -279,6 +279,9 @@ def fit(
     step = _Stepper(model, protocol, device, amp is not None, weight, penalty, opt, sched,
                     notes, speed)
     total_steps = protocol.epochs * len(train)
+    ema = _ema(model, protocol.ema)
+    # What validation, selection and test see: the weights themselves or their average.
+    judged = model if ema is None else ema.module
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     best_state: dict[str, torch.Tensor] | None = None
@@ -294,6 +297,8 @@ def fit(
         lr = opt.param_groups[0]["lr"]
         for x, y in train:
             loss, logits = step(_as_format(x, fmt), y, total_steps)
+            if ema is not None:
+                ema.update_parameters(model)
             loss_sum += loss * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
@@ -302,7 +307,7 @@ def fit(
         train_loss = train_loss_sum / max(seen, 1)
         if not math.isfinite(train_loss):
             raise TrialError(f"non-finite training loss ({train_loss}) in epoch {epoch}")
-        ev = evaluate(model, val, device, amp is not None)
+        ev = evaluate(judged, val, device, amp is not None)
         synchronize(device)
         dt = time.perf_counter() - t0
         epoch_times.append(dt)
@@ -320,7 +325,7 @@ def fit(
             raise TrialError(f"non-finite validation loss in epoch {epoch}")
         if _better(protocol.select, row, best):
             best = row
-            best_state = {k: v.detach().clone() for k, v in _mutable_state(model).items()}
+            best_state = {k: v.detach().clone() for k, v in _mutable_state(judged).items()}
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
@@ -460,6 +465,15 @@ class _Stepper:
         self.notes.append(f"torch.compile(mode={self.compiled_mode!r}): "
                           f"{self.speed['compile_s']:.1f}s to compile")
         return out
+
+
+def _ema(model: nn.Module, decay: float | None) -> Any:
+    """An exponential moving average of ``model``'s weights and buffers, or None."""
+    if decay is None:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _mutable_state(model: nn.Module) -> dict[str, torch.Tensor]:
