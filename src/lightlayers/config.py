@@ -30,6 +30,19 @@ __all__ = ["IMPROVED", "PROTOCOLS", "ConfigError", "Protocol", "StudyConfig", "c
 PROTOCOLS = ("seed", "improved")
 
 
+def _teacher_rule(spec: Any) -> str | None:
+    """A teacher's run folder must exist (its trials are checked when a trial loads them)."""
+    from lightlayers.teacher import parse_teacher
+
+    if not str(spec).strip():
+        return "must not be empty"
+    run, _ = parse_teacher(str(spec))
+    if not (run / "results.db").is_file():
+        return (f"{run} is not a run folder (no results.db); give RUN_DIR[:MODEL] of a "
+                "finished `lightlayers run`")
+    return None
+
+
 @dataclass(frozen=True)
 class Protocol:
     """How one model is trained. ``seed`` reproduces the study; ``improved`` is our recipe.
@@ -61,6 +74,16 @@ class Protocol:
         None, "exponential moving average of the weights (and BatchNorm statistics) with this "
         "decay per step, e.g. 0.999; validation, selection and test use the average",
         check=within(0, 1, low_open=True, high_open=True))
+    # Knowledge distillation (lightlayers.teacher): soft targets from a finished run's models.
+    teacher: str | None = setting(
+        None, "distil from a finished run: RUN_DIR[:MODEL[+MODEL...]], every finished seed of "
+        "those models averaged into one soft target per training batch", check=_teacher_rule)
+    distill_temperature: float = setting(
+        4.0, "softmax temperature of teacher and student in the distillation term",
+        check=above(0))
+    distill_weight: float = setting(
+        0.5, "weight of the distillation term; the labels' cross-entropy gets 1 - this",
+        check=within(0, 1))
     augment: Augment = setting(factory=Augment, help="augmentation of training batches")
     select: Literal["val_loss", "val_auc", "val_acc", "last"] = setting(
         "val_loss", "which epoch's weights are kept (chosen on validation)")

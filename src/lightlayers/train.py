@@ -241,6 +241,7 @@ def fit(
     num_classes: int,
     positive_class: int | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    teacher: Callable[[torch.Tensor, float], torch.Tensor] | None = None,
 ) -> FitResult:
     """Train ``model`` in place and leave it holding the weights the protocol selects.
 
@@ -248,6 +249,8 @@ def fit(
     backbone features when ``model`` is a head). The selected weights (best validation loss by
     default) are restored at the end; the decision threshold, if the protocol asks for one, is
     chosen on validation only. The model is left in the memory format it trained in.
+    ``teacher(x, T)``: soft targets for a training batch (lightlayers.teacher), mixed into the
+    loss with the protocol's ``distill_weight`` and ``distill_temperature``.
     """
     from sklearn.metrics import roc_auc_score
 
@@ -276,8 +279,10 @@ def fit(
         "memory_format": "channels_last" if fmt == torch.channels_last else "contiguous",
         "compile": None, "compile_s": None, "optimizer": "fused" if fused else "for-loop",
     }
+    if protocol.teacher is not None and teacher is None:
+        raise TrialError(f"teacher {protocol.teacher}: no teacher was loaded for this fit")
     step = _Stepper(model, protocol, device, amp is not None, weight, penalty, opt, sched,
-                    notes, speed)
+                    notes, speed, teacher)
     total_steps = protocol.epochs * len(train)
     ema = _ema(model, protocol.ema)
     # What validation, selection and test see: the weights themselves or their average.
@@ -369,8 +374,10 @@ class _Stepper:
     def __init__(self, model: nn.Module, protocol: Protocol, device: torch.device, amp: bool,
                  weight: torch.Tensor | None, penalty: _Penalty | None,
                  opt: torch.optim.Optimizer, sched: Any, notes: list[str],
-                 speed: dict[str, Any]) -> None:
+                 speed: dict[str, Any],
+                 teacher: Callable[[torch.Tensor, float], torch.Tensor] | None = None) -> None:
         self.model, self.protocol, self.device, self.amp = model, protocol, device, amp
+        self.teacher = teacher
         self.weight, self.penalty, self.opt, self.sched = weight, penalty, opt, sched
         self.notes, self.speed = notes, speed
         self.compiled: nn.Module | None = None
@@ -404,16 +411,30 @@ class _Stepper:
 
     def _run(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:
+        soft = None
+        if self.teacher is not None:
+            with autocast(self.device, self.amp):
+                soft = self.teacher(x, self.protocol.distill_temperature)
         with autocast(self.device, self.amp):
             logits = net(x)
             loss = F.cross_entropy(logits.float(), y, weight=self.weight,
                                    label_smoothing=self.protocol.label_smoothing)
+            if soft is not None:
+                loss = self._distilled(loss, logits.float(), soft)
         total = loss + self.penalty() if self.penalty else loss
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         self.opt.step()
         self.sched.step()
         return loss.detach(), logits.detach()
+
+    def _distilled(self, hard: torch.Tensor, logits: torch.Tensor,
+                   soft: torch.Tensor) -> torch.Tensor:
+        """(1 - w) * hard + w * T^2 * KL(teacher_T || student_T): T^2 keeps the soft term's
+        gradients on the scale of the hard one's as T grows (Hinton et al. 2015)."""
+        t, w = self.protocol.distill_temperature, self.protocol.distill_weight
+        kl = F.kl_div(F.log_softmax(logits / t, dim=1), soft, reduction="batchmean")
+        return (1 - w) * hard + w * t * t * kl
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor,
                  total_steps: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,7 +26,7 @@ from lightlayers.params import count_params
 from lightlayers.progress import ProgressReporter
 from lightlayers.runtime import seed_everything
 from lightlayers.store import trial_key
-from lightlayers.train import TensorLoader, amp_in_use, autocast, evaluate, fit
+from lightlayers.train import TensorLoader, TrialError, amp_in_use, autocast, evaluate, fit
 
 
 @dataclass(frozen=True)
@@ -166,6 +166,25 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
         if reporter:
             reporter.log(f"  {notes[-1]}")
 
+    teacher = None
+    if protocol.teacher is not None:
+        if trainee is not model:
+            raise TrialError(f"teacher {protocol.teacher}: a frozen backbone trains on cached "
+                             "features, which no teacher can see; distil into a model that "
+                             "trains on images")
+        from lightlayers.fingerprint import data_fingerprint
+        from lightlayers.teacher import TeacherError, load_teacher
+
+        try:
+            # The loader options as the teacher's trial recorded its own (JSON).
+            teacher = load_teacher(protocol.teacher, data_fingerprint(ds), ds.image_size,
+                                   json.loads(json.dumps(lo)), ds.num_classes, device,
+                                   ds.in_chans)
+        except TeacherError as e:
+            raise TrialError(str(e)) from e
+        notes.append(f"distilled from {len(teacher.models)} teacher trial(s) of "
+                     f"{protocol.teacher} (T={protocol.distill_temperature:g}, "
+                     f"weight {protocol.distill_weight:g})")
     if reporter:
         reporter.start_trial(f"{spec.model} seed {spec.seed}", protocol.epochs)
     result = fit(
@@ -173,6 +192,7 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
         train_labels=np.asarray(ds.splits["train"].labels), num_classes=ds.num_classes,
         positive_class=ds.positive_class,
         on_epoch=(lambda row: reporter.epoch(row, protocol.epochs)) if reporter else None,
+        teacher=teacher.soft_targets if teacher is not None else None,
     )
     test = evaluate(trainee, test_ld, device, amp is not None)
     m = classification_metrics(test.labels, test.probs, ds.positive_class, result.threshold)
@@ -210,7 +230,7 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
         "input_size": lo.get("crop", ds.image_size),
         "head_time_s": result.total_time_s if feature_time is not None else None,
         "notes": notes + result.notes, "protocol": dataclasses.asdict(protocol),
-        "loader": lo,
+        "loader": lo, "teacher": None if teacher is None else teacher.record,
     }
     return {
         "metrics": metrics, "history": result.history, "confusion": m["confusion"],
