@@ -36,6 +36,7 @@ run: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_cpu.py
+	$(PY) benchmarks/bench_deploy.py --threads 1
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -34,12 +34,18 @@ from lightlayers.store import ResultsStore, StoreError
 ROOT = Path(__file__).resolve().parents[1]
 
 # What each consumer showed before the registry, in its order: pinned, so that reading the
-# registry changed nothing. ECE, added since through the registry alone, is the one addition.
+# registry changed nothing. ECE and the deployment numbers were added since, through the
+# registry alone.
 CSV_BEFORE = [
     "model", "seed", "protocol", "status", "params_total", "params_trainable", "size_mb", "macs",
     "accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1", "auc",
     "collapsed", "threshold", "ece", "test_loss", "total_time_s", "epoch_time_s", "first_epoch_s",
-    "feature_time_s", "infer_img_s", "latency_ms", "best_epoch", "epochs_run", "attempts", "error",
+    "feature_time_s", "infer_img_s", "latency_ms",
+    # The deployment numbers, added since through the registry alone (optional: a study asks).
+    "onnx_fp32_mb", "onnx_int8_mb", "ort_latency_ms", "ort_latency_p95_ms", "ort_img_s",
+    "ort_int8_latency_ms", "ort_int8_latency_p95_ms", "ort_int8_img_s", "torch_cpu_latency_ms",
+    "torch_cpu_latency_p95_ms", "torch_cpu_img_s",
+    "best_epoch", "epochs_run", "attempts", "error",
 ]
 HEADERS_BEFORE = (
     "Model", "Total params", "Trainable params", "Size (MB)", "Accuracy", "Total time (s)",
@@ -110,12 +116,18 @@ def _registry_views() -> dict[str, list]:
 
 def test_consumers_show_what_they_showed_before() -> None:
     assert study.CSV_COLUMNS == CSV_BEFORE
-    assert table.HEADERS == HEADERS_BEFORE
+    # A study that measured no deployment numbers shows the table it showed before; one that
+    # did gains their columns.
+    assert table.headers([]) == HEADERS_BEFORE
+    assert [h for h in table.HEADERS if h not in HEADERS_BEFORE] == [
+        "int8 ONNX (MB)", "ORT latency (ms)", "ORT int8 latency (ms)",
+        "PyTorch CPU latency (ms)"]
     assert figures.CRITERIA == CRITERIA_BEFORE
     assert table.CI_KEYS == CI_BEFORE
     assert _script("ablation").scored() == ABLATION_BEFORE
     assert _script("results_table").scores() == README_SCORES_BEFORE
-    assert [c.spread for c in table.COLUMNS] == [False] * 3 + [True] * 7 + [False, True, True]
+    assert [c.spread for c in table.columns([])] == [False] * 3 + [True] * 7 + [False, True,
+                                                                                True]
 
 
 def test_every_consumer_reads_the_registry() -> None:

@@ -181,6 +181,10 @@ class StudyConfig:
     sizes: dict[str, int] = setting(factory=dict, flag=False, help="per-model image side")
     out: str = setting("runs/study", "run folder")
     report: bool = setting(True, "write the report at the end")
+    # Recorded beside the trial's numbers, never changing them (lightlayers.deploy.bench).
+    deployment: bool = setting(
+        False, "export each trained model to ONNX (fp32 and int8) and time it with ONNX "
+        "Runtime on the CPU beside PyTorch (about 5 s a small model; needs lightlayers[onnx])")
     # Where trials run (a registered executor, see lightlayers.executors). Where they run does
     # not change a trial's numbers, so a run folder can be resumed with another executor.
     executor: str = setting("local", "where trials run", check=_executor_rule)

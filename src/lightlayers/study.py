@@ -47,8 +47,8 @@ def __getattr__(name: str) -> Any:
 # Settings that change a trial's numbers: a run folder holds one value of each. Where trials
 # run is not one of them, so a study can be resumed with another executor; nor is the spelling
 # of the data's path: the data is compared by content (data_fingerprint).
-_SETTINGS_EXCLUDED = ("models", "seeds", "out", "report", "device", "threads", "executor",
-                      "executor_options", "data")
+_SETTINGS_EXCLUDED = ("models", "seeds", "out", "report", "deployment", "device", "threads",
+                      "executor", "executor_options", "data")
 
 
 def write_results_csv(store: ResultsStore, path: Path) -> None:

@@ -208,6 +208,10 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
     macs = count_macs(model, x_test)
     with autocast(device, amp is not None):
         infer_img_s, latency_ms = measure_inference(model, x_test, device)
+    if cfg.deployment:
+        deployed = _deployment(model, ds, lo)
+        if isinstance(deployed, str):
+            notes.append(deployed)
     counts = count_params(model)
     metrics = {
         "params_total": counts.total, "params_trainable": counts.trainable, "size_mb": size_mb,
@@ -218,6 +222,7 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
         "epoch_time_s": result.epoch_time_s, "first_epoch_s": result.first_epoch_s,
         "feature_time_s": feature_time, "infer_img_s": infer_img_s, "latency_ms": latency_ms,
         "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+        **(deployed if cfg.deployment and isinstance(deployed, dict) else {}),
     }
     extra = {
         "amp": result.amp, "speed": result.speed, "device": str(device),
@@ -237,6 +242,20 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
         "predictions": {"classes": list(ds.classes), "labels": test.labels, "probs": test.probs},
         "extra": extra, "checkpoint": str(ckpt.relative_to(out_dir)),
     }
+
+
+def _deployment(model: nn.Module, ds: Dataset, lo: dict[str, Any]) -> dict[str, float] | str:
+    """The deployment numbers of the trained model (lightlayers.deploy.bench), or the note
+    saying why there are none: the trial's own numbers stand either way."""
+    from lightlayers.deploy.errors import DeployError
+
+    try:
+        from lightlayers.deploy.bench import deployment_metrics
+
+        return deployment_metrics(model, ds.splits["train"], ds.splits["test"], lo,
+                                  budget_s=2.0)
+    except (DeployError, ImportError) as e:
+        return f"deployment numbers skipped: {str(e).splitlines()[0] if str(e) else e!r}"
 
 
 def _model_in_chans(name: str, data_chans: int) -> int:

@@ -81,6 +81,8 @@ class Metric:
     ``compute``: for a score of the test predictions, the function that computes it (called
     with keyword arguments, see :mod:`lightlayers.metrics.scores`); None for numbers the trial
     measures itself (parameters, times).
+    ``optional``: recorded only when a study asks for it (the deployment numbers); the report's
+    table leaves its column out when no model has it.
     """
 
     name: str
@@ -98,6 +100,7 @@ class Metric:
     spread: bool = True
     order: int | None = None
     compute: Callable[..., Any] | None = None
+    optional: bool = False
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -280,6 +283,36 @@ for _m in (
            unit="images/s", header="Inference (img/s)", order=12),
     Metric("latency_ms", float, direction="lower", fmt=fmt_f2, label="Inference latency",
            unit="ms, median of batch 1"),
+    # Deployment (StudyConfig.deployment; lightlayers.deploy.bench): the trained model
+    # exported as `lightlayers export` writes it, timed on the CPU beside PyTorch.
+    Metric("onnx_fp32_mb", float, direction="lower", fmt=fmt_size, label="ONNX fp32 file",
+           unit="MB = 10⁶ bytes", spread=False, optional=True),
+    Metric("onnx_int8_mb", float, direction="lower", fmt=fmt_size, label="ONNX int8 file",
+           unit="MB = 10⁶ bytes, static quantization", header="int8 ONNX (MB)", order=3,
+           spread=False, optional=True),
+    Metric("ort_latency_ms", float, direction="lower", fmt=fmt_f2,
+           label="ONNX Runtime latency", unit="ms, fp32, CPU, batch 1, median",
+           header="ORT latency (ms)", order=12, optional=True),
+    Metric("ort_latency_p95_ms", float, direction="lower", fmt=fmt_f2,
+           label="ONNX Runtime latency p95", unit="ms, fp32, CPU, batch 1", optional=True),
+    Metric("ort_img_s", float, direction="higher", fmt=fmt_int,
+           label="ONNX Runtime throughput", unit="images/s, fp32, CPU, batch 64",
+           optional=True),
+    Metric("ort_int8_latency_ms", float, direction="lower", fmt=fmt_f2,
+           label="ONNX Runtime int8 latency", unit="ms, CPU, batch 1, median",
+           header="ORT int8 latency (ms)", order=12, optional=True),
+    Metric("ort_int8_latency_p95_ms", float, direction="lower", fmt=fmt_f2,
+           label="ONNX Runtime int8 latency p95", unit="ms, CPU, batch 1", optional=True),
+    Metric("ort_int8_img_s", float, direction="higher", fmt=fmt_int,
+           label="ONNX Runtime int8 throughput", unit="images/s, CPU, batch 64",
+           optional=True),
+    Metric("torch_cpu_latency_ms", float, direction="lower", fmt=fmt_f2,
+           label="PyTorch CPU latency", unit="ms, fp32, batch 1, median, timed beside ONNX "
+           "Runtime", header="PyTorch CPU latency (ms)", order=12, optional=True),
+    Metric("torch_cpu_latency_p95_ms", float, direction="lower", fmt=fmt_f2,
+           label="PyTorch CPU latency p95", unit="ms, fp32, batch 1", optional=True),
+    Metric("torch_cpu_img_s", float, direction="higher", fmt=fmt_int,
+           label="PyTorch CPU throughput", unit="images/s, fp32, batch 64", optional=True),
     Metric("best_epoch", int, fmt=fmt_int, label="Selected epoch"),
     Metric("epochs_run", int, fmt=fmt_int, label="Epochs run"),
     # One value per training epoch (train.fit's history rows).

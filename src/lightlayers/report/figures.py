@@ -339,6 +339,32 @@ def reliability_figure(run: RunData) -> Figure | None:
     return fig
 
 
+# --- Grad-CAM --------------------------------------------------------------------------------
+def cam_figure(run: RunData, model: str) -> tuple[Figure | None, str | None]:
+    """The heatmaps of a few test images of ``model`` (lightlayers.deploy.examples: the trial
+    `lightlayers export` would choose, its recorded predictions, its checkpoint), or None and
+    why not. Models that never had a checkpoint (no registered model) are passed over."""
+    from lightlayers.models import list_models
+
+    if model not in list_models():
+        return None, None
+    try:
+        from lightlayers.deploy.errors import DeployError
+        from lightlayers.deploy.examples import cam_examples
+        from lightlayers.deploy.examples import cam_figure as draw
+    except ImportError as e:  # pragma: no cover - the deploy package is part of lightlayers
+        return None, str(e)
+    try:
+        examples = cam_examples(run.run_dir, model, per_kind=3)
+    except DeployError as e:
+        return None, str(e)
+    except ImportError as e:  # Captum, with lightlayers[onnx]
+        return None, f"{e}; install lightlayers[onnx]"
+    if not any(examples.values()):
+        return None, "no test image to show"
+    return draw(examples, f"{model}: Grad-CAM on test images"), None
+
+
 # --- confusion matrices ---------------------------------------------------------------------
 def confusion_figure(group: Group, run: RunData) -> Figure | None:
     mats = [np.asarray(t["confusion"]) for t in group.done if t.get("confusion")]
@@ -433,6 +459,15 @@ def _build_figures(run: RunData, rows: Sequence[Row], ensembles: Sequence[Ensemb
         add("reliability", "Calibration: accuracy against confidence on the test split, per "
             "model (ECE: expected calibration error, mean |accuracy - confidence| over "
             "images).", "calibration", fig)
+    for model in dict.fromkeys(g.model for g in run.groups if g.done):
+        fig, why = cam_figure(run, model)
+        if fig is not None:
+            add(f"cam_{slug(model)}",
+                f"{model}: where it looked (Grad-CAM of the predicted class over the image, "
+                "the seed chosen on validation), on its most confident true positives, false "
+                "positives and false negatives of the test split.", "cam", fig)
+        elif why:
+            notes.append(f"{model}: Grad-CAM figure skipped ({why})")
     for g in run.groups:
         fig = confusion_figure(g, run)
         if fig is not None:

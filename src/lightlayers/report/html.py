@@ -17,7 +17,7 @@ from lightlayers.report.compare import Comparison
 from lightlayers.report.ensemble import Ensemble
 from lightlayers.report.figures import FigureSpec
 from lightlayers.report.load import RunData
-from lightlayers.report.table import DIAGNOSED, Row, diagnosis_lines, headers
+from lightlayers.report.table import DIAGNOSED, Row, columns, diagnosis_lines, headers
 
 SECTIONS = (
     ("criteria", "One chart per criterion"),
@@ -25,6 +25,7 @@ SECTIONS = (
     ("tradeoff", "Accuracy against size"),
     ("roc", "ROC curves"),
     ("calibration", "Calibration"),
+    ("cam", "Where the models looked (Grad-CAM)"),
     ("confusion", "Confusion matrices"),
 )
 
@@ -75,10 +76,11 @@ def _pre(obj: Any) -> str:
 
 
 def results_table(rows: Sequence[Row]) -> str:
-    head = "".join(f"<th scope='col'>{_e(h)}</th>" for h in headers())
+    head = "".join(f"<th scope='col'>{_e(h)}</th>" for h in headers(rows))
+    cols = columns(rows)
     body = []
     for r in rows:
-        cells = r.cells()
+        cells = r.cells(cols=cols)
         cls = " class='incomplete'" if r.group.incomplete else ""
         tds = f"<th scope='row'>{_e(cells[0])}</th>" + "".join(
             f"<td class='num'>{_e(c)}</td>" for c in cells[1:])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,14 +18,20 @@ from lightlayers.report.load import Group, RunData
 from lightlayers.report.stats import Summary, summarize
 
 
-def columns() -> tuple[Metric, ...]:
+def columns(rows: Sequence[Row] | None = None) -> tuple[Metric, ...]:
     """The table's metric columns: the registry's metrics with a ``header``, in their order
-    (the study's columns first, DESIGN.md §1, then what we add)."""
-    return table_metrics()
+    (the study's columns first, DESIGN.md §1, then what we add). Given ``rows``, an
+    ``optional`` metric that none of them recorded (deployment numbers of a study that did
+    not measure them) is left out."""
+    cols = table_metrics()
+    if rows is None:
+        return cols
+    return tuple(c for c in cols
+                 if not c.optional or any(r.stats[c.name].mean is not None for r in rows))
 
 
-def headers() -> tuple[str, ...]:
-    return ("Model", *(str(c.header) for c in columns()), "Seeds", "Collapsed runs")
+def headers(rows: Sequence[Row] | None = None) -> tuple[str, ...]:
+    return ("Model", *(str(c.header) for c in columns(rows)), "Seeds", "Collapsed runs")
 
 
 def ci_keys() -> tuple[tuple[str, str], ...]:
@@ -56,12 +63,12 @@ class Row:
     def label(self) -> str:
         return self.group.label
 
-    def cells(self, marker: str = "*") -> list[str]:
-        """Formatted cells in :func:`headers` order; an incomplete model's name gets
-        ``marker``."""
+    def cells(self, marker: str = "*", cols: Sequence[Metric] | None = None) -> list[str]:
+        """Formatted cells in :func:`headers` order (of ``cols``, default every column); an
+        incomplete model's name gets ``marker``."""
         name = self.label + (marker if self.group.incomplete else "")
         cells = [name]
-        for c in columns():
+        for c in columns() if cols is None else cols:
             cells.append(format_cell(self.stats[c.name], c))
         cells += [str(len(self.group.done)),
                   str(self.collapsed) + (f" {DIAGNOSED}" if self.diagnoses else "")]
@@ -138,7 +145,8 @@ CSV_STATS = ("mean", "std", "ci95_low", "ci95_high", "n")
 
 def table_csv(rows: list[Row]) -> str:
     header = ["model", "protocol", "seeds", "n_seeds", "incomplete", "collapsed_runs"]
-    for c in columns():
+    cols = columns(rows)
+    for c in cols:
         header += [f"{c.name}_{s}" for s in CSV_STATS]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -147,7 +155,7 @@ def table_csv(rows: list[Row]) -> str:
         g = r.group
         line: list[Any] = [g.model, g.protocol, " ".join(str(s) for s in g.seeds),
                            len(g.done), int(g.incomplete), r.collapsed]
-        for c in columns():
+        for c in cols:
             s = r.stats[c.name]
             line += [_num(s.mean), _num(s.std), _num(s.ci_low), _num(s.ci_high), s.n]
         w.writerow(line)
@@ -163,10 +171,10 @@ def table_markdown(rows: list[Row], notes: list[str]) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
-    heads = headers()
+    heads, cols = headers(rows), columns(rows)
     out = [line(list(heads)),
            "| " + " | ".join(["---"] + ["---:"] * (len(heads) - 1)) + " |"]
-    out += [line(r.cells()) for r in rows]
+    out += [line(r.cells(cols=cols)) for r in rows]
     out.append("")
     out.append("Metrics are mean ± sample standard deviation over seeds (95% CI in table.csv). "
                "Accuracy etc. on the test split; times are wall clock.")
@@ -208,8 +216,9 @@ def print_table(rows: list[Row], notes: list[str], title: str) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    cells = [r.cells() for r in rows]
-    heads = headers()
+    cols = columns(rows)
+    cells = [r.cells(cols=cols) for r in rows]
+    heads = headers(rows)
     console = Console()
     if not console.is_terminal:
         # rich assumes 80 columns when piped, which folds a 15-column table beyond reading:
