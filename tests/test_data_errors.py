@@ -152,7 +152,7 @@ def test_unsupported_file_type(tmp_path: Path) -> None:
     [
         ({"size": 0}, "size must be"),
         ({"in_chans": 2}, "in_chans must be"),
-        ({"resize": "pad"}, "resize must be"),
+        ({"resize": "pad"}, "resize: must be"),
         ({"on_bad_image": "ignore"}, "on_bad_image must be"),
         ({"val_fraction": 0.0}, "val_fraction must be"),
         ({"resplit": 1.0}, "resplit"),

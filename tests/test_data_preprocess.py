@@ -9,7 +9,7 @@ import pytest
 from data_fixtures import image_bytes, save_npz
 from PIL import Image
 
-from lightlayers.data import load_dataset
+from lightlayers.data import DataError, load_dataset
 from lightlayers.data import preprocess as pre
 from lightlayers.data.preprocess import decode_image
 
@@ -40,6 +40,40 @@ def test_stretch_keeps_the_whole_image_crop_keeps_the_center() -> None:
     assert stretched.shape == cropped.shape == (12, 12)
     assert stretched[:, 0].max() == 0 and stretched[:, 6].min() == 255  # all three bands
     assert cropped.min() == 255  # the center 20x20 square lies inside the white band
+
+
+def test_center_fractions_keep_the_middle_of_each_axis() -> None:
+    # 0.4 of the width: the middle 24 columns, inside the white band (with room for the
+    # resampling filter's reach); the full height.
+    band, _, _ = decode_image(_png(_banded()), 12, None, "center:0.4x1")  # type: ignore[misc]
+    assert band.shape == (12, 12) and band.min() == 255
+    # 0.8 of the width reaches 9 px into each black side: black edges, white middle.
+    wider, _, _ = decode_image(_png(_banded()), 12, None, "center:0.8x1")  # type: ignore[misc]
+    assert wider[:, 0].max() < 128 and wider[:, 6].min() == 255
+    whole, _, _ = decode_image(_png(_banded()), 12, None, "center:1x1")  # type: ignore[misc]
+    stretched, _, _ = decode_image(_png(_banded()), 12, None, "stretch")  # type: ignore[misc]
+    np.testing.assert_array_equal(whole, stretched)
+
+
+@pytest.mark.parametrize("bad", ["center:0x1", "center:1.5x1", "center:0.7", "middle", ""])
+def test_bad_resize_is_one_clear_error(bad: str) -> None:
+    with pytest.raises(DataError, match=f"resize: .*got {bad!r}"):
+        load_dataset("digits", size=8, resize=bad, progress=False)
+
+
+def test_a_center_crop_applies_to_arrays_already_at_the_size(tmp_path: Path) -> None:
+    # Square 20x20 arrays asked at 20 px are kept as they are, unless part is cut away.
+    images = np.zeros((18, 20, 20), np.uint8)
+    images[:, :, 3:17] = 255  # the middle 10 columns and 2 more on each side
+    images[:, :, 0] = np.arange(18)[:, None]  # no two images alike
+    labels = np.arange(18) % 2
+    npz = save_npz(tmp_path / "a.npz", **{f"{s}_{k}": v[i::3] for i, s in
+                                          enumerate(("train", "val", "test"))
+                                          for k, v in (("images", images), ("labels", labels))})
+    same = load_dataset(npz, size=20, progress=False)
+    cut = load_dataset(npz, size=20, resize="center:0.5x1", progress=False)
+    assert _all_images(same) == sorted(bytes(im[None]) for im in images)
+    assert all(im.min() == 255 for s in cut.splits.values() for im in s.images)
 
 
 def test_downscaling_is_antialiased() -> None:
@@ -83,7 +117,7 @@ def test_array_and_file_sources_resize_alike(tmp_path: Path) -> None:
     for i, (im, y) in enumerate(zip(images, labels, strict=True)):
         (tmp_path / "t" / str(y)).mkdir(parents=True, exist_ok=True)
         Image.fromarray(im).save(tmp_path / "t" / str(y) / f"{i:02d}.png")
-    for resize in ("stretch", "crop"):
+    for resize in ("stretch", "crop", "center:0.7x0.9"):
         a = load_dataset(npz, size=10, resize=resize, progress=False)
         f = load_dataset(tmp_path / "t", size=10, resize=resize, progress=False)
         assert a.splits["train"].images.shape[1:] == (1, 10, 10)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lightlayers.data.augment import AugmentConfig as Augment
+from lightlayers.data.preprocess import RESIZE_HELP, center_fractions
 from lightlayers.schema import (
     ConfigError,
     above,
@@ -28,6 +29,14 @@ __all__ = ["IMPROVED", "PROTOCOLS", "ConfigError", "Protocol", "StudyConfig", "c
            "load_config", "merge_overrides", "parse_overrides", "validate"]
 
 PROTOCOLS = ("seed", "improved")
+
+
+def _resize_rule(value: Any) -> str | None:
+    try:
+        center_fractions(str(value))
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def _teacher_rule(spec: Any) -> str | None:
@@ -156,8 +165,8 @@ class StudyConfig:
     size: int | None = setting(None, "square image side in pixels (default: the data's own, "
                                "or a pretrained backbone's)", check=SIZE_RULE, metavar="PX")
     in_chans: Literal[1, 3] | None = setting(None, "image channels (default: the data's)")
-    resize: Literal["stretch", "crop"] = setting(
-        "stretch", "how non-square images become square: stretch, or center crop")
+    resize: str = setting("stretch", "how images become square: " + RESIZE_HELP,
+                          check=_resize_rule)
     val_fraction: float = setting(
         0.1, "share of train held out for validation when the data has no val split",
         check=within(0, 1, low_open=True, high_open=True))

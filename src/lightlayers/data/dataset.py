@@ -17,6 +17,7 @@ from lightlayers.data.preprocess import (
     Decoded,
     PreprocessOptions,
     bad_images_error,
+    center_fractions,
     decode_arrays,
     decode_files,
 )
@@ -148,8 +149,12 @@ def _check_options(
         raise DataError(f"size must be a positive int or None, got {size!r}")
     if in_chans not in (None, 1, 3):
         raise DataError(f"in_chans must be 1, 3 or None (= as the source), got {in_chans!r}")
-    if resize not in ("stretch", "crop"):
-        raise DataError(f"resize must be 'stretch' or 'crop', got {resize!r}")
+    try:
+        fractions = center_fractions(resize)
+    except ValueError as e:
+        raise DataError(f"resize: {e}, got {resize!r}") from None
+    if fractions is not None and size is None:
+        raise DataError(f"resize {resize!r} cuts the images, so it needs a size (--size PX)")
     if on_bad_image not in ("error", "skip"):
         raise DataError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
     if not 0 < val_fraction < 1:
@@ -217,8 +222,9 @@ def load_dataset(
         size: square output side in pixels; None keeps the native size (all images must share
             it).
         in_chans: 1 or 3; None gives 1 when every image is grey, else 3.
-        resize: "stretch" (ignore the aspect ratio, as the study) or "crop" (center square,
-            as MedMNIST).
+        resize: "stretch" (ignore the aspect ratio, as the study), "crop" (center square,
+            as MedMNIST) or "center:WxH" (the central fractions W of the width and H of the
+            height, then stretched).
         val_fraction: share of train carved as val when the source has no usable val split.
         seed: seed of every carved split.
         resplit: pool all images and carve this test share afresh (0.3 -> 70/30).

@@ -39,7 +39,8 @@ _MIN_PARALLEL = 256
 class PreprocessOptions:
     size: int | None = None  # square output side; None keeps the native size
     in_chans: int | None = None  # 1, 3, or None: 1 when every image is grey, else 3
-    resize: str = "stretch"  # "stretch" (the study) or "crop" (center square, as MedMNIST)
+    # "stretch" (the study), "crop" (center square, as MedMNIST) or "center:WxH" fractions
+    resize: str = "stretch"
 
     def with_chans(self, in_chans: int) -> PreprocessOptions:
         return replace(self, in_chans=in_chans)
@@ -89,12 +90,37 @@ def _as_l_or_rgb(im: Image.Image) -> tuple[Image.Image, bool]:
     return rgb, False
 
 
+RESIZE_HELP = ("stretch (ignore the aspect ratio), crop (the center square) or center:WxH "
+               "(the central fractions W of the width and H of the height, then stretched; "
+               "e.g. center:0.7x1)")
+
+
+def center_fractions(resize: str) -> tuple[float, float] | None:
+    """(W, H) of a ``center:WxH`` mode, None for stretch and crop; ValueError (what it must
+    be) when invalid."""
+    if resize in ("stretch", "crop"):
+        return None
+    kind, _, spec = resize.partition(":")
+    try:
+        if kind != "center":
+            raise ValueError
+        fw, fh = (float(v) for v in spec.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"must be {RESIZE_HELP}") from None
+    if not (0 < fw <= 1 and 0 < fh <= 1):
+        raise ValueError("each fraction of center:WxH must be in (0, 1]")
+    return fw, fh
+
+
 def _resize(im: Image.Image, size: int, resize: str) -> Image.Image:
+    w, h = im.size
     box = None
     if resize == "crop":
-        w, h = im.size
         s = min(w, h)
         box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
+    elif (fractions := center_fractions(resize)) is not None:
+        cw, ch = w * fractions[0], h * fractions[1]
+        box = ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
     return im.resize((size, size), _RESAMPLE[RESAMPLE], box=box)
 
 
@@ -324,8 +350,10 @@ def decode_arrays(arrays: ArraySet, opts: PreprocessOptions) -> Decoded:
     in_chans = _resolve_chans(opts.in_chans, all_gray)
     if in_chans == 1 and rgb:
         images = _luma(images)
-    native_square = images.shape[1] == images.shape[2]
-    if opts.size is not None and not (opts.size == images.shape[1] and native_square):
+    # A square image at the wanted size needs no resampling, unless part of it is cut away.
+    unchanged = (images.shape[1] == images.shape[2] == opts.size
+                 and center_fractions(opts.resize) in (None, (1.0, 1.0)))
+    if opts.size is not None and not unchanged:
         images = np.stack(
             [np.asarray(_resize(Image.fromarray(im), opts.size, opts.resize)) for im in images]
         )
