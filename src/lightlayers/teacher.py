@@ -16,7 +16,6 @@ refused with the reason.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,14 +61,6 @@ def _channels(x: torch.Tensor, wanted: int) -> torch.Tensor:
     return x[:, :1] if wanted == 1 else x[:, :1].expand(-1, wanted, -1, -1)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_teacher(spec: str, fingerprint: dict[str, Any], image_size: int,
                  loader: dict[str, Any], num_classes: int, device: torch.device,
                  data_chans: int) -> Teacher:
@@ -79,6 +70,7 @@ def load_teacher(spec: str, fingerprint: dict[str, Any], image_size: int,
     student takes: the grey channel is the same image either way."""
     from lightlayers.deploy.errors import DeployError
     from lightlayers.deploy.trial import find_trials
+    from lightlayers.models.weights import sha256_file
 
     run_dir, models = parse_teacher(spec)
     try:
@@ -122,5 +114,5 @@ def load_teacher(spec: str, fingerprint: dict[str, Any], image_size: int,
         built.append(model.to(device).eval())
     record = {"spec": spec, "run": str(run_dir.resolve()),
               "trials": [str(t.row.get("key")) for t in chosen],
-              "checkpoint_sha256": [_sha256(t.checkpoint) for t in chosen]}
+              "checkpoint_sha256": [sha256_file(t.checkpoint) for t in chosen]}
     return Teacher(built, record)

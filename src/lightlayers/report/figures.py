@@ -235,6 +235,14 @@ def tradeoff_figure(rows: Sequence[Row], ensembles: Sequence[Ensemble] = ()
     return fig, [pts[j][1].label for j in front]
 
 
+def _unit_square(ax: Any, diagonal: str) -> None:
+    """[0, 1] x [0, 1] at equal scale, with the diagonal (labelled ``diagonal``)."""
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label=diagonal)
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+
+
 # --- ROC ------------------------------------------------------------------------------------
 def _roc_scores(pred: dict[str, Any], positive: int | None) -> tuple[np.ndarray, np.ndarray]:
     """(truth, score) for one curve: the positive class when binary, else the micro-average
@@ -284,10 +292,7 @@ def roc_figure(run: RunData) -> tuple[Figure | None, str | None]:
         ax.plot(grid, tpr, color=st["color"], linestyle=st["linestyle"], marker=st["marker"],
                 markevery=20, markeredgecolor="black", linewidth=1.6,
                 label=f"{g.label} (AUC {s.mean:.3f}{spread}, n={s.n})")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.set_aspect("equal")
+    _unit_square(ax, "chance")
     ax.set_xlabel("False positive rate (1 − specificity)")
     ax.set_ylabel("True positive rate (sensitivity)")
     if multiclass:
@@ -327,10 +332,7 @@ def reliability_figure(run: RunData) -> Figure | None:
                 linestyle=st["linestyle"], marker=st["marker"], markeredgecolor="black",
                 linewidth=1.4, label=f"{g.label} (ECE {rel.ece:.3f}, {n} seed"
                 f"{'s' if n != 1 else ''} pooled)")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect")
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.set_aspect("equal")
+    _unit_square(ax, "perfect")
     ax.set_xlabel("Confidence (probability of the predicted class), bin mean")
     ax.set_ylabel("Accuracy in the bin (fraction correct)")
     ax.set_title("Reliability on the test split (15 equal-width bins)")
