@@ -63,7 +63,10 @@ def _trial(run_dir: Path, model: str) -> tuple[dict, dict]:
 
 # --- every model family ---------------------------------------------------------------------
 
-FAMILIES = [("study-conv", 28), ("study-residual-conv", 28), ("paper-light-k2", 28),
+# Every model of the study (its InceptionV3 at its smallest input), and one of each other
+# family.
+FAMILIES = [*((f"study-light-k{k}", 28) for k in range(1, 6)), ("study-conv", 28),
+            ("transfer-inception_v3", 75), ("study-residual-conv", 28), ("paper-light-k2", 28),
             ("paper-conv", 28), ("paper-separable", 28), ("paper-cifar-light-k1", 32),
             ("transfer-resnet18", 32)]
 
