@@ -68,3 +68,31 @@ def test_results_table_reads_the_reports(ablation):
     assert twice.returncode != 0 and "a second table for protocol 'improved'" in twice.stderr
     missing = _script("results_table.py", str(ablation / "nope.csv"))
     assert missing.returncode != 0 and "lightlayers report" in missing.stderr
+
+
+def test_threshold_policies_choose_on_validation_and_score_the_recorded_test(tmp_path):
+    import numpy as np
+    from data_fixtures import pneumonia_subset
+
+    from lightlayers.cli import main as cli
+    from lightlayers.store import ResultsStore
+
+    data = pneumonia_subset(tmp_path / "pneumoniamnist_28_subset.npz")
+    out = tmp_path / "run"
+    assert cli(["run", "--data", str(data), "--models", "study-light-k1", "--seeds", "0,1",
+                "--epochs", "2", "--size", "28", "--quiet", "--no-report", "--out",
+                str(out)]) == 0
+    proc = _script("threshold_policies.py", str(out), "--out", str(tmp_path / "t.md"))
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[3:-1]]
+            for line in (tmp_path / "t.md").read_text().splitlines()[2:]}
+    assert list(rows) == ["0.5", "youden", "equal-error", "val-accuracy"]
+    with ResultsStore(out / "results.db", create=False) as store:
+        recorded = [t["accuracy"] for t in store.trials()]
+    # The 0.5 policy is the decision rule the run recorded: the same test accuracy.
+    assert rows["0.5"][0] == "2" and rows["0.5"][1].startswith(f"{np.mean(recorded):.3f}")
+    assert rows["0.5"][4] == "0.500 ± 0.000"
+    assert "100 images" in proc.stderr  # the validation split it chose on
+    missing = _script("threshold_policies.py", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert "Traceback" not in missing.stderr
