@@ -33,6 +33,7 @@ VARIANTS: dict[str, list[str]] = {
     # Candidates to add to the recipe, measured the same way.
     "plus EMA of the weights (0.999)": ["ema=0.999"],
     "plus 40 epochs (cosine over all of them)": ["epochs=40"],
+    "plus test-time augmentation (4 views)": ["tta=4"],
 }
 
 

@@ -93,6 +93,10 @@ class Protocol:
     distill_weight: float = setting(
         0.5, "weight of the distillation term; the labels' cross-entropy gets 1 - this",
         check=within(0, 1))
+    # Test-time augmentation: the test split's probabilities averaged over the image and
+    # this many augmented views, drawn as training draws them (needs augmentation on).
+    tta: int = setting(0, "average the test probabilities over the image and this many views "
+                       "augmented as in training", check=at_least(0))
     augment: Augment = setting(factory=Augment, help="augmentation of training batches")
     select: Literal["val_loss", "val_auc", "val_acc", "last"] = setting(
         "val_loss", "which epoch's weights are kept (chosen on validation)")
@@ -338,7 +342,11 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         if problem:
             raise ConfigError(f"sizes.{name}: {problem} ({MIN_SIZE}..{MAX_SIZE} pixels), "
                               f"got {px!r}")
-    cfg.resolved_protocol()
+    protocol = cfg.resolved_protocol()
+    if protocol.tta and not protocol.augment.enabled:
+        raise ConfigError(f"tta: {protocol.tta} augmented views were asked for, but the "
+                          f"protocol {protocol.name!r} augments nothing; turn augmentation on "
+                          "(e.g. --protocol improved) or drop tta")
     return cfg
 
 

@@ -195,6 +195,13 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
         teacher=teacher.soft_targets if teacher is not None else None,
     )
     test = evaluate(trainee, test_ld, device, amp is not None)
+    if protocol.tta and aug is not None and trainee is model:
+        test = _with_tta(test, model, ds, protocol.tta, bs, device, aug, lo, amp is not None)
+        notes.append(f"test-time augmentation: test probabilities averaged over the image "
+                     f"and {protocol.tta} augmented views")
+    elif protocol.tta:
+        notes.append("test-time augmentation skipped: a frozen backbone's cached features "
+                     "cannot be augmented")
     m = classification_metrics(test.labels, test.probs, ds.positive_class, result.threshold)
 
     ckpt = out_dir / "checkpoints" / checkpoint_name(spec, data_id)
@@ -242,6 +249,29 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
         "predictions": {"classes": list(ds.classes), "labels": test.labels, "probs": test.probs},
         "extra": extra, "checkpoint": str(ckpt.relative_to(out_dir)),
     }
+
+
+def _with_tta(plain: Any, model: nn.Module, ds: Dataset, views: int, batch: int,
+              device: torch.device, aug: Any, lo: dict[str, Any], amp: bool) -> Any:
+    """``plain`` (the test split's evaluation) with probabilities and loss averaged over the
+    image and ``views`` augmented copies, each view drawn by the training loader's own
+    augmentation with its own seed (the order of the images is kept)."""
+    import torch.nn.functional as F
+
+    probs = [plain.probs]
+    for view in range(views):
+        loader = DeviceLoader(ds.splits["test"], batch, device, seed=1_000 + view, augment=aug,
+                              **lo)
+        ev = evaluate(model, loader, device, amp)
+        if not np.array_equal(ev.labels, plain.labels):
+            raise TrialError("test-time augmentation changed the order of the test images")
+        probs.append(ev.probs)
+    mean = np.mean(probs, axis=0)
+    loss = float(F.nll_loss(torch.from_numpy(np.log(np.clip(mean, 1e-12, 1.0))),
+                            torch.from_numpy(plain.labels)))
+    return dataclasses.replace(plain, loss=loss, accuracy=float((mean.argmax(1) ==
+                                                                 plain.labels).mean()),
+                               probs=mean)
 
 
 def _deployment(model: nn.Module, ds: Dataset, lo: dict[str, Any]) -> dict[str, float] | str:
