@@ -89,11 +89,11 @@ def _script(name: str) -> ModuleType:
 def _views() -> dict[str, list]:
     """Each consumer's list of metrics, as the consumer itself reports it."""
     return {
-        "csv": study.CSV_COLUMNS[4:-2],
-        "table": [c.name for c in table.COLUMNS],
-        "headers": list(table.HEADERS[1:-2]),
-        "charts": [k for k, _, _ in figures.CRITERIA],
-        "ci": [k for k, _ in table.CI_KEYS],
+        "csv": study.csv_columns()[4:-2],
+        "table": [c.name for c in table.columns()],
+        "headers": list(table.headers()[1:-2]),
+        "charts": [k for k, _, _ in figures.criteria()],
+        "ci": [k for k, _ in table.ci_keys()],
         "computed": sorted(set(classification_metrics([0, 1, 1], np.eye(2)[[0, 1, 0]], 1))
                            - {"confusion"}),
         "ablation": [k for k, _ in _script("ablation").scored()],
@@ -115,15 +115,15 @@ def _registry_views() -> dict[str, list]:
 
 
 def test_consumers_show_what_they_showed_before() -> None:
-    assert study.CSV_COLUMNS == CSV_BEFORE
+    assert study.csv_columns() == CSV_BEFORE
     # A study that measured no deployment numbers shows the table it showed before; one that
     # did gains their columns.
     assert table.headers([]) == HEADERS_BEFORE
-    assert [h for h in table.HEADERS if h not in HEADERS_BEFORE] == [
+    assert [h for h in table.headers() if h not in HEADERS_BEFORE] == [
         "int8 ONNX (MB)", "ORT latency (ms)", "ORT int8 latency (ms)",
         "PyTorch CPU latency (ms)"]
-    assert figures.CRITERIA == CRITERIA_BEFORE
-    assert table.CI_KEYS == CI_BEFORE
+    assert figures.criteria() == CRITERIA_BEFORE
+    assert table.ci_keys() == CI_BEFORE
     assert _script("ablation").scored() == ABLATION_BEFORE
     assert _script("results_table").scores() == README_SCORES_BEFORE
     assert [c.spread for c in table.columns([])] == [False] * 3 + [True] * 7 + [False, True,
@@ -137,7 +137,7 @@ def test_every_consumer_reads_the_registry() -> None:
         assert views == _registry_views()
         # No second list anywhere: the new metric reached each of them.
         assert all("mcc" in names or "MCC" in names for names in views.values()), views
-        assert study.CSV_COLUMNS[-4:] == ["epochs_run", "mcc", "attempts", "error"]
+        assert study.csv_columns()[-4:] == ["epochs_run", "mcc", "attempts", "error"]
     assert all("mcc" not in names for names in _views().values())
 
 
@@ -192,7 +192,7 @@ def test_a_registered_metric_reaches_every_output(tmp_path: Path) -> None:
     assert "id='fig-criterion_mcc'" in html
     assert (report / "figures" / "criterion_mcc.png").is_file()
     # Outside the block the metric is no longer known, and no longer accepted.
-    assert "mcc" not in study.CSV_COLUMNS
+    assert "mcc" not in study.csv_columns()
     with ResultsStore(tmp_path / "other.db") as store:
         store.add_trials([{"model": "m", "seed": 0, "protocol": "p", "data": "d"}])
         store.mark_running("m|seed=0|p|d")

@@ -37,12 +37,6 @@ def csv_columns() -> list[str]:
             "attempts", "error"]
 
 
-def __getattr__(name: str) -> Any:
-    # CSV_COLUMNS follows the registry, a metric registered after this import included.
-    if name == "CSV_COLUMNS":
-        return csv_columns()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 # Settings that change a trial's numbers: a run folder holds one value of each. Where trials
 # run is not one of them, so a study can be resumed with another executor; nor is the spelling

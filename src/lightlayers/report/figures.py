@@ -48,12 +48,6 @@ def criteria() -> tuple[tuple[str, str, str], ...]:
     return tuple((m.name, m.ylabel, m.title) for m in chart_metrics())
 
 
-def __getattr__(name: str) -> Any:
-    # CRITERIA follows the registry, metrics registered later included.
-    if name == "CRITERIA":
-        return criteria()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 @dataclass
 class FigureSpec:

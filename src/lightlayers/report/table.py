@@ -39,13 +39,6 @@ def ci_keys() -> tuple[tuple[str, str], ...]:
     return tuple((m.name, str(m.ci)) for m in ci_metrics())
 
 
-def __getattr__(name: str) -> Any:
-    # COLUMNS, HEADERS and CI_KEYS follow the registry, metrics registered later included.
-    views = {"COLUMNS": columns, "HEADERS": headers, "CI_KEYS": ci_keys}
-    if name in views:
-        return views[name]()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 MISSING = "—"
 DIAGNOSED = "†"  # after a collapsed-runs count whose trials have a diagnosis below the table
