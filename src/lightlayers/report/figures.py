@@ -195,7 +195,7 @@ def tradeoff_figure(rows: Sequence[Row], ensembles: Sequence[Ensemble] = ()
     xs = [r.stats["params_total"].mean for _, r in pts]
     ys = [r.stats["accuracy"].mean for _, r in pts]
     front = pareto_front(xs, ys)
-    fig = _new(7.2, 4.6)
+    fig = _new(9.6, 4.8)
     ax = fig.add_subplot()
     for (i, r), x, y in zip(pts, xs, ys, strict=True):
         st = style(i, len(rows))
@@ -204,7 +204,10 @@ def tradeoff_figure(rows: Sequence[Row], ensembles: Sequence[Ensemble] = ()
                     ecolor="black", linestyle="none", label=r.label)
         ax.annotate(r.label, (x, y), textcoords="offset points", xytext=(7, 5), fontsize=8)
     # Seed ensembles: hollow markers of their model's style, at the members' total.
+    # One legend entry stands for all of them (each is labelled beside its marker), so the
+    # legend stays short enough to sit beside the axes instead of over the points.
     index = {r.group.label: i for i, r in enumerate(rows)}
+    hollow = "seed ensemble (hollow)"
     for e in ensembles:
         acc = e.metrics.get("accuracy")
         if not e.params_total or acc is None:
@@ -212,7 +215,8 @@ def tradeoff_figure(rows: Sequence[Row], ensembles: Sequence[Ensemble] = ()
         st = style(index.get(e.group.label, 0), len(rows))
         ax.plot(e.params_total, acc, marker=st["marker"], markerfacecolor="none",
                 markeredgecolor=st["color"], markeredgewidth=1.8, markersize=9,
-                linestyle="none", label=e.label)
+                linestyle="none", label=hollow)
+        hollow = "_nolegend_"
         ax.annotate(f"{e.group.label} ×{len(e.seeds)}", (e.params_total, acc),
                     textcoords="offset points", xytext=(7, -10), fontsize=7)
     fx, fy = [xs[j] for j in front], [ys[j] for j in front]
@@ -221,11 +225,14 @@ def tradeoff_figure(rows: Sequence[Row], ensembles: Sequence[Ensemble] = ()
     ax.plot(fx, fy, linestyle="none", marker="o", markersize=15, markerfacecolor="none",
             markeredgecolor="black", label="on the front")
     ax.set_xscale("log")
+    # Room on the right for the last marker's label, which would otherwise be cut off.
+    right = max([*xs, *(e.params_total for e in ensembles if e.params_total)])
+    ax.set_xlim(right=right * 3.0)
     ax.set_xlabel("Total parameters (count) — log scale")
     ax.set_ylabel("Test accuracy (mean ± std over seeds)")
     ax.set_title("Accuracy against parameters (fewer parameters and higher accuracy win)")
     ax.grid(which="both", linewidth=0.4, alpha=0.5)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     return fig, [pts[j][1].label for j in front]
 
 
