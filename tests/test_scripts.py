@@ -96,3 +96,41 @@ def test_threshold_policies_choose_on_validation_and_score_the_recorded_test(tmp
     missing = _script("threshold_policies.py", str(tmp_path / "nope"))
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_compare_runs_pairs_the_same_model_across_run_folders(ablation, tmp_path):
+    runs = ablation / "runs"
+    out = tmp_path / "cmp"
+    proc = _script("compare_runs.py", f"{runs / 'no-label-smoothing'}: no ls",
+                   str(runs / "improved"), "--same-model", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    with open(out.with_suffix(".csv"), newline="") as f:
+        rows = {r["metric"]: r for r in csv.DictReader(f)}
+    with open(ablation / "results" / "ablation.csv", newline="") as f:
+        table = {r["variant"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"accuracy", "auc"}
+    for metric, row in rows.items():
+        assert (row["model_a"], row["model_b"]) == ("study-light-k2 no ls", "study-light-k2")
+        assert float(row["difference"]) == pytest.approx(
+            float(table["no label smoothing"][f"{metric}_mean"])
+            - float(table["improved"][f"{metric}_mean"]))
+        assert float(row["ci95_low"]) <= float(row["difference"]) <= float(row["ci95_high"])
+    assert "study-light-k2 no ls | study-light-k2 | accuracy" in out.with_suffix(".md").read_text()
+
+
+def test_compare_runs_refuses_runs_tested_on_other_images(ablation):
+    import dataclasses
+
+    from lightlayers.report.compare import merge_runs
+    from lightlayers.report.load import ReportError, load_run
+
+    run = load_run(ablation / "runs" / "improved")
+    fp = run.meta["data_fingerprint"]
+    other = dataclasses.replace(run, meta={**run.meta, "data_fingerprint": {
+        **fp, "split": {**fp["split"], "members": {**fp["split"]["members"], "test": "9:x"}}}})
+    with pytest.raises(ReportError, match="not tested on the same images"):
+        merge_runs([(run, ""), (other, " other")])
+    merged = merge_runs([(run, ""), (run, " again")])
+    assert [g.label for g in merged.groups] == ["study-light-k2", "study-light-k2 again"]
+    ids = [t["id"] for g in merged.groups for t in g.done]
+    assert len(set(ids)) == len(ids) and all(i in merged.predictions for i in ids)

@@ -206,3 +206,35 @@ def comparisons_csv(comps: Sequence[Comparison], n_boot: int = N_BOOT) -> str:
                     repr(c.difference), repr(c.low), repr(c.high), int(c.real), c.n_images,
                     c.seeds_a, c.seeds_b, n_boot])
     return buf.getvalue()
+
+
+def merge_runs(runs: Sequence[tuple[RunData, str]]) -> RunData:
+    """Several runs as one, for :func:`pairwise` across run folders (a distilled model against
+    its labels-only twin, one preprocessing against another): each group's label gains its
+    run's tag, and each trial a new id so that trial ids from different folders cannot
+    collide. Raises :class:`ReportError` unless every run tested on the same images, since a
+    paired bootstrap pairs the images."""
+    from lightlayers.report.load import ReportError
+
+    def test_split(run: RunData) -> object:
+        return (((run.meta.get("data_fingerprint") or {}).get("split") or {})
+                .get("members") or {}).get("test")
+
+    first, _ = runs[0]
+    groups: list[Group] = []
+    predictions: dict[int, dict] = {}
+    for i, (run, tag) in enumerate(runs):
+        if test_split(run) != test_split(first) or test_split(run) is None:
+            raise ReportError(
+                f"{run.run_dir} and {first.run_dir} were not tested on the same images; "
+                "compare runs made from the same data and split")
+        for g in run.groups:
+            done = []
+            for t in g.done:
+                new = (i + 1) * 10**9 + int(t["id"])
+                if t["id"] in run.predictions:
+                    predictions[new] = run.predictions[t["id"]]
+                done.append({**t, "id": new})
+            groups.append(Group(f"{g.label}{tag}", g.model, g.protocol, done,
+                                list(g.planned_seeds)))
+    return RunData(first.run_dir, groups, [], [], first.meta, {}, predictions, {})
