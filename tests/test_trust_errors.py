@@ -102,8 +102,8 @@ def test_interrupt_exits_130(monkeypatch, capsys) -> None:
     (errno.ENOSPC, None, "run", "disk full while writing a file; free some space or choose "
                                 "another --out"),
     (errno.EROFS, "/srv/run/report/table.csv", "report",
-     "cannot write /srv/run/report/table.csv: read-only file system; copy the run folder "
-     "somewhere writable and report on the copy"),
+     "cannot write /srv/run/report/table.csv: read-only file system; pass --out with a "
+     "writable folder"),
 ])
 def test_os_errors_become_one_line_with_the_fix(code, path, command, expected) -> None:
     assert explain(OSError(code, os.strerror(code), path), command) == (2, f"error: {expected}")

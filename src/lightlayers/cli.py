@@ -184,7 +184,7 @@ def _fix(path: str | bytes | os.PathLike[str] | None, command: str | None) -> st
     if command == "run":
         return "choose another --out"
     if command == "report":
-        return "copy the run folder somewhere writable and report on the copy"
+        return "pass --out with a writable folder"
     return "use a writable folder"
 
 

@@ -59,7 +59,7 @@ def write_results_csv(store: ResultsStore, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _settings_diff(previous: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
+def settings_diff(previous: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
     """Settings that differ from a run folder's. A setting the folder predates counts as its
     default value, so folders written before it was added still resume."""
     if previous is None:
@@ -126,7 +126,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
     store = ResultsStore(out / "results.db")
     try:
         previous = store.meta().get("settings")
-        diff = _settings_diff(previous, _settings(cfg))
+        diff = settings_diff(previous, _settings(cfg))
         if diff:
             raise ConfigError(
                 f"{out} holds a study with other settings ({', '.join(diff)} differ); "

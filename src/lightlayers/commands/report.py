@@ -1,4 +1,5 @@
-"""``lightlayers report RUN_DIR``: the table, figures and HTML page of a run folder."""
+"""``lightlayers report RUN_DIR [RUN_DIR ...]``: the table, figures and HTML page of a run folder,
+or of several folders of one study pooled."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from lightlayers.commands._json import json_safe
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from lightlayers.report.write import FORMATS
 
-    p.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by `lightlayers run`")
+    p.add_argument("run_dirs", metavar="RUN_DIR", nargs="+",
+                   help="run folder written by `lightlayers run`; several folders of one study "
+                        "(the same data, settings and protocol, other seeds) are pooled into "
+                        "one report, written to --out")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="folder the report is written to (default: RUN_DIR/report; required "
+                        "when pooling several folders)")
     p.add_argument("--format", dest="formats", default=",".join(FORMATS),
                    help=f"comma-separated outputs (default: all of {','.join(FORMATS)})")
     p.add_argument("--quiet", action="store_true", help="do not print the table")
@@ -27,8 +34,17 @@ def main(args: argparse.Namespace) -> int:
     from lightlayers.cli import CliError
     from lightlayers.report import ReportError, write_report
 
+    if len(args.run_dirs) > 1 and args.out is None:
+        raise CliError(f"pooling {len(args.run_dirs)} run folders writes a report of its own: "
+                       "pass --out DIR")
     try:
-        result = write_report(args.run_dir, formats=args.formats,
+        if len(args.run_dirs) > 1:
+            from lightlayers.report.pool import pool_runs
+
+            run: Any = pool_runs(args.run_dirs)
+        else:
+            run = args.run_dirs[0]
+        result = write_report(run, formats=args.formats, out_dir=args.out,
                               console=not args.quiet and not args.json)
     except ReportError as e:
         raise CliError(str(e)) from e

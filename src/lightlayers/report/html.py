@@ -253,7 +253,8 @@ def page(run: RunData, rows: Sequence[Row], notes: Sequence[str],
 
     meta = run.meta
     c = run.counts
-    title = f"lightlayers report: {run.run_dir.name}"
+    names = [p.name for p in run.sources] or [run.run_dir.name]
+    title = f"lightlayers report: {' + '.join(names)}"
     summary = (f"{sum(c.values())} trials: {c.get('done', 0)} done, {c.get('failed', 0)} "
                f"failed, {c.get('pending', 0) + c.get('running', 0)} not finished. "
                f"{len(run.groups)} model(s), up to {run.max_seeds} seed(s) each.")
@@ -296,7 +297,8 @@ split; times are wall clock; MACs per image; size of the float32 weights file (M
 <h2 id="environment">Environment</h2>
 {environment_html(meta.get("environment") or {}, run)}
 <hr>
-<p><small>Written by lightlayers {_e(__version__)} from {_e(run.run_dir / "results.db")}.
+<p><small>Written by lightlayers {_e(__version__)} from
+{_e(", ".join(str(p / "results.db") for p in (run.sources or (run.run_dir,))))}.
 </small></p>
 <script>{SCRIPT}</script>
 </body>

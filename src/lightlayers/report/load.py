@@ -46,6 +46,8 @@ class RunData:
     histories: dict[int, list[dict[str, Any]]]
     predictions: dict[int, dict[str, Any]]
     counts: dict[str, int]
+    # The run folders pooled into this one (report.pool); empty for a single folder.
+    sources: tuple[Path, ...] = ()
 
     @property
     def max_seeds(self) -> int:

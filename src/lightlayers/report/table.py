@@ -121,7 +121,8 @@ def partial_notes(run: RunData) -> list[str]:
         if not g.incomplete:
             continue
         missing = ", ".join(str(s) for s in g.missing_seeds) or "none planned"
-        notes.append(f"{g.label}: {len(g.done)} of {run.max_seeds} seeds finished "
+        planned = max(run.max_seeds, len(g.planned_seeds))
+        notes.append(f"{g.label}: {len(g.done)} of {planned} seeds finished "
                      f"(missing seeds: {missing})")
     for t in run.failed:
         error = (t.get("error") or "no error recorded").strip().splitlines() or [""]

@@ -62,19 +62,50 @@ def skipped_notes(run: RunData) -> list[str]:
             f"skipped_images.csv): {shown}"]
 
 
+def pooled_notes(run: RunData) -> list[str]:
+    """Where a pooled report's trials come from (report.pool), so a reader can find them."""
+    if not run.sources:
+        return []
+    seeds = "; ".join(f"{g.label}: seeds {', '.join(map(str, g.seeds))}" for g in run.groups)
+    return [f"pooled from {len(run.sources)} run folders of one study "
+            f"({', '.join(map(str, run.sources))}); {seeds}"]
+
+
+def pooled_results_csv(run: RunData) -> str:
+    """A pooled report's ``results.csv``: one row per trial, the columns of a run folder's
+    ``results.csv`` plus the folder each trial ran in."""
+    import csv
+    import io
+
+    from lightlayers.study import csv_columns
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=[*csv_columns(), "run_dir"], extrasaction="ignore",
+                       lineterminator="\n")
+    w.writeheader()
+    trials = [t for g in run.groups for t in g.done] + run.failed + run.unfinished
+    for t in trials:
+        w.writerow({k: int(v) if isinstance(v, bool) else v for k, v in t.items()})
+    return buf.getvalue()
+
+
 def write_report(
-    run_dir: str | Path,
+    run_dir: str | Path | RunData,
     formats: str | Sequence[str] = FORMATS,
     console: bool = True,
+    out_dir: str | Path | None = None,
 ) -> ReportResult:
-    """Write ``RUN_DIR/report/``: ``table.csv``, ``comparisons.csv`` (every pair of models:
-    differences with 95% intervals), ``ensembles.csv`` (models with two or more seeds: their
-    seeds' averaged predictions), ``table.md``, ``figures/*.png|svg`` and ``report.html``
-    (those of ``formats``), and print the table when ``console``.
+    """Write ``RUN_DIR/report/`` (or ``out_dir``): ``table.csv``, ``comparisons.csv`` (every
+    pair of models: differences with 95% intervals), ``ensembles.csv`` (models with two or
+    more seeds: their seeds' averaged predictions), ``table.md``, ``figures/*.png|svg`` and
+    ``report.html`` (those of ``formats``), and print the table when ``console``.
 
     Safe on a partial run: failed and unfinished trials are listed, models with fewer seeds
     marked. Raises :class:`ReportError` when the folder holds no results. Re-running on an
-    unchanged folder writes byte-identical files.
+    unchanged folder writes byte-identical files. ``run_dir`` may also be a
+    :class:`RunData` already read, e.g. several folders pooled by
+    :func:`lightlayers.report.pool.pool_runs`; the pooled report adds ``results.csv`` (one row
+    per trial and the folder it ran in).
 
     Example:
         >>> result = write_report("runs/study", formats=("html", "csv"))
@@ -82,10 +113,10 @@ def write_report(
         PosixPath('runs/study/report/report.html')
     """
     fmts = parse_formats(formats)
-    run = load_run(run_dir)
+    run = run_dir if isinstance(run_dir, RunData) else load_run(run_dir)
     rows = build_rows(run)
-    notes = partial_notes(run) + skipped_notes(run)
-    out = run.run_dir / "report"
+    notes = pooled_notes(run) + partial_notes(run) + skipped_notes(run)
+    out = Path(out_dir) if out_dir is not None else run.run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
@@ -143,7 +174,10 @@ def write_report(
     all_notes = notes + figure_notes
     if "md" in fmts:
         put(out / "table.md", table_markdown(rows, all_notes))
+    if "csv" in fmts and run.sources:
+        put(out / "results.csv", pooled_results_csv(run))
     if console:
-        print_table(rows, all_notes, f"{run.run_dir}: {len(rows)} model(s)")
+        where = f"{len(run.sources)} run folders pooled" if run.sources else str(run.run_dir)
+        print_table(rows, all_notes, f"{where}: {len(rows)} model(s)")
     return ReportResult(out, tuple(sorted(written)), html_path, tuple(rows), tuple(all_notes),
                         tuple(run.failed), tuple(comparisons), tuple(seed_ensembles))
