@@ -4,9 +4,11 @@ against the same model trained on labels alone:
     python scripts/compare_runs.py runs/distill-npz-k1245:" distilled" runs/study-npz-improved \
         --same-model --out results/distillation/comparisons
 
-Each RUN[:TAG] adds its models under their names plus TAG. The intervals are the report's
-(lightlayers.report.compare: 95% paired bootstrap over the test images, seeds resampled), so
-every run must have been tested on the same images. Writes OUT.csv and OUT.md.
+Each RUN[:TAG] adds its models under their names plus TAG; RUN may name several folders of one
+study joined by "+" (seeds run side by side), pooled as `lightlayers report A B --out` pools
+them. The intervals are the report's (lightlayers.report.compare: 95% paired bootstrap over the
+test images, seeds resampled), so every run must have been tested on the same images. Writes
+OUT.csv and OUT.md.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 def main() -> int:
     from lightlayers.report.compare import comparisons_csv, merge_runs, pairwise
     from lightlayers.report.load import ReportError, load_run
+    from lightlayers.report.pool import pool_runs
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", metavar="RUN[:TAG]")
@@ -29,8 +32,9 @@ def main() -> int:
     try:
         runs = []
         for spec in args.runs:
-            path, _, tag = spec.partition(":")
-            runs.append((load_run(path), tag))
+            paths, _, tag = spec.partition(":")
+            parts = paths.split("+")
+            runs.append((pool_runs(parts) if len(parts) > 1 else load_run(parts[0]), tag))
         comps, notes, n_boot = pairwise(merge_runs(runs))
     except ReportError as e:
         print(f"compare_runs: {e}", file=sys.stderr)

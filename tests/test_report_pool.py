@@ -101,3 +101,27 @@ def test_pooling_refuses_what_would_mix_studies_or_count_a_seed_twice(runs, tmp_
     err = _refused(capsys, s0, str(other), "--out", out)
     assert "not made from the same data and split (content differ)" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_compare_runs_pools_folders_joined_by_plus(runs, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "compare_runs.py"
+    out = tmp_path / "cmp"
+    proc = subprocess.run([sys.executable, str(script), f"{runs / 's0'}+{runs / 's1'}: pooled",
+                           str(runs / "s1"), "--same-model", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["metric"]: r for r in _rows(out.with_suffix(".csv"))}
+    acc = {d: _recorded(runs / d)[0]["accuracy"] for d in ("s0", "s1")}
+    assert (rows["accuracy"]["model_a"], rows["accuracy"]["model_b"]) == (
+        "study-light-k1 pooled", "study-light-k1")
+    assert float(rows["accuracy"]["difference"]) == pytest.approx(
+        (acc["s0"] + acc["s1"]) / 2 - acc["s1"])
+    twice = subprocess.run([sys.executable, str(script), f"{runs / 's1'}+{runs / 's1'}",
+                            str(runs / "s0"), "--out", str(out)],
+                           capture_output=True, text=True, timeout=600)
+    assert twice.returncode == 1 and "named twice" in twice.stderr
+    assert "Traceback" not in twice.stderr

@@ -223,7 +223,8 @@ def merge_runs(runs: Sequence[tuple[RunData, str]]) -> RunData:
     first, _ = runs[0]
     groups: list[Group] = []
     predictions: dict[int, dict] = {}
-    for i, (run, tag) in enumerate(runs):
+    ids = itertools.count(1)  # new ids: those of different folders (or pools) would collide
+    for run, tag in runs:
         if test_split(run) != test_split(first) or test_split(run) is None:
             raise ReportError(
                 f"{run.run_dir} and {first.run_dir} were not tested on the same images; "
@@ -231,7 +232,7 @@ def merge_runs(runs: Sequence[tuple[RunData, str]]) -> RunData:
         for g in run.groups:
             done = []
             for t in g.done:
-                new = (i + 1) * 10**9 + int(t["id"])
+                new = next(ids)
                 if t["id"] in run.predictions:
                     predictions[new] = run.predictions[t["id"]]
                 done.append({**t, "id": new})

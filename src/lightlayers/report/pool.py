@@ -9,6 +9,7 @@ finished.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,9 +64,10 @@ def pool_runs(run_dirs: Sequence[str | Path]) -> RunData:
     predictions: dict[int, dict[str, Any]] = {}
     failed: list[dict[str, Any]] = []
     unfinished: list[dict[str, Any]] = []
-    for i, run in enumerate(runs):
-        def renumber(t: dict[str, Any], i: int = i, run: RunData = run) -> dict[str, Any]:
-            return {**t, "id": (i + 1) * 10**9 + int(t["id"]), "run_dir": str(run.run_dir)}
+    ids = itertools.count(1)
+    for run in runs:
+        def renumber(t: dict[str, Any], run: RunData = run) -> dict[str, Any]:
+            return {**t, "id": next(ids), "run_dir": str(run.run_dir)}
 
         for g in run.groups:
             pooled = groups.setdefault(g.label, Group(g.label, g.model, g.protocol))
