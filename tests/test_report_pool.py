@@ -41,7 +41,10 @@ def _recorded(run_dir):
 def test_pooled_report_holds_each_folders_seeds_once(runs, tmp_path, capsys):
     out = tmp_path / "pooled"
     assert cli(["report", str(runs / "s0"), str(runs / "s1"), "--out", str(out),
-                "--format", "csv,md", "--quiet"]) == 0
+                "--format", "csv,md,html", "--quiet"]) == 0
+    html = (out / "report.html").read_text()
+    assert "<title>lightlayers report: s0 + s1</title>" in html
+    assert str(runs / "s0" / "results.db") in html and str(runs / "s1" / "results.db") in html
     (row,) = _rows(out / "table.csv")
     accuracies = [t["accuracy"] for d in ("s0", "s1") for t in _recorded(runs / d)]
     assert row["seeds"] == "0 1" and row["n_seeds"] == "2" and row["incomplete"] == "0"
