@@ -35,11 +35,12 @@ def main() -> int:
             paths, _, tag = spec.partition(":")
             parts = paths.split("+")
             runs.append((pool_runs(parts) if len(parts) > 1 else load_run(parts[0]), tag))
-        comps, notes, n_boot = pairwise(merge_runs(runs))
+        merged = merge_runs(runs)
+        comps, notes, n_boot = pairwise(merged)
     except ReportError as e:
         print(f"compare_runs: {e}", file=sys.stderr)
         return 1
-    labels = {g.label: g.model for g in merge_runs(runs).groups}
+    labels = {g.label: g.model for g in merged.groups}
     if args.same_model:
         comps = [c for c in comps if labels[c.model_a] == labels[c.model_b]]
     out = Path(args.out)

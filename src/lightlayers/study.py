@@ -45,17 +45,22 @@ _SETTINGS_EXCLUDED = ("models", "seeds", "out", "report", "deployment", "device"
                       "executor", "executor_options", "data")
 
 
-def write_results_csv(store: ResultsStore, path: Path) -> None:
+def results_csv_text(trials: Any, extra_columns: tuple[str, ...] = ()) -> str:
+    """results.csv of ``trials`` (the store's trial dicts), with ``extra_columns`` last."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=csv_columns(), extrasaction="ignore",
+    w = csv.DictWriter(buf, fieldnames=[*csv_columns(), *extra_columns], extrasaction="ignore",
                        lineterminator="\n")
     w.writeheader()
-    for t in store.trials():
+    for t in trials:
         # Booleans (collapsed) as 0/1; a non-finite value as nan, inf or -inf, a missing one
         # as an empty cell.
         w.writerow({k: int(v) if isinstance(v, bool) else v for k, v in t.items()})
+    return buf.getvalue()
+
+
+def write_results_csv(store: ResultsStore, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buf.getvalue())
+    tmp.write_text(results_csv_text(store.trials()))
     os.replace(tmp, path)
 
 

@@ -74,19 +74,10 @@ def pooled_notes(run: RunData) -> list[str]:
 def pooled_results_csv(run: RunData) -> str:
     """A pooled report's ``results.csv``: one row per trial, the columns of a run folder's
     ``results.csv`` plus the folder each trial ran in."""
-    import csv
-    import io
+    from lightlayers.study import results_csv_text
 
-    from lightlayers.study import csv_columns
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=[*csv_columns(), "run_dir"], extrasaction="ignore",
-                       lineterminator="\n")
-    w.writeheader()
     trials = [t for g in run.groups for t in g.done] + run.failed + run.unfinished
-    for t in trials:
-        w.writerow({k: int(v) if isinstance(v, bool) else v for k, v in t.items()})
-    return buf.getvalue()
+    return results_csv_text(trials, extra_columns=("run_dir",))
 
 
 def write_report(
