@@ -24,3 +24,11 @@ def shared_data() -> Path:
     if not SHARED.is_dir():
         pytest.fail(f"shared test data not found at {SHARED} (expected ../shared/data)")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def hostile_run(tmp_path_factory) -> Path:
+    """A finished digits study (tests/hostile.py): the template the hostile cases copy."""
+    from hostile import finished_run
+
+    return finished_run(tmp_path_factory)
