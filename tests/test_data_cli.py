@@ -11,6 +11,7 @@ import pytest
 from data_fixtures import CHEST_TAR, PNEUMONIA_NPZ, needs_shared, session_cache, write_tree
 
 from lightlayers.cli import main
+from lightlayers.data.splits import DEFAULT_PATIENT_PATTERN
 
 
 @pytest.fixture(autouse=True)
@@ -46,8 +47,25 @@ def test_summary_json_of_the_chest_archive(capsys: pytest.CaptureFixture[str]) -
     assert train["NORMAL"] + val["NORMAL"] == 1341 and train["PNEUMONIA"] + val["PNEUMONIA"] == 3875
     assert test == {"NORMAL": 234, "PNEUMONIA": 390}
     assert s["classes"] == ["NORMAL", "PNEUMONIA"] and s["image_size"] == [1, 64, 64]
-    assert s["patient_overlap"] == 0 and s["patient_grouping"]["pattern"] == r"person(\d+)_"
+    p = s["patient_grouping"]
+    assert s["patient_overlap"] == 0 and p["pattern"] == DEFAULT_PATIENT_PATTERN
+    # Patients per split for both classes; the carved pair shares none, the official
+    # train/test split shares PNEUMONIA patients as published.
+    assert set(p["per_split"]) == {"train", "val", "test"}
+    assert all(set(v) == {"NORMAL", "PNEUMONIA"} for v in p["per_split"].values())
+    assert p["overlap"]["train/val"] == 0 and p["overlap"]["train/test"] > 0
+    assert p["carved_pairs"] == ["train/val"]
     assert s["duplicates"]["train/val"] == 0 and Path(s["cache"]).is_dir()
+
+
+@needs_shared
+def test_summary_table_of_the_chest_archive_reports_patients(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["data", "summary", str(CHEST_TAR), "--size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "patients per split: train NORMAL " in out
+    assert "patients in two splits: train/val 0 (carved apart); train/test " in out
 
 
 @needs_shared

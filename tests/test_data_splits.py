@@ -3,7 +3,6 @@ and duplicate reporting; on the real chest X-ray archive and synthetic trees."""
 
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from data_fixtures import CHEST_TAR, image_bytes, needs_shared, session_cache, write_tree
 
 from lightlayers.data import Dataset, DuplicateImagesWarning, load_dataset
-from lightlayers.data.splits import carve, group_images, patient_ids
+from lightlayers.data.splits import DEFAULT_PATIENT_PATTERN, carve, group_images, patient_ids
 
 
 @pytest.fixture(autouse=True)
@@ -30,8 +29,9 @@ def chest(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
 
 
 def _patients(ids: tuple[str, ...] | None) -> set[str]:
+    """Patient ids of both classes: personN (PNEUMONIA), IM-NNNN and NORMAL2-IM-NNNN (NORMAL)."""
     assert ids is not None
-    return {m.group(1) for i in ids if (m := re.search(r"person(\d+)_", i))}
+    return {p for p in patient_ids(list(ids), DEFAULT_PATIENT_PATTERN) if p is not None}
 
 
 def _counts(ds: Dataset, split: str) -> list[int]:
@@ -65,9 +65,15 @@ def test_chest_val_is_stratified_ten_percent(chest: Dataset) -> None:
 def test_chest_no_patient_in_train_and_val(chest: Dataset) -> None:
     train, val = _patients(chest.splits["train"].ids), _patients(chest.splits["val"].ids)
     assert len(val) > 50 and not train & val
+    normal_val = {p for p in val if p.startswith(("IM-", "NORMAL2-IM-"))}
+    assert len(normal_val) > 50
     s = chest.summary()
     assert s["patient_overlap"] == 0
-    assert s["patient_grouping"]["images_with_id"] == 4265  # every PNEUMONIA file names a person
+    p = s["patient_grouping"]
+    assert p["images_with_id"] == 5840  # every file names its patient, NORMAL ones included
+    assert p["overlap"]["train/val"] == 0 and p["carved_pairs"] == ["train/val"]
+    assert p["per_split"]["val"]["NORMAL"] == len(normal_val)
+    assert all(n > 0 for per_class in p["per_split"].values() for n in per_class.values())
 
 
 @needs_shared
@@ -230,6 +236,49 @@ def test_identical_images_share_a_group() -> None:
     patients = ["1", None, None, "1", None]
     g = group_images(patients, digests)
     assert g[0] == g[2] == g[3] and len({g[0], g[1], g[4]}) == 3
+
+
+def test_normal_file_names_name_their_patient() -> None:
+    ids = ["train/NORMAL/IM-0115-0001.jpeg", "train/NORMAL/NORMAL2-IM-0115-0001.jpeg",
+           "test/NORMAL/IM-0523-0001-0002.jpeg", "train/PNEUMONIA/person1427_virus_2447.jpeg",
+           "x/IM-12.png", "x/scan-IM-0001-0001.png"]
+    # NORMAL2- is a numbering of its own (see DEFAULT_PATIENT_PATTERN): not IM-0115's patient.
+    assert patient_ids(ids, DEFAULT_PATIENT_PATTERN) == [
+        "IM-0115", "NORMAL2-IM-0115", "IM-0523", "1427", None, None]
+
+
+@needs_shared
+def test_normal_patients_never_straddle_the_carved_val(tmp_path: Path) -> None:
+    """Real file names of the archive (tiny stand-in images): NORMAL patients with several
+    images, in both numberings, stay on one side of the carved validation split."""
+    import tarfile
+
+    with tarfile.open(CHEST_TAR) as tf:
+        names = [n.split("/", 1)[1] for n in tf.getnames() if n.endswith(".jpeg")]
+    normal = [n for n in names if n.startswith("train/NORMAL/")]
+    ids = patient_ids(normal, DEFAULT_PATIENT_PATTERN)
+    per = {p: ids.count(p) for p in set(ids)}
+    several = sorted(n for n, p in zip(normal, ids, strict=True) if per[p] >= 2)
+    singles = sorted(n for n, p in zip(normal, ids, strict=True) if per[p] == 1)[:60]
+    pneumonia = sorted(n for n in names if n.startswith("train/PNEUMONIA/"))[:300]
+    tests = sorted(n for n in names if n.startswith("test/"))[::60]
+    chosen = several + singles + pneumonia + tests
+    assert len(several) > 100 and any("NORMAL2-" in n for n in several)
+    root = tmp_path / "chest"
+    for k, name in enumerate(chosen):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(image_bytes(k, size=(8, 8)))
+    straddled_before = 0
+    for seed in range(3):
+        ds = load_dataset(root, seed=seed, progress=False)
+        p = {k: _patients(s.ids) for k, s in ds.splits.items()}
+        assert not p["train"] & p["val"], f"seed {seed}"
+        assert any(x.startswith("IM-") for x in p["val"])
+        assert ds.summary()["patient_grouping"]["overlap"]["train/val"] == 0
+        old = load_dataset(root, seed=seed, patient_pattern=r"person(\d+)_", progress=False)
+        o = {k: _patients(s.ids) for k, s in old.splits.items()}
+        straddled_before += len(o["train"] & o["val"])
+    assert straddled_before > 0  # grouping PNEUMONIA files only let NORMAL patients straddle
 
 
 def test_patient_ids_use_the_first_group_of_the_basename() -> None:

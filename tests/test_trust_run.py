@@ -121,3 +121,22 @@ def test_touched_files_are_the_same_data_modified_ones_are_named(folder, tmp_pat
     img.write_bytes(other.read_bytes())  # other bytes under the same name
     assert _run(folder, out) == 2
     assert "0 file(s) added, 0 removed, 1 modified" in capfd.readouterr().err
+
+
+def test_folder_split_by_an_older_patient_rule_is_refused_as_other_data(folder, tmp_path,
+                                                                        capfd):
+    """A run folder made before NORMAL files were grouped by patient recorded the old pattern
+    and other val members: it is refused with the usual message, saying what differs."""
+    out = tmp_path / "run"
+    assert _run(folder, out) == 0
+    with ResultsStore(out / "results.db") as store:
+        fp = store.meta()["data_fingerprint"]
+        fp["split"]["patient_pattern"] = r"person(\d+)_"
+        fp["split"]["members"]["val"] = "5:0000000000000000"
+        store.set_meta(data_fingerprint=fp)
+    capfd.readouterr()
+    assert _run(folder, out) == 2
+    err = capfd.readouterr().err
+    assert "was made with other data" in err and "--out NEW_FOLDER" in err
+    assert "it is split differently (patient_pattern: 'person(\\\\d+)_' -> " in err
+    assert "other images in val" in err and "Traceback" not in err

@@ -59,7 +59,15 @@ def _data_change(previous: dict[str, Any], now: dict[str, Any],
             f"{k}: {str(old.get(k))[:16]} -> {str(new.get(k))[:16]}" for k in changed) + ")"
     if previous.get("classes") != now.get("classes"):
         return f"its classes differ ({previous.get('classes')} -> {now.get('classes')})"
-    return f"it is split differently ({previous.get('split')} -> {now.get('split')})"
+    # Only what differs: a split rule changed by an upgrade (patient grouping) reads as such.
+    old, new = previous.get("split") or {}, now.get("split") or {}
+    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+               if k != "members" and old.get(k) != new.get(k)]
+    om, nm = old.get("members") or {}, new.get("members") or {}
+    moved = [s for s in sorted(set(om) | set(nm)) if om.get(s) != nm.get(s)]
+    if moved:
+        changed.append(f"other images in {', '.join(moved)}")
+    return f"it is split differently ({'; '.join(changed) or 'same split recorded otherwise'})"
 
 
 def _jsonable(obj: Any) -> Any:

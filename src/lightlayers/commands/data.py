@@ -139,10 +139,8 @@ def _print_summary(s: dict[str, Any]) -> None:
     console.print(f"duplicates within splits: {within}")
     p = s["patient_grouping"]
     if p:
-        console.print(
-            f"patient grouping: {p['pattern']}, {p['patients']:,} patients on "
-            f"{p['images_with_id']:,} images; patients in train and val: {s['patient_overlap']}"
-        )
+        for line in _patient_lines(p):
+            console.print(line, soft_wrap=True, markup=False, highlight=False)
     else:
         console.print("patient grouping: none")
     if s["positive_class"] is not None:
@@ -158,3 +156,22 @@ def _print_summary(s: dict[str, Any]) -> None:
     console.print(f"cache: {s['cache']}", soft_wrap=True, highlight=False)
     for note in s["notes"]:
         console.print(f"note: {note}", soft_wrap=True, markup=False, highlight=False)
+
+
+def _patient_lines(p: dict[str, Any]) -> list[str]:
+    """Patients per split and class, and per pair of splits the patients found in both: 0 by
+    construction where this library carved the pair apart, as published elsewhere."""
+    lines = [f"patient grouping: {p['pattern']}, {p['patients']:,} patients on "
+             f"{p['images_with_id']:,} images"]
+    per_split = p.get("per_split") or {}
+    if per_split:
+        lines.append("patients per split: " + "; ".join(
+            f"{split} " + ", ".join(f"{c} {n:,}" for c, n in per_class.items())
+            for split, per_class in per_split.items()))
+    carved = set(p.get("carved_pairs") or ())
+    groups = [(" (carved apart)", [k for k in p["overlap"] if k in carved]),
+              (" (not carved: as the source splits them)",
+               [k for k in p["overlap"] if k not in carved])]
+    lines.append("patients in two splits: " + "; ".join(
+        ", ".join(f"{k} {p['overlap'][k]:,}" for k in keys) + why for why, keys in groups if keys))
+    return lines

@@ -85,6 +85,11 @@ class Dataset:
             for name, s in self.splits.items()
         }
         patients = self.details.get("patients")
+        if patients and "per_split" in patients:
+            # Class names for the label indices the split plan counts patients by.
+            patients = {**patients, "per_split": {
+                split: dict(zip(self.classes, n, strict=False))
+                for split, n in patients["per_split"].items()}}
         return {
             "name": self.name,
             "source": self.source,
@@ -228,7 +233,8 @@ def load_dataset(
         val_fraction: share of train carved as val when the source has no usable val split.
         seed: seed of every carved split.
         resplit: pool all images and carve this test share afresh (0.3 -> 70/30).
-        patient_pattern: regex on file names whose first group is a patient id; images of one
+        patient_pattern: regex on file names; its first group that matches is the patient id
+            (the default reads `personN_` and `IM-NNNN`/`NORMAL2-IM-NNNN`); images of one
             patient never straddle a carved split. None disables grouping.
         on_bad_image: "error" (list the unreadable files) or "skip" them: they are left out,
             warned about, and listed with their reasons in ``Dataset.skipped`` and the summary.

@@ -25,7 +25,14 @@ __all__ = [
     "plan_splits",
 ]
 
-DEFAULT_PATIENT_PATTERN = r"person(\d+)_"
+# Patient ids in the Kermany chest X-ray file names: PNEUMONIA files are `personN_...`, NORMAL
+# files `IM-NNNN-...` or `NORMAL2-IM-NNNN-...` (IM-NNNN names the patient, the numbers after
+# it the image). `NORMAL2-` is a second numbering, not the same patients: in the archive no
+# IM-NNNN (of either series) has images in both official train and test, yet 94 of the 328
+# numbers used by both series do straddle train and test (as often as unrelated ids would),
+# and an `IM-N` image looks no more like its `NORMAL2-IM-N` namesake than a random pair. So
+# the prefix is kept in the id: `NORMAL2-IM-0381` and `IM-0381` are two patients.
+DEFAULT_PATIENT_PATTERN = r"person(\d+)_|^((?:NORMAL2-)?IM-\d+)-"
 # Test share carved when a source has no test split (and no resplit is asked for).
 DEFAULT_TEST_FRACTION = 0.2
 # A val split this small cannot rank checkpoints (the chest X-ray set ships 16 images).
@@ -44,12 +51,17 @@ class SplitPlan:
 
 
 def patient_ids(ids: list[str], pattern: str) -> list[str | None]:
-    """Patient id per file name (its first group, or the whole match), None without a match."""
+    """Patient id per file name: the first group that took part in the match (so a pattern
+    may offer alternatives, one group each), or the whole match for a pattern without groups;
+    None without a match."""
     rx = re.compile(pattern)
     out: list[str | None] = []
     for i in ids:
         m = rx.search(posixpath.basename(i))
-        out.append(None if m is None else (m.group(1) if rx.groups else m.group(0)))
+        if m is None or not rx.groups:
+            out.append(None if m is None else m.group(0))
+        else:
+            out.append(next((g for g in m.groups() if g is not None), None))
     return out
 
 
@@ -83,8 +95,10 @@ def carve(
     idx: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: float, seed: list[int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split ``idx`` into (rest, carved) with ``fraction`` of each class's images carved, whole
-    groups only (each group counts for its majority class). A class with a single group stays
-    entirely in rest, so rest keeps every class."""
+    groups only (each group counts for its majority class). Rest keeps every class of ``idx``:
+    a class with a single group stays entirely in rest, and a class whose every image lies in
+    carved groups of other classes (one patient imaged under two labels) gets its smallest such
+    group back."""
     rng = np.random.default_rng(seed)
     uniq, inv = np.unique(groups[idx], return_inverse=True)
     sizes = np.bincount(inv)
@@ -104,6 +118,11 @@ def carve(
                 take[m] = True
                 got += int(sizes[m])
                 taken += 1
+    # Returning a group to rest never empties a class there, so one pass restores them all.
+    for c in np.flatnonzero(per_class.sum(axis=0)):
+        holders = np.flatnonzero(per_class[:, c] > 0)
+        if take[holders].all():
+            take[holders[np.argmin(sizes[holders])]] = False
     carved = take[inv]
     return idx[~carved], idx[carved]
 
@@ -198,11 +217,24 @@ def plan_splits(
     patient_info = None
     if patients is not None and patient_pattern and any(p is not None for p in patients):
         per_split = {s: {patients[i] for i in idx} - {None} for s, idx in indices.items()}
+        n_classes = int(labels.max()) + 1 if len(labels) else 0
+        per_class: dict[str, list[int]] = {}
+        for s, idx in indices.items():
+            seen: list[set[str]] = [set() for _ in range(n_classes)]
+            for i in idx:
+                if patients[i] is not None:
+                    seen[labels[i]].add(patients[i])
+            per_class[s] = [len(x) for x in seen]
         patient_info = {
             "pattern": patient_pattern,
             "patients": len({p for p in patients if p is not None}),
             "images_with_id": sum(p is not None for p in patients),
+            # Split -> distinct patients with images of each class (by label index).
+            "per_split": per_class,
             "overlap": {f"{a}/{b}": len(per_split[a] & per_split[b]) for a, b in _pairs(indices)},
+            # Pairs kept apart by the carving here (always 0); the others are as published.
+            "carved_pairs": [f"{a}/{b}" for a, b in _pairs(indices)
+                             if {a, b} & set(carved) and {a, b} <= {"train", *carved}],
         }
         shared = {k: v for k, v in patient_info["overlap"].items() if v}
         if shared:
