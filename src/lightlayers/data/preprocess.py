@@ -1,5 +1,14 @@
 """Decode once: images -> uint8 (N, C, H, W) at one size and channel count, plus a content digest
-per image (for duplicate checks) computed on the decoded pixels before resizing."""
+per image (for duplicate checks) computed on the decoded pixels before resizing.
+
+Size: an image's pixel count is read from its header before any pixel is decoded, and an
+image over :data:`MAX_IMAGE_PIXELS` (40 megapixels; ``LIGHTLAYERS_MAX_IMAGE_PIXELS`` overrides
+it) is an undecodable image, in training and in ``lightlayers predict`` alike: a 0.5 MB PNG can
+claim 13000 x 13000 pixels and take gigabytes to decode. Only regular files are opened; a named
+pipe, socket or device is refused unopened (reading a FIFO would wait forever).
+
+Pixel values: every Pillow mode maps to 8 bits (see :func:`_as_l_or_rgb`).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +17,9 @@ import hashlib
 import io
 import multiprocessing
 import os
+import re
 import signal
+import stat
 import struct
 import sys
 import threading
@@ -20,12 +31,22 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageChops
+from PIL import Image, ImageChops, UnidentifiedImageError
 
 from lightlayers.data.errors import DataError
 from lightlayers.data.sources.base import SPLITS, ArraySet, FileSet
 
-__all__ = ["RESAMPLE", "Decoded", "PreprocessOptions", "decode_arrays", "decode_files"]
+__all__ = [
+    "ENV_MAX_IMAGE_PIXELS",
+    "MAX_IMAGE_PIXELS",
+    "RESAMPLE",
+    "Decoded",
+    "PreprocessOptions",
+    "decode_arrays",
+    "decode_files",
+    "max_image_pixels",
+    "special_file_kind",
+]
 
 # PIL's BILINEAR widens its filter by the downscale factor, so it is antialiased (like
 # torchvision's antialias=True); part of every cache key, so changing it re-decodes.
@@ -33,6 +54,40 @@ RESAMPLE = "bilinear"
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "lanczos": Image.Resampling.LANCZOS}
 # Below this many images a pool costs more than it saves.
 _MIN_PARALLEL = 256
+# Largest image (width x height) decoded, in training and prediction: far above any medical or
+# photographic dataset (a 6000 x 6000 scan is 36 MP), and at 4 bytes a pixel still < 200 MB.
+MAX_IMAGE_PIXELS = 40_000_000
+ENV_MAX_IMAGE_PIXELS = "LIGHTLAYERS_MAX_IMAGE_PIXELS"
+
+
+def max_image_pixels() -> int:
+    """The pixel limit in force: :data:`MAX_IMAGE_PIXELS`, or the environment's override."""
+    text = os.environ.get(ENV_MAX_IMAGE_PIXELS, "").strip()
+    if not text:
+        return MAX_IMAGE_PIXELS
+    if re.fullmatch(r"[0-9][0-9_]*", text) is None or int(text) < 1:
+        raise DataError(
+            f"{ENV_MAX_IMAGE_PIXELS}={text!r} is not a positive whole number of pixels; give "
+            f"width x height, e.g. {ENV_MAX_IMAGE_PIXELS}=100000000 for 100 megapixels."
+        )
+    return int(text)
+
+
+_SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a folder"),
+)
+
+
+def special_file_kind(mode: int) -> str | None:
+    """What a non-regular file is ("a named pipe (FIFO)", ...), from its ``st_mode``; None for
+    a regular file. Reading a FIFO waits for a writer forever, and a device can be endless."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((what for test, what in _SPECIAL_KINDS if test(mode)), "not a regular file")
 
 
 @dataclass(frozen=True)
@@ -71,15 +126,81 @@ def _digest(data: bytes, shape: tuple[int, ...]) -> int:
     return int.from_bytes(h.digest(), "little")
 
 
+class _Refused(Exception):
+    """An image this decoder will not map to 8 bits; the message is the reason."""
+
+
+_GREY_16 = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
+# Modes Pillow converts to RGB faithfully: RGBX drops its padding byte, CMYK uses Pillow's
+# subtractive formula, YCbCr is ITU-R 601 (JPEG's), HSV and LAB (D65) are colorimetric.
+_TO_RGB = frozenset({"RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "P"})
+_WITH_ALPHA = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
+
+
+def _over_white(values: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """uint8 ``values`` (H, W) or (H, W, C) composited over white, as image viewers show them:
+    round((v * a + 255 * (255 - a)) / 255). Over black, dark ink drawn on a transparent
+    background (scans, signatures, icons) would vanish into a constant image."""
+    a = alpha.astype(np.uint32)
+    if values.ndim == 3:
+        a = a[..., None]
+    return ((values.astype(np.uint32) * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
+
+
+def _stretch_to_8bit(a: np.ndarray, mode: str) -> np.ndarray:
+    """Mode I / F values scaled linearly from the image's own [min, max] to [0, 255]."""
+    if not np.isfinite(a).all():
+        raise _Refused(f"a mode {mode} image with NaN or infinite values; store finite values")
+    lo, hi = float(a.min()), float(a.max())
+    if hi == lo:
+        return np.zeros(a.shape, np.uint8)
+    return np.rint((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
 def _as_l_or_rgb(im: Image.Image) -> tuple[Image.Image, bool]:
-    """The image as mode L (when grey) or RGB, and whether it is grey."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit greys (common in medical PNG/TIFF): PIL's convert("L") would clip at 255.
-        a = np.asarray(im, dtype=np.int64)
-        return Image.fromarray(np.clip((a + 128) // 257, 0, 255).astype(np.uint8)), True
-    if im.mode in ("L", "1", "LA", "La"):
-        return (im if im.mode == "L" else im.convert("L")), True
-    rgb = im if im.mode == "RGB" else im.convert("RGB")
+    """The image as mode L (when grey) or RGB, and whether it is grey.
+
+    Every Pillow mode maps to 8 bits per channel:
+
+    - ``1``: 0 and 255. ``L``, ``RGB``: as stored.
+    - ``I;16``, ``I;16B``, ``I;16L`` (16-bit grey, common in medical PNG/TIFF):
+      ``(v + 128) // 257``, i.e. v / 257 rounded, so 0..65535 spans 0..255 exactly.
+    - ``I`` (32-bit integer) and ``F`` (32-bit float): no fixed range, so each image is scaled
+      linearly from its own minimum (0) to its own maximum (255); a constant image is all 0,
+      and an ``F`` image holding NaN or infinity is refused.
+    - ``P`` (palette), ``RGBX``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``: converted to RGB by
+      Pillow (a palette through its colours, LAB and HSV colorimetrically).
+    - Alpha (``LA``, ``PA``, ``RGBA``, a ``P`` image with a transparent colour, and the
+      premultiplied ``La``/``RGBa``): composited over **white**,
+      (v * alpha + 255 * (255 - alpha)) / 255 rounded, so a fully transparent pixel is 255.
+
+    Then an RGB image whose three channels are equal everywhere is grey (mode L). Any other
+    mode is refused (:class:`_Refused`, the reason naming the mode).
+    """
+    mode = im.mode
+    if mode in _GREY_16:
+        a = np.asarray(im).astype(np.int64)
+        return Image.fromarray(((a + 128) // 257).astype(np.uint8)), True
+    if mode in ("I", "F"):
+        return Image.fromarray(_stretch_to_8bit(np.asarray(im, dtype=np.float64), mode)), True
+    if mode == "L":
+        return im, True
+    if mode == "1":
+        return im.convert("L"), True
+    if mode in ("LA", "La"):
+        la = np.asarray(im.convert("LA"))
+        return Image.fromarray(_over_white(la[..., 0], la[..., 1])), True
+    if mode in _WITH_ALPHA or (mode == "P" and "transparency" in im.info):
+        # PA keeps its own alpha band: Pillow's PA -> RGBA conversion would make it opaque.
+        alpha = np.asarray(im.getchannel("A")) if mode == "PA" else None
+        rgba = np.asarray(im.convert("RGB" if mode == "PA" else "RGBA"))
+        if alpha is None:
+            rgba, alpha = rgba[..., :3], rgba[..., 3]
+        rgb = Image.fromarray(_over_white(rgba, alpha))
+    elif mode in _TO_RGB:
+        rgb = im if mode == "RGB" else im.convert("RGB")
+    else:
+        raise _Refused(f"image mode {mode} is not supported; save it as 8- or 16-bit grey or RGB")
     r, g, b = rgb.split()
     # getbbox() of the difference is None exactly when two channels are equal everywhere.
     if (
@@ -124,14 +245,58 @@ def _resize(im: Image.Image, size: int, resize: str) -> Image.Image:
     return im.resize((size, size), _RESAMPLE[RESAMPLE], box=box)
 
 
+# A Pillow message about an in-memory file names the buffer object, not the file: the caller
+# prefixes the member's name instead.
+_BUFFER_REPR = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+_PILLOW_LIMIT = threading.Lock()
+
+
+def _open_unchecked(source: io.BytesIO | str) -> Image.Image:
+    """Image.open without Pillow's own decompression-bomb check, which raises (or warns) in
+    open() before the size can be read; :func:`decode_image` applies its own limit instead."""
+    with _PILLOW_LIMIT:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(source)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _too_large(im: Image.Image, limit: int) -> str | None:
+    w, h = im.size
+    if w * h <= limit:
+        return None
+    return f"{w} x {h} pixels exceeds the limit of {limit} ({ENV_MAX_IMAGE_PIXELS})"
+
+
 def decode_image(
     payload: bytes | str, size: int | None, in_chans: int | None, resize: str
 ) -> tuple[np.ndarray, bool, int] | str:
-    """One image -> (H, W) or (H, W, 3) uint8, is-grey, digest; or an error message."""
+    """One image -> (H, W) or (H, W, 3) uint8, is-grey, digest; or the reason it cannot be
+    decoded. A path is opened only when it is a regular file, and the pixels only when the
+    header's width x height is within :func:`max_image_pixels`."""
+    limit = max_image_pixels()
+    if isinstance(payload, str):
+        try:
+            kind = special_file_kind(os.stat(payload).st_mode)
+        except OSError:
+            kind = None  # missing or a broken link: Image.open says which
+        if kind is not None:
+            return f"{kind}, not an image file; it was not opened"
     try:
-        with Image.open(io.BytesIO(payload) if isinstance(payload, bytes) else payload) as im:
-            im.load()  # a truncated file fails here rather than decoding half an image
-            base, gray = _as_l_or_rgb(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with _open_unchecked(io.BytesIO(payload) if isinstance(payload, bytes)
+                                 else payload) as im:
+                if (reason := _too_large(im, limit)) is not None:
+                    return reason
+                im.load()  # a truncated file fails here rather than decoding half an image
+                base, gray = _as_l_or_rgb(im)
+    except _Refused as e:
+        return str(e)
+    except UnidentifiedImageError:
+        return "UnidentifiedImageError: not an image file Pillow can read"
     except (
         OSError,
         ValueError,
@@ -140,7 +305,7 @@ def decode_image(
         struct.error,
         Image.DecompressionBombError,
     ) as e:
-        return f"{type(e).__name__}: {e}"
+        return _BUFFER_REPR.sub("", f"{type(e).__name__}: {e}")
     digest = _digest(base.tobytes(), (base.height, base.width, len(base.getbands())))
     if in_chans == 1 and base.mode == "RGB":
         base = base.convert("L")  # ITU-R 601 luma
@@ -275,6 +440,7 @@ def _resolve_chans(in_chans: int | None, all_gray: bool) -> int:
 def decode_files(
     files: FileSet, opts: PreprocessOptions, on_bad_image: str, where: str, progress: bool
 ) -> Decoded:
+    max_image_pixels()  # a bad override is one error here, not one per decoding worker
     jobs = ((files.payload(item), opts.size, opts.in_chans, opts.resize) for item in files.items)
     results = list(parallel_map(_decode_job, jobs, len(files.items), f"decoding {where}", progress))
     bad = [(it.id, r) for it, r in zip(files.items, results, strict=True) if isinstance(r, str)]

@@ -67,7 +67,15 @@ def open_source(source: str | os.PathLike[str]) -> Source:
                 "archive, a .npz file, or a short name (see `lightlayers data list`)."
             )
         get_named_source(text)  # raises DataError with close matches
+    from lightlayers.data.preprocess import special_file_kind
+
     path = path.resolve()
+    if not path.is_dir() and (kind := special_file_kind(path.stat().st_mode)) is not None:
+        # Reading it would block (a FIFO) or never end (a device).
+        raise DataError(
+            f"{path} is {kind}, not a dataset file. Give a dataset folder, a .tar.gz/.tgz/.zip "
+            "archive, a .npz file, or a short name (see `lightlayers data list`)."
+        )
     if path.is_dir():
         idx = find_idx_files(path)
         return idx_source(path, idx) if idx else folder_source(path)

@@ -238,11 +238,14 @@ def _shown(items: list[str], n: int = 5) -> str:
 def _walk(root: Path) -> _Walk:
     """Every image and folder below ``root``, in the order of ``os.walk`` (top-down, sorted),
     following symlinked folders only when that cannot loop or relabel (see folder_source)."""
+    from lightlayers.data.preprocess import special_file_kind
+
     root_real = os.path.realpath(root)
     files: list[str] = []
     dirs: list[str] = []
     not_followed: list[str] = []
     outside: list[str] = []
+    special: list[str] = []  # FIFOs, sockets, devices: listed, never opened
     h = hashlib.sha256()
     hashes = _HashCache(root_real)
     manifest: dict[str, str] = {}
@@ -289,6 +292,9 @@ def _walk(root: Path) -> _Walk:
                 dirs.append(rel)
                 h.update(f"D\t{rel}\n".encode())
                 subfolders.append((e.path, rel + "/", out or link))
+            elif st is not None and (kind := special_file_kind(st.st_mode)) is not None:
+                # Hashing or decoding would open it: a FIFO blocks until a writer comes.
+                special.append(f"{rel} ({kind})")
             elif _is_image(rel):
                 files.append(rel)
                 if st is None:
@@ -309,6 +315,11 @@ def _walk(root: Path) -> _Walk:
         notes.append(
             f"{len(not_followed)} symlinked folder(s) not followed (each points back into the "
             f"dataset, at a folder holding it, or at a folder already read): {_shown(not_followed)}"
+        )
+    if special:
+        notes.append(
+            f"skipped {len(special)} file(s) that are not regular files (not images; never "
+            f"opened): {_shown(special)}"
         )
     if outside:
         notes.append(
@@ -377,7 +388,9 @@ def folder_source(path: Path) -> Source:
     them). Images that are symlinks to files outside the tree (or lie in a folder reached
     through such a link) are used, and listed in the notes as a warning. A broken link named
     like an image is an unreadable image (an error, or skipped with ``on_bad_image="skip"``).
-    An unreadable folder is an error naming it.
+    An unreadable folder is an error naming it. Named pipes, sockets and devices are never
+    opened (a FIFO would block the walk forever): they are not images, and the notes list them
+    as skipped.
     """
     walk = _walk(path)
 
