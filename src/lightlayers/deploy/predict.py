@@ -50,7 +50,9 @@ class Outcome:
 
 def _walk_images(root: Path) -> Iterator[str]:
     """Image files below ``root`` (relative posix paths, sorted); hidden files and folders
-    are left out, symlinked folders are not followed (no loops)."""
+    are left out, symlinked folders are not followed (no loops). Named pipes, sockets and
+    devices named like images are listed too: the decoder refuses them unopened, so each is
+    reported as skipped with what it is."""
     from lightlayers.data.sources.tree import _is_image
 
     for folder, dirs, files in os.walk(root):
@@ -65,16 +67,26 @@ def _walk_images(root: Path) -> Iterator[str]:
 def gather_inputs(inputs: list[str]) -> list[Item]:
     """The images of ``inputs``: image files (any file named is tried), folders (their image
     files, recursively) and .tar(.gz)/.tgz/.zip archives (their image members, read in place
-    within the data package's archive limits)."""
+    within the data package's archive limits). A file named here that is not a regular file
+    (a named pipe, socket or device) is an error: reading it could block forever."""
     from lightlayers.data import DataError
+    from lightlayers.data.preprocess import max_image_pixels, special_file_kind
     from lightlayers.data.sources.tree import _read_archive, is_archive
 
+    try:
+        max_image_pixels()  # a bad override is one error now, not one per image later
+    except DataError as e:
+        raise DeployError(str(e)) from e
     items: list[Item] = []
     for text in inputs:
         p = Path(text).expanduser()
         if not p.exists():
             raise DeployError(f"{p} does not exist; give image files, folders or archives "
                               "(.tar.gz/.tgz/.zip)")
+        kind = special_file_kind(p.stat().st_mode)
+        if kind is not None and kind != "a folder":
+            raise DeployError(f"{p} is {kind}, not an image file; give image files, folders "
+                              "or archives (.tar.gz/.tgz/.zip)")
         if p.is_dir():
             found = [Item(str(p / rel), rel, str(p / rel)) for rel in _walk_images(p)]
             if not found:
