@@ -21,6 +21,7 @@ from lightlayers.config import ConfigError, StudyConfig
 from lightlayers.data import Dataset, load_dataset
 from lightlayers.executors import Task, create_executor, executor_info
 from lightlayers.fingerprint import _data_change, _jsonable, data_fingerprint, data_key
+from lightlayers.ledger import StudyLedger
 from lightlayers.models.weights import ResolvedWeights, WeightsError
 from lightlayers.progress import ProgressReporter
 from lightlayers.runtime import resolve_device, resolve_threads
@@ -206,6 +207,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
         reporter.total = len(todo)
         tasks = [Task(spec, ds, dk, weights.get(spec.model)) for spec, ds, dk in todo]
         executor.reporter = reporter
+        ledger = StudyLedger(cfg, protocol, out)
         try:
             for task, res, error in executor.run(tasks, start=lambda t: store.mark_running(t.key)):
                 spec = task.spec
@@ -216,6 +218,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
                 assert res is not None
                 store.record_done(task.key, res["metrics"], res["history"], res["predictions"],
                                   res["confusion"], res["extra"], res["checkpoint"])
+                ledger.scored(spec.model, spec.seed, task.data, task.data_key)
                 reporter.end_trial(_done_line(spec, res["metrics"]))
         except KeyboardInterrupt:
             # Finished trials stay recorded; the interrupted one is redone by the next run.

@@ -1,4 +1,5 @@
-"""``lightlayers data``: list the dataset short names, or summarise a dataset."""
+"""``lightlayers data``: list the dataset short names, summarise a dataset, or show how often
+its test split has been scored (the test-split ledger)."""
 
 from __future__ import annotations
 
@@ -33,10 +34,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_flags(s, StudyConfig, DATA_SETTINGS)
     s.add_argument("--json", action="store_true", help="print one JSON object to stdout")
 
+    led = sub.add_parser(
+        "ledger",
+        help="how many distinct settings were scored on a test split, and when",
+        description="Every trial a study scores on a test split is counted in the test-split "
+        "ledger ($LIGHTLAYERS_CACHE/test_ledger.sqlite). Show the settings scored on SOURCE's "
+        "test split, or, without SOURCE, every test split in the ledger.",
+    )
+    led.add_argument("source", nargs="?", default=None,
+                     help="a path or name, as for `data summary` (default: every test split)")
+    led.add_argument("--resplit", type=float, default=None, metavar="F", help="pool and re-split")
+    led.add_argument("--seed", type=int, default=0, metavar="N")
+    add_flags(led, StudyConfig, DATA_SETTINGS)
+    led.add_argument("--json", action="store_true", help="print one JSON object to stdout")
+
 
 def main(args: argparse.Namespace) -> int:
     if args.data_command == "list":
         return _list(args)
+    if args.data_command == "ledger":
+        return _ledger(args)
     return _summary(args)
 
 
@@ -175,3 +192,90 @@ def _patient_lines(p: dict[str, Any]) -> list[str]:
     lines.append("patients in two splits: " + "; ".join(
         ", ".join(f"{k} {p['overlap'][k]:,}" for k in keys) + why for why, keys in groups if keys))
     return lines
+
+
+def _ledger(args: argparse.Namespace) -> int:
+    from lightlayers.cli import CliError
+    from lightlayers.config import ConfigError
+    from lightlayers.data import DataError, load_dataset
+    from lightlayers.ledger import (
+        LedgerError,
+        ledger_path,
+        settings_used,
+        split_uses,
+        test_fingerprint,
+    )
+
+    try:
+        if args.source is None:
+            uses = split_uses()
+            if args.json:
+                rows = [u.__dict__ for u in uses]
+                json.dump({"ledger": str(ledger_path()), "test_splits": rows}, sys.stdout,
+                          indent=2)
+                print()
+                return 0
+            _print_uses(uses)
+            return 0
+        from lightlayers.fingerprint import data_fingerprint
+
+        ds = load_dataset(args.source, seed=args.seed, resplit=args.resplit, **settings(args))
+        test = test_fingerprint(data_fingerprint(ds))
+        assert test is not None  # a loaded dataset always has a test split
+        uses = split_uses(test)
+        used = settings_used(test)
+    except (DataError, ConfigError, LedgerError) as e:
+        raise CliError(str(e)) from e
+    u = uses[0] if uses else None
+    record = {"ledger": str(ledger_path()), "data": ds.name, "source": ds.source,
+              "test_fingerprint": test, "test_images": len(ds.splits["test"]),
+              "settings": u.settings if u else 0, "scores": u.scores if u else 0,
+              "first": u.first if u else None, "last": u.last if u else None,
+              "settings_scored": used}
+    if args.json:
+        json.dump(record, sys.stdout, indent=2)
+        print()
+        return 0
+    _print_ledger(record)
+    return 0
+
+
+def _print_ledger(r: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    head = f"test split of {r['data']} ({r['test_images']:,} images, {r['test_fingerprint']})"
+    if not r["scores"]:
+        console.print(f"{head}: never scored (ledger {r['ledger']})", soft_wrap=True,
+                      markup=False, highlight=False)
+        return
+    console.print(f"{head}: scored under {r['settings']} distinct setting(s), {r['scores']} "
+                  f"score(s), first {r['first']}, last {r['last']}", soft_wrap=True,
+                  markup=False, highlight=False)
+    table = Table(title="settings scored on this test split")
+    for col in ("settings", "model", "seed", "protocol", "scores", "first", "last", "run"):
+        table.add_column(col)
+    for row in r["settings_scored"]:
+        table.add_row(*(str(row[k]) for k in ("settings", "model", "seed", "protocol",
+                                               "scores", "first", "last", "run")))
+    console.print(table)
+
+
+def _print_uses(uses: list[Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from lightlayers.ledger import ledger_path
+
+    console = Console()
+    if not uses:
+        console.print(f"no test split scored yet (ledger {ledger_path()})", soft_wrap=True,
+                      markup=False, highlight=False)
+        return
+    table = Table(title=f"test splits scored ({ledger_path()})")
+    for col in ("data", "test split", "distinct settings", "scores", "first", "last"):
+        table.add_column(col)
+    for u in uses:
+        table.add_row(u.data, u.test, str(u.settings), str(u.scores), u.first, u.last)
+    console.print(table)

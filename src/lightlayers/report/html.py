@@ -258,6 +258,11 @@ def page(run: RunData, rows: Sequence[Row], notes: Sequence[str],
     summary = (f"{sum(c.values())} trials: {c.get('done', 0)} done, {c.get('failed', 0)} "
                f"failed, {c.get('pending', 0) + c.get('running', 0)} not finished. "
                f"{len(run.groups)} model(s), up to {run.max_seeds} seed(s) each.")
+    # The ledger's sentence goes beside the table, not among the notes on partial results.
+    from lightlayers.ledger import ledger_sentence
+
+    ledger = ledger_sentence(meta.get("data_fingerprint"))
+    notes = [n for n in notes if n != ledger]
     notes_html = ("<div class='notes'><strong>Partial results</strong><ul>"
                   + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul></div>") if notes else ""
     marked = any(r.group.incomplete for r in rows)
@@ -282,6 +287,7 @@ def page(run: RunData, rows: Sequence[Row], notes: Sequence[str],
 <a href="table.csv">table.csv</a>). Accuracy, AUC, sensitivity, specificity and F1 on the test
 split; times are wall clock; MACs per image; size of the float32 weights file (MB = 10⁶ bytes).
 {"<br>* fewer finished seeds than planned or than the other models." if marked else ""}</p>
+{f"<p id='test-ledger'>{_e(ledger)}</p>" if ledger else ""}
 {ensembles_html(ensembles)}
 <h2 id="differences">Which differences are real</h2>
 {comparisons_html(comparisons, n_boot)}

@@ -62,6 +62,15 @@ def skipped_notes(run: RunData) -> list[str]:
             f"skipped_images.csv): {shown}"]
 
 
+def ledger_notes(run: RunData) -> list[str]:
+    """How many distinct settings the test split of the run's data has been scored under
+    (lightlayers.ledger, read from the cache, not the run folder: it counts every folder)."""
+    from lightlayers.ledger import ledger_sentence
+
+    sentence = ledger_sentence(run.meta.get("data_fingerprint"))
+    return [sentence] if sentence else []
+
+
 def pooled_notes(run: RunData) -> list[str]:
     """Where a pooled report's trials come from (report.pool), so a reader can find them."""
     if not run.sources:
@@ -106,7 +115,7 @@ def write_report(
     fmts = parse_formats(formats)
     run = run_dir if isinstance(run_dir, RunData) else load_run(run_dir)
     rows = build_rows(run)
-    notes = pooled_notes(run) + partial_notes(run) + skipped_notes(run)
+    notes = pooled_notes(run) + partial_notes(run) + skipped_notes(run) + ledger_notes(run)
     out = Path(out_dir) if out_dir is not None else run.run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
