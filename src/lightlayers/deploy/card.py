@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,7 +115,93 @@ class ModelCard:
                 raise DeployError(f"{where}: its metadata lacks {f.name!r}; export it again")
             try:
                 values[f.name] = json.loads(props[f.name])
-            except ValueError as e:
+            except (ValueError, TypeError, RecursionError) as e:
                 raise DeployError(f"{where}: its metadata entry {f.name!r} is not JSON ({e}); "
                                   "export it again") from e
+        _check_values(values, where)
         return cls(**values)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, int | float) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+_STR_FIELDS = ("model", "protocol", "trial", "resize", "resample", "data", "weights",
+               "precision", "lightlayers_version")
+_DICT_FIELDS = ("data_fingerprint", "test_metrics", "chosen_on")
+
+
+def _check_values(v: dict[str, Any], where: str) -> None:
+    """Every card field of the type and range prediction relies on, and the sizes agreeing
+    with each other: a DeployError naming the entry, its value and what it must be. (A card
+    is read from a file anyone can edit; a wrong type would otherwise fail deep in
+    prediction.)"""
+
+    def bad(name: str, must: str) -> DeployError:
+        shown = json.dumps(v[name])
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return DeployError(f"{where}: its metadata entry {name!r} is {shown}; it must be "
+                           f"{must}. Export the model again with `lightlayers export`")
+
+    for name in _STR_FIELDS:
+        if name in v and not isinstance(v[name], str):
+            raise bad(name, "a string")
+    for name in _DICT_FIELDS:
+        if name in v and not isinstance(v[name], dict):
+            raise bad(name, "a JSON object")
+    if not _is_int(v["seed"]):
+        raise bad("seed", "an integer")
+    if not isinstance(v["cam"], bool):
+        raise bad("cam", "true or false")
+    classes = v["classes"]
+    if not (isinstance(classes, list) and len(classes) >= 2
+            and all(isinstance(c, str) and c for c in classes)
+            and len(set(classes)) == len(classes)):
+        raise bad("classes", "a list of at least 2 distinct, non-empty class names")
+    pos = v["positive_class"]
+    if pos is not None and not (_is_int(pos) and 0 <= pos < len(classes)):
+        raise bad("positive_class", f"null or a class index in 0..{len(classes) - 1}")
+    thr = v["threshold"]
+    if thr is not None and not (_is_number(thr) and 0 <= thr <= 1):
+        raise bad("threshold", "null or a number in [0, 1]")
+    for name in ("image_chans", "input_chans"):
+        if not _is_int(v[name]) or v[name] not in (1, 3):
+            raise bad(name, "1 or 3")
+    if v["image_chans"] == 3 and v["input_chans"] == 1:
+        raise bad("input_chans", f"{v['image_chans']} (3-channel images cannot feed 1 channel)")
+    from lightlayers.data import DataError
+    from lightlayers.data.preprocess import center_fractions, max_image_pixels
+
+    try:
+        limit = max_image_pixels()  # the decoder could not make a larger image
+    except DataError as e:
+        raise DeployError(str(e)) from e
+    for name in ("image_size", "input_size"):
+        if not (_is_int(v[name]) and v[name] >= 1 and v[name] ** 2 <= limit):
+            raise bad(name, f"a side in pixels from 1 to {math.isqrt(limit)}")
+    try:
+        center_fractions(v["resize"])
+    except ValueError as e:
+        raise bad("resize", str(e).removeprefix("must be ")) from None
+    crop, size = v["crop"], v["image_size"]
+    if crop is not None and not (_is_int(crop) and 1 <= crop <= size):
+        raise bad("crop", f"null or a side from 1 to image_size ({size})")
+    seen = size if crop is None else crop
+    if v["input_size"] != seen:
+        raise bad("input_size", f"{seen}, the side of the image the model sees (image_size "
+                                f"{size}, crop {crop})")
+    if (v["mean"] is None) != (v["std"] is None):
+        raise bad("mean", "given with std, or both null")
+    for name in ("mean", "std"):
+        vals = v[name]
+        if vals is None:
+            continue
+        if not (isinstance(vals, list) and len(vals) in (1, v["input_chans"])
+                and all(_is_number(x) for x in vals)
+                and (name == "mean" or all(x > 0 for x in vals))):
+            raise bad(name, f"null or a list of 1 or {v['input_chans']} finite numbers"
+                            + (" above 0" if name == "std" else ""))

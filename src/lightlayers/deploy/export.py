@@ -28,8 +28,8 @@ from lightlayers.deploy.card import ModelCard
 from lightlayers.deploy.errors import DeployError, require
 from lightlayers.deploy.graph import Deployable, reference_cam
 
-__all__ = ["FP32_TOLERANCE", "Verification", "batches", "card_of_bytes", "compact",
-           "deployable_for", "evaluate", "onnx_session", "quantize_int8", "read_card",
+__all__ = ["FP32_TOLERANCE", "Verification", "batches", "card_of_bytes", "check_graph",
+           "compact", "deployable_for", "evaluate", "onnx_session", "quantize_int8", "read_card",
            "run_model", "to_onnx", "to_torchscript", "verify", "write_atomic"]
 
 # Largest |probability difference| allowed between an fp32 export and PyTorch.
@@ -214,10 +214,89 @@ def onnx_session(model: bytes | str | Path, threads: int | None = None,
                           "export it again with `lightlayers export`") from e
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _dims(value: Any) -> list[int | str] | None:
+    """A graph input's or output's axes (an int per fixed axis, the axis name per symbolic
+    one), or None when it is not a tensor of known rank."""
+    t = value.type
+    if t.WhichOneof("value") != "tensor_type" or not t.tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.WhichOneof("value") == "dim_value" else (d.dim_param or "?")
+            for d in t.tensor_type.shape.dim]
+
+
+def _shown(dims: list[int | str] | None) -> str:
+    return "of unknown shape" if dims is None else "x".join(str(d) for d in dims)
+
+
+def check_graph(proto: Any, card: ModelCard, where: str) -> None:
+    """The card against the graph it describes: the input ``images`` is float32
+    (batch, input_chans, input_size, input_size) and the output ``probabilities``
+    (batch, classes), plus ``cam`` when the card says so. A symbolic axis matches any value.
+    A mismatch is a DeployError naming the file, the card's value and the graph's."""
+    onnx = require("onnx")
+    graph = proto.graph
+    stored = {t.name for t in graph.initializer}
+    inputs = {v.name: v for v in graph.input if v.name not in stored}
+    outputs = {v.name: v for v in graph.output}
+    again = "export the model again with `lightlayers export`"
+
+    def refuse(what: str) -> DeployError:
+        return DeployError(f"{where}: {what}; {again}")
+
+    if "images" not in inputs:
+        raise refuse(f"its graph has no input named 'images' (inputs: "
+                     f"{', '.join(sorted(inputs)) or 'none'})")
+    image = inputs["images"]
+    if image.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        raise refuse("its graph's input 'images' is not float32")
+    dims = _dims(image)
+    if dims is None or len(dims) != 4:
+        raise refuse(f"its graph's input 'images' is {_shown(dims)}, not "
+                     "batch x channels x height x width")
+    for what, card_value, graph_value in (
+            ("input channels", card.input_chans, dims[1]),
+            ("input height", card.input_size, dims[2]),
+            ("input width", card.input_size, dims[3])):
+        if isinstance(graph_value, int) and graph_value != card_value:
+            raise refuse(f"its card says {what} {card_value} but its graph's input 'images' "
+                         f"is {_shown(dims)} ({what} {graph_value})")
+    if "probabilities" not in outputs:
+        raise refuse(f"its graph has no output named 'probabilities' (outputs: "
+                     f"{', '.join(sorted(outputs)) or 'none'})")
+    n = len(card.classes)
+    for name, rank, required in (("probabilities", 2, True), ("cam", 4, card.cam)):
+        if name not in outputs:
+            if required:
+                raise refuse(f"its card says cam true but its graph has no output 'cam' "
+                             f"(outputs: {', '.join(sorted(outputs))})")
+            continue
+        out = _dims(outputs[name])
+        if out is not None and (len(out) != rank or
+                                (isinstance(out[1], int) and out[1] != n)):
+            raise refuse(f"its card says {n} classes ({', '.join(card.classes)}) but its "
+                         f"graph's output '{name}' is {_shown(out)}")
+
+
+def _card_of_proto(proto: Any, where: str) -> ModelCard:
+    card = ModelCard.from_props({p.key: p.value for p in proto.metadata_props}, where)
+    check_graph(proto, card, where)
+    return card
+
+
 def read_card(path: str | Path) -> ModelCard:
-    """The model card of an exported file (.onnx, or a TorchScript .pt/.ts)."""
+    """The model card of an exported file (.onnx, or a TorchScript .pt/.ts), checked: every
+    field of its type, and for ONNX against the graph's input and output shapes
+    (:func:`check_graph`). Any problem is a DeployError naming the file."""
     path = Path(path)
     if not path.is_file():
+        if path.exists():
+            raise DeployError(f"{path} is not a regular file; give a model file written by "
+                              "`lightlayers export`")
         raise DeployError(f"{path} does not exist; export a model first with "
                           "`lightlayers export RUN_DIR --out FILE`")
     if path.suffix.lower() == ".onnx":
@@ -225,25 +304,35 @@ def read_card(path: str | Path) -> ModelCard:
         try:
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as e:  # protobuf's DecodeError and others
-            raise DeployError(f"{path} is not a readable ONNX file ({e}); export it again") \
-                from e
-        return ModelCard.from_props({p.key: p.value for p in proto.metadata_props}, str(path))
+            raise DeployError(f"{path} is not a readable ONNX file ({_first_line(e)}); "
+                              "export it again") from e
+        return _card_of_proto(proto, str(path))
     files = {"lightlayers.json": ""}
     try:
         torch.jit.load(str(path), map_location="cpu", _extra_files=files)
     except Exception as e:  # TorchScript raises RuntimeError and others
         raise DeployError(f"{path} is neither an ONNX file (.onnx) nor a TorchScript module "
-                          f"({str(e).strip().splitlines()[0]}); give a file written by "
+                          f"({_first_line(e)}); give a file written by "
                           "`lightlayers export`") from e
-    props = json.loads(files["lightlayers.json"]) if files["lightlayers.json"] else {}
+    try:
+        props = json.loads(files["lightlayers.json"]) if files["lightlayers.json"] else {}
+    except ValueError as e:
+        raise DeployError(f"{path}: its lightlayers.json is not JSON ({e}); export it "
+                          "again") from e
+    if not isinstance(props, dict) or not all(isinstance(v, str) for v in props.values()):
+        raise DeployError(f"{path}: its lightlayers.json is not an object of strings; "
+                          "export it again")
     return ModelCard.from_props(props, str(path))
 
 
 def card_of_bytes(blob: bytes) -> ModelCard:
-    """The model card of a serialized ONNX model."""
+    """The model card of a serialized ONNX model, checked as :func:`read_card` does."""
     onnx = require("onnx")
-    proto = onnx.load_from_string(blob)
-    return ModelCard.from_props({p.key: p.value for p in proto.metadata_props}, "the model")
+    try:
+        proto = onnx.load_from_string(blob)
+    except Exception as e:  # protobuf's DecodeError and others
+        raise DeployError(f"the model is not a readable ONNX model ({_first_line(e)})") from e
+    return _card_of_proto(proto, "the model")
 
 
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
@@ -253,12 +342,28 @@ def run_model(model: bytes | str | Path, fmt: str = "onnx",
               threads: int | None = None, spin: bool = True) -> Runner:
     """``x (N, C, H, W) float32 -> (probabilities, cam or None)`` for an exported model
     (``fmt`` "onnx": ONNX Runtime on the CPU; "torchscript": PyTorch)."""
+    where = "the model" if isinstance(model, bytes) else str(model)
+
+    def failed(x: np.ndarray, e: Exception) -> DeployError:
+        return DeployError(f"{where} failed on a batch of shape {'x'.join(map(str, x.shape))} "
+                           f"({_first_line(e)}); check that its model card matches the model, "
+                           "or export it again with `lightlayers export`")
+
     if fmt == "onnx":
         session = onnx_session(model, threads, spin)
         names = [o.name for o in session.get_outputs()]
+        inputs = [i.name for i in session.get_inputs()]
+        if "images" not in inputs or "probabilities" not in names:
+            raise DeployError(f"{where}: its graph needs the input 'images' and the output "
+                              f"'probabilities' (it has inputs {', '.join(inputs) or 'none'}, "
+                              f"outputs {', '.join(names) or 'none'}); export it again with "
+                              "`lightlayers export`")
 
         def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-            out = dict(zip(names, session.run(None, {"images": x}), strict=True))
+            try:
+                out = dict(zip(names, session.run(None, {"images": x}), strict=True))
+            except Exception as e:  # onnxruntime raises its own exception types
+                raise failed(x, e) from e
             return out["probabilities"], out.get("cam")
 
         return run
@@ -266,8 +371,11 @@ def run_model(model: bytes | str | Path, fmt: str = "onnx",
                             map_location="cpu")
 
     def run_ts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        with torch.no_grad():
-            out = module(torch.from_numpy(x))
+        try:
+            with torch.no_grad():
+                out = module(torch.from_numpy(x))
+        except Exception as e:  # TorchScript raises RuntimeError and others
+            raise failed(x, e) from e
         if isinstance(out, tuple | list):
             return out[0].numpy(), out[1].numpy()
         return out.numpy(), None
