@@ -132,7 +132,8 @@ class _Refused(Exception):
 
 _GREY_16 = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 # Modes Pillow converts to RGB faithfully: RGBX drops its padding byte, CMYK uses Pillow's
-# subtractive formula, YCbCr is ITU-R 601 (JPEG's), HSV and LAB (D65) are colorimetric.
+# subtractive formula, YCbCr is ITU-R 601 (JPEG's), HSV is exact and LAB goes to sRGB through
+# LittleCMS (D50, as ICC profiles).
 _TO_RGB = frozenset({"RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "P"})
 _WITH_ALPHA = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 
