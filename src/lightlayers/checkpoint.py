@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,9 +26,10 @@ def save_checkpoint(model: nn.Module, path: Path, metadata: dict[str, str]) -> f
     """Float32 safetensors of the full state; returns its size in MB (10^6 bytes).
 
     A file already there is replaced only when it belongs to the same trial (an attempt that
-    crashed before it was recorded); another trial's checkpoint is never overwritten.
+    crashed before it was recorded); another trial's checkpoint is never overwritten. The
+    file's mode follows the umask, as every other file of the run folder does.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = {k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
@@ -36,9 +38,36 @@ def save_checkpoint(model: nn.Module, path: Path, metadata: dict[str, str]) -> f
         raise StoreError(f"{path} already holds the checkpoint of another trial "
                          f"({_checkpoint_trial(path)}); it is kept. Use another --out folder")
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp), metadata=metadata)
+    blob = save(state, metadata=metadata)
+    # safetensors' own save_file creates its file 0600 whatever the umask; created here with
+    # 0666 the kernel applies the umask. A crashed attempt's leftover would keep its old mode.
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+        f.write(blob)
     os.replace(tmp, path)
     return path.stat().st_size / 1e6
+
+
+# SHA-256 of the files hashed by this process, by what identifies one version of a file: a
+# file replaced or rewritten gets another inode, size, mtime or ctime, so it is hashed again.
+_DIGESTS: dict[tuple[str, int, int, int, int, int], str] = {}
+
+
+def checkpoint_sha256(path: Path) -> str:
+    """The SHA-256 of ``path``, hashed once per process while the file stays the same."""
+    from lightlayers.models.weights import sha256_file
+
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+           st.st_ctime_ns)
+    digest = _DIGESTS.get(key)
+    if digest is None:
+        digest = sha256_file(Path(path))
+        after = os.stat(path)
+        if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == key[3:]:
+            _DIGESTS[key] = digest  # not a file that changed while it was read
+    return digest
 
 
 def _checkpoint_trial(path: Path) -> str | None:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lightlayers.checkpoint import checkpoint_name, save_checkpoint
+from lightlayers.checkpoint import checkpoint_name, checkpoint_sha256, save_checkpoint
 from lightlayers.config import Protocol, StudyConfig
 from lightlayers.data import Dataset, DeviceLoader
 from lightlayers.measure import count_macs, measure_inference
@@ -243,6 +243,8 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
         "head_time_s": result.total_time_s if feature_time is not None else None,
         "notes": notes + result.notes, "protocol": dataclasses.asdict(protocol),
         "loader": lo, "teacher": None if teacher is None else teacher.record,
+        # What every reader of the checkpoint checks the file against (deploy.trial.Trial).
+        "checkpoint_sha256": checkpoint_sha256(ckpt),
     }
     return {
         "metrics": metrics, "history": result.history, "confusion": m["confusion"],
