@@ -241,34 +241,32 @@ def _ledger(args: argparse.Namespace) -> int:
 
 
 def _print_ledger(r: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _wide_console()
     head = f"test split of {r['data']} ({r['test_images']:,} images, {r['test_fingerprint']})"
     if not r["scores"]:
         console.print(f"{head}: never scored (ledger {r['ledger']})", soft_wrap=True,
                       markup=False, highlight=False)
         return
     console.print(f"{head}: scored under {r['settings']} distinct setting(s), {r['scores']} "
-                  f"score(s), first {r['first']}, last {r['last']}", soft_wrap=True,
+                  f"score(s), first {_when(r['first'])}, last {_when(r['last'])}", soft_wrap=True,
                   markup=False, highlight=False)
     table = Table(title="settings scored on this test split")
     for col in ("settings", "model", "seed", "protocol", "scores", "first", "last", "run"):
         table.add_column(col)
     for row in r["settings_scored"]:
-        table.add_row(*(str(row[k]) for k in ("settings", "model", "seed", "protocol",
-                                               "scores", "first", "last", "run")))
+        table.add_row(row["settings"][:12], row["model"], str(row["seed"]), row["protocol"],
+                      str(row["scores"]), _when(row["first"]), _when(row["last"]), row["run"])
     console.print(table)
 
 
 def _print_uses(uses: list[Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from lightlayers.ledger import ledger_path
 
-    console = Console()
+    console = _wide_console()
     if not uses:
         console.print(f"no test split scored yet (ledger {ledger_path()})", soft_wrap=True,
                       markup=False, highlight=False)
@@ -277,5 +275,19 @@ def _print_uses(uses: list[Any]) -> None:
     for col in ("data", "test split", "distinct settings", "scores", "first", "last"):
         table.add_column(col)
     for u in uses:
-        table.add_row(u.data, u.test, str(u.settings), str(u.scores), u.first, u.last)
+        table.add_row(u.data, u.test, str(u.settings), str(u.scores), _when(u.first),
+                      _when(u.last))
     console.print(table)
+
+
+def _when(iso: str) -> str:
+    """A ledger time (ISO, UTC) to the minute."""
+    return iso[:16].replace("T", " ") + " UTC"
+
+
+def _wide_console() -> Any:
+    """rich assumes 80 columns when piped, which cuts run folders and hashes: not here."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
