@@ -40,8 +40,9 @@ def _resize_rule(value: Any) -> str | None:
 
 
 def _teacher_rule(spec: Any) -> str | None:
-    """A teacher's run folder must exist (its trials are checked when a trial loads them)."""
-    from lightlayers.teacher import parse_teacher
+    """A teacher's run folder must exist and its checkpoints be the files its trials wrote
+    (everything else is checked when a trial loads them)."""
+    from lightlayers.teacher import checkpoint_problem, parse_teacher
 
     if not str(spec).strip():
         return "must not be empty"
@@ -49,7 +50,7 @@ def _teacher_rule(spec: Any) -> str | None:
     if not (run / "results.db").is_file():
         return (f"{run} is not a run folder (no results.db); give RUN_DIR[:MODEL] of a "
                 "finished `lightlayers run`")
-    return None
+    return checkpoint_problem(str(spec))
 
 
 @dataclass(frozen=True)

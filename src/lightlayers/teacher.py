@@ -61,6 +61,29 @@ def _channels(x: torch.Tensor, wanted: int) -> torch.Tensor:
     return x[:, :1] if wanted == 1 else x[:, :1].expand(-1, wanted, -1, -1)
 
 
+def checkpoint_problem(spec: str) -> str | None:
+    """Why a checkpoint of the trials ``spec`` names is not the file its trial wrote (see
+    :class:`lightlayers.deploy.trial.Trial`), or None. Checked when the study is configured, so
+    that a replaced teacher is refused before anything trains; whatever else keeps these trials
+    from teaching is said by the trial that loads them (:func:`load_teacher`)."""
+    from lightlayers.deploy.errors import DeployError
+    from lightlayers.deploy.trial import CheckpointMismatchError, find_trials
+
+    run_dir, models = parse_teacher(spec)
+    try:
+        trials = [t for m in (models or [None]) for t in find_trials(run_dir, m)]
+    except DeployError:
+        return None
+    for t in trials:
+        try:
+            t.checkpoint  # noqa: B018  (the property verifies the file)
+        except CheckpointMismatchError as e:
+            return str(e)
+        except DeployError:
+            continue
+    return None
+
+
 def load_teacher(spec: str, fingerprint: dict[str, Any], image_size: int,
                  loader: dict[str, Any], num_classes: int, device: torch.device,
                  data_chans: int) -> Teacher:
@@ -70,7 +93,6 @@ def load_teacher(spec: str, fingerprint: dict[str, Any], image_size: int,
     student takes: the grey channel is the same image either way."""
     from lightlayers.deploy.errors import DeployError
     from lightlayers.deploy.trial import find_trials
-    from lightlayers.models.weights import sha256_file
 
     run_dir, models = parse_teacher(spec)
     try:
@@ -92,7 +114,11 @@ def load_teacher(spec: str, fingerprint: dict[str, Any], image_size: int,
             "on the same data (by content)")
     built = []
     for t in chosen:
-        size = int(t.checkpoint_metadata().get("image_size") or t.extra.get("image_size") or 0)
+        try:
+            meta = t.checkpoint_metadata()
+        except DeployError as e:
+            raise TeacherError(f"teacher {spec}: {e}") from e
+        size = int(meta.get("image_size") or t.extra.get("image_size") or 0)
         theirs = dict(t.extra.get("loader") or {})
         if data_chans == 1:  # channel copies of a grey image are adapted (see _channels)
             theirs.pop("out_chans", None)
@@ -114,5 +140,5 @@ def load_teacher(spec: str, fingerprint: dict[str, Any], image_size: int,
         built.append(model.to(device).eval())
     record = {"spec": spec, "run": str(run_dir.resolve()),
               "trials": [str(t.row.get("key")) for t in chosen],
-              "checkpoint_sha256": [sha256_file(t.checkpoint) for t in chosen]}
+              "checkpoint_sha256": [t.checkpoint_sha256 for t in chosen]}
     return Teacher(built, record)

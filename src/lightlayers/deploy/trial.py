@@ -1,6 +1,11 @@
 """A finished trial of a run folder: choose it on validation, rebuild its model from its
 checkpoint, describe it (:class:`~lightlayers.deploy.card.ModelCard`) and reload its data.
 
+Every reader of a checkpoint (export, predict, distillation, the report's Grad-CAM figure)
+gets it through :attr:`Trial.checkpoint`, which first checks that the file is the one the trial
+wrote: its SHA-256 against the one the trial recorded (trials recorded before checkpoints were
+hashed have none) and the trial key in its metadata against the trial's own.
+
 Choosing: among the finished trials (optionally of one model and/or seed), the best on the
 validation score of the epoch each trial kept: ``val_auc`` when every candidate recorded one
 (binary tasks), else ``val_acc``; ties go to the lower ``val_loss``, then to the order of the
@@ -19,11 +24,20 @@ from typing import Any
 from lightlayers.deploy.card import ModelCard
 from lightlayers.deploy.errors import DeployError
 
-__all__ = ["Trial", "choose_trial", "find_trials"]
+__all__ = ["CheckpointMismatchError", "Trial", "choose_trial", "find_trials"]
 
 # The trial's test metrics a card carries (those recorded; others are left out).
 CARD_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision",
                 "f1", "auc", "test_loss", "threshold", "collapsed", "params_total", "size_mb")
+
+
+class CheckpointMismatchError(DeployError):
+    """A trial's checkpoint file is not the one the trial wrote (replaced, swapped, damaged)."""
+
+
+# Checkpoints found to be what their trial wrote, by the file's identity (path, inode, size,
+# mtime, ctime) and the trial's record: each file is read and hashed once per process.
+_VERIFIED: dict[tuple[Any, ...], dict[str, str]] = {}
 
 
 @dataclass
@@ -57,6 +71,19 @@ class Trial:
 
     @property
     def checkpoint(self) -> Path:
+        """The trial's checkpoint file, verified to be the one the trial wrote."""
+        path = self._checkpoint_path()
+        self._verified_metadata(path)
+        return path
+
+    @property
+    def checkpoint_sha256(self) -> str:
+        """The SHA-256 of the trial's (verified) checkpoint file."""
+        from lightlayers.checkpoint import checkpoint_sha256
+
+        return checkpoint_sha256(self.checkpoint)
+
+    def _checkpoint_path(self) -> Path:
         rel = self.row.get("checkpoint")
         if not rel:
             raise DeployError(f"{self.run_dir}: trial {self.label} recorded no checkpoint; "
@@ -66,6 +93,43 @@ class Trial:
             raise DeployError(f"{path} (the checkpoint of {self.label}) is missing; restore it "
                               "or rerun the trial into a new run folder")
         return path
+
+    def _verified_metadata(self, path: Path) -> dict[str, str]:
+        """The safetensors metadata of ``path`` once the file is checked against this trial's
+        record, or a :class:`CheckpointMismatchError` naming the file and the trial."""
+        from lightlayers.checkpoint import checkpoint_sha256
+
+        recorded = self.extra.get("checkpoint_sha256")
+        key = str(self.row.get("key") or "")
+        st = path.stat()
+        ident = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                 st.st_ctime_ns, recorded, key)
+        if ident in _VERIFIED:
+            return _VERIFIED[ident]
+        problems = []
+        if recorded:
+            found = checkpoint_sha256(path)
+            if found != recorded:
+                problems.append(f"SHA-256 {recorded[:12]}... recorded, {found[:12]}... found")
+        try:
+            meta = _read_metadata(path)
+        except Exception as e:  # safetensors raises its own error types
+            if not problems:
+                raise DeployError(f"{path}: cannot read the checkpoint ({_first_line(e)}); "
+                                  "restore it or rerun the trial") from e
+            meta = None
+            problems.append("it is no readable safetensors file")
+        if meta is not None and key and meta.get("trial") != key:
+            named = meta.get("trial")
+            problems.append(f"its metadata names trial {named}" if named
+                            else "its metadata names no trial")
+        if problems:
+            raise CheckpointMismatchError(
+                f"{path} does not match what trial {self.label} wrote "
+                f"({'; '.join(problems)}); restore the file or rerun that trial")
+        assert meta is not None
+        _VERIFIED[ident] = meta
+        return meta
 
     def selected_epoch(self) -> dict[str, Any]:
         """The history row of the epoch whose weights the trial kept (its best_epoch)."""
@@ -77,14 +141,7 @@ class Trial:
 
     # --- the model --------------------------------------------------------------------------
     def checkpoint_metadata(self) -> dict[str, str]:
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(self.checkpoint), "pt") as f:
-                return dict(f.metadata() or {})
-        except Exception as e:  # safetensors raises its own error types
-            raise DeployError(f"{self.checkpoint}: cannot read the checkpoint ({e}); restore "
-                              "it or rerun the trial") from e
+        return dict(self._verified_metadata(self._checkpoint_path()))
 
     def build_model(self) -> Any:
         """The trial's model with its checkpoint's weights, in eval mode on the CPU.
@@ -211,6 +268,18 @@ class Trial:
                 f"{source} is not the data {self.run_dir} was made with "
                 f"({_data_change(recorded, now)}); pass --data with the run's data")
         return ds
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return dict(f.metadata() or {})
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _score(t: Trial, key: str) -> tuple[float, float]:
