@@ -118,6 +118,11 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
             "head is not global pooling + affine; nothing written. Report it")
     test = ds.splits["test"]
     fp32 = ex.evaluate(run, test, card)
+    # Before any file is written: an fp32 file scoring otherwise than the trial recorded is
+    # not that trial's model (int8 is expected to differ and is only shown).
+    not_compared = trial.check_test_scores(fp32, f"fp32 {args.format} export")
+    if not_compared:
+        say(f"{trial.label}: {not_compared}")
     recorded = card.test_metrics
     rows = [(f"fp32 {args.format}", fp32, len(blob))]
     out_blob = blob

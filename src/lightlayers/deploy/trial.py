@@ -24,7 +24,8 @@ from typing import Any
 from lightlayers.deploy.card import ModelCard
 from lightlayers.deploy.errors import DeployError
 
-__all__ = ["CheckpointMismatchError", "Trial", "choose_trial", "find_trials"]
+__all__ = ["TEST_SCORE_TOLERANCE", "CheckpointMismatchError", "Trial", "choose_trial",
+           "find_trials"]
 
 # The trial's test metrics a card carries (those recorded; others are left out).
 CARD_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision",
@@ -34,6 +35,10 @@ CARD_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "
 class CheckpointMismatchError(DeployError):
     """A trial's checkpoint file is not the one the trial wrote (replaced, swapped, damaged)."""
 
+
+# How far an fp32 export's test scores may lie from the trial's recorded ones: the same
+# weights on the same images give the same predictions, up to float rounding in the AUC.
+TEST_SCORE_TOLERANCE = {"accuracy": 1e-6, "auc": 1e-4}
 
 # Checkpoints found to be what their trial wrote, by the file's identity (path, inode, size,
 # mtime, ctime) and the trial's record: each file is read and hashed once per process.
@@ -222,6 +227,42 @@ class Trial:
             precision="fp32", lightlayers_version=lightlayers_version or __version__,
             cam=False, chosen_on=self.chosen_on(),
         )
+
+    def check_test_scores(self, measured: dict[str, Any], what: str) -> str | None:
+        """Compare ``measured`` (an fp32 export's test accuracy and AUC) with the trial's
+        recorded ones: a :class:`DeployError` when they differ beyond
+        :data:`TEST_SCORE_TOLERANCE`, else None; or, when the recorded scores are not those of
+        a plain fp32 evaluation of these weights on the CPU, the reason they are not compared."""
+        proto = self.extra.get("protocol") or {}
+        device = str(self.extra.get("device") or "cpu")
+        if proto.get("tta"):
+            return "the recorded test scores average test-time augmented views: not compared"
+        if not device.startswith("cpu") or self.extra.get("amp"):
+            # cuDNN's TF32 convolutions or bf16 autocast round otherwise than the CPU does.
+            return (f"the recorded test scores were computed on {device}"
+                    f"{' in ' + str(self.extra['amp']) if self.extra.get('amp') else ''}: "
+                    "not compared")
+        differ = []
+        for name, tolerance in TEST_SCORE_TOLERANCE.items():
+            got, want = measured.get(name), self.row.get(name)
+            if got is None or want is None:
+                continue
+            got, want = float(got), float(want)
+            if math.isnan(got) and math.isnan(want):  # undefined both times (one class only)
+                continue
+            if not abs(got - want) <= tolerance:
+                differ.append(f"{name} {got:.6f}, recorded {want:.6f}")
+        if differ:
+            n = len(measured["labels"]) if measured.get("labels") is not None else None
+            images = f"the {n} test images" if n is not None else "the test split"
+            raise DeployError(
+                f"the {what} of {self.label} scores otherwise on {images} than the trial "
+                f"recorded ({'; '.join(differ)}; tolerance "
+                f"{TEST_SCORE_TOLERANCE['accuracy']:.0e} accuracy, "
+                f"{TEST_SCORE_TOLERANCE['auc']:.0e} AUC); nothing written. This lightlayers "
+                "does not rebuild the model the trial measured: export with the version that "
+                "trained it, or rerun the trial into a new run folder")
+        return None
 
     def chosen_on(self) -> dict[str, Any]:
         h = self.selected_epoch()
