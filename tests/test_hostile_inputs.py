@@ -108,6 +108,25 @@ def _fifo_as_dataset(tmp: Path, run: Path | None) -> Planted:
     return Planted(["data", "summary", str(tmp / "data.npz")])
 
 
+def _traps_for_a_trained_model(tmp: Path, run: Path | None) -> Planted:
+    """The finished digits study's model, exported in memory, on 8 x 8 digits-sized images
+    next to a named pipe and a 13000 x 13000 PNG."""
+    assert run is not None
+    inputs = _images(tmp)
+    os.mkfifo(inputs / "pipe.png")
+    _huge_png(inputs / "huge.png")
+    return Planted(["predict", f"{run}:paper-light-k1", str(inputs), "--quiet"],
+                   protect=[run, inputs])
+
+
+def _both_traps_skipped(tmp: Path, done: subprocess.CompletedProcess[str]) -> None:
+    lines = [s for s in done.stderr.splitlines() if s.strip()]
+    assert len(lines) == 2, done.stderr
+    assert re.search(r"skipped .*huge\.png: cannot decode it \(" + LIMIT_LINE, lines[0])
+    assert re.search(r"skipped .*pipe\.png: .*a named pipe \(FIFO\)", lines[1])
+    _three_predicted(tmp, done)
+
+
 # --- huge images ---------------------------------------------------------------------------
 
 def _huge_in_predict(tmp: Path, run: Path | None) -> Planted:
@@ -198,6 +217,8 @@ CASES = [
     Case("fifo-in-predict-folder", _fifo_in_predict_folder, code=0, timeout=60,
          message=r"warning: skipped .*pipe\.png: .*a named pipe \(FIFO\), not an image file; "
                  r"it was not opened", check=_three_predicted),
+    Case("fifo-and-huge-png-for-a-trained-model", _traps_for_a_trained_model, code=0,
+         one_line=False, needs_run=True, timeout=180, check=_both_traps_skipped),
     Case("fifo-named-to-predict", _fifo_named_to_predict, code=2, timeout=60,
          message=r"pipe\.png is a named pipe \(FIFO\), not an image file"),
     Case("fifo-as-dataset-file", _fifo_as_dataset, code=2, timeout=60,
@@ -243,8 +264,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_hostile_input(case: Case, tmp_path: Path) -> None:
-    done = run_case(case, tmp_path, None)
+def test_hostile_input(case: Case, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    template = request.getfixturevalue("hostile_run") if case.needs_run else None
+    done = run_case(case, tmp_path, template)
     assert "BytesIO" not in done.stderr and "DecompressionBomb" not in done.stderr
 
 
