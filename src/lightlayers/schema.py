@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import dataclasses
 import math
+import reprlib
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -29,6 +30,26 @@ Check = Callable[[Any], "str | None"]
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type; the message names it."""
+
+
+# Bounded before it is built: a value may be a megabyte of text, or aliases that expand to
+# millions of items, and an error message needs only its start.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 200, 200, 200
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 8
+
+
+def shown(value: Any, limit: int = 60, *, quote: bool = True) -> str:
+    """``value`` as an error message quotes it: its repr (a str as is when ``quote`` is
+    False), cut to ``limit`` characters and "..."."""
+    if isinstance(value, str) and not quote:
+        text = " ".join(value.split())  # one line, whatever line breaks it holds
+    else:
+        try:
+            text = _REPR.repr(value)
+        except ValueError:  # an int past Python's digit limit for str()
+            text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def setting(default: Any = MISSING, help: str = "", *, check: Check | None = None,
@@ -112,7 +133,10 @@ def _coerce(value: Any, tp: Any) -> Any:
     wants_float = tp is float or float in args
     if wants_float and isinstance(value, int) and not isinstance(value, bool) \
             and int not in args:
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # past float's range: infinite, which check_value refuses
+            value = math.inf if value > 0 else -math.inf
     if isinstance(value, str) and wants_float:
         # YAML 1.1 reads 1e-3 (no dot) as a string.
         with contextlib.suppress(ValueError):
@@ -128,12 +152,15 @@ def check_value(cls: type, name: str, value: Any, where: str) -> Any:
     value = _coerce(value, tp)
     label = f"{where}.{name}" if where else name
     if not _type_ok(value, tp):
-        raise ConfigError(f"{label}: expected {describe(tp)}, got {value!r}")
+        raise ConfigError(f"{label}: expected {describe(tp)}, got {shown(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        # NaN fails every rule's comparison; infinity would pass "> 0".
+        raise ConfigError(f"{label}: must be a finite number, got {shown(value)}")
     rule = _field(cls, name).metadata.get("check")
     if value is not None and rule is not None:
         problem = rule(value)
         if problem:
-            raise ConfigError(f"{label}: {problem}, got {value!r}")
+            raise ConfigError(f"{label}: {problem}, got {shown(value)}")
     return value
 
 
@@ -141,11 +168,12 @@ def build(cls: type, values: dict[str, Any], where: str) -> Any:
     """``cls(**values)`` with every value checked by its declaration; unknown keys are named
     together with the valid ones."""
     names = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(set(values) - names, key=str)  # keys of a YAML mapping may be numbers
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}"
-        )
+        named = ", ".join(shown(k, 40, quote=False) for k in unknown[:3])
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        raise ConfigError(f"{where}: unknown key(s) {named}{more}; "
+                          f"valid keys: {', '.join(sorted(names))}")
     out = {k: check_value(cls, k, v, where) for k, v in values.items()}
     try:
         return cls(**out)
@@ -174,7 +202,7 @@ def _comma_list(item: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
             return tuple(item(s.strip()) for s in text.split(",") if s.strip())
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"expected a comma-separated list, got {text!r}") from None
+                f"expected a comma-separated list, got {shown(text)}") from None
 
     return parse
 
