@@ -22,6 +22,7 @@ from lightlayers.schema import (
     build,
     check_all,
     setting,
+    shown,
     within,
 )
 
@@ -222,7 +223,7 @@ class StudyConfig:
         aug_changes = changes.pop("augment", {})
         if not isinstance(aug_changes, dict):
             raise ConfigError(
-                f"protocol_overrides.augment: expected a mapping, got {aug_changes!r}")
+                f"protocol_overrides.augment: expected a mapping, got {shown(aug_changes)}")
         augment.update(aug_changes)
         merged.update(changes)
         merged.pop("augment")
@@ -275,7 +276,7 @@ def _route_executor_options(values: dict[str, Any], where: str) -> dict[str, Any
             if key in owners:
                 raise ConfigError(f"{key}: only used with executor {owners[key]} "
                                   f"(--executor {owners[key]})")
-            raise ConfigError(f"{where}.executor_options: unknown key {key!r} for executor "
+            raise ConfigError(f"{where}.executor_options: unknown key {shown(key)} for executor "
                               f"{name}; valid keys: {', '.join(sorted(declared)) or 'none'}")
     if info.options is not None:
         # Defaults filled in, so a run folder's config.yaml says what the executor used.
@@ -309,40 +310,43 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         try:
             model_info(name)
         except ValueError as e:
-            raise ConfigError(f"models: {e}") from None
+            # The registry quotes a name in full, and a name from YAML may be any length.
+            raise ConfigError(f"models: {shown(str(e), 300, quote=False)}") from None
     def known(field: str, name: str) -> None:
         # Entries for zoo models outside this run are fine (a YAML's sizes stay valid when
         # --models picks a subset); a name the zoo does not know is a typo.
         if not isinstance(name, str):
-            raise ConfigError(f"{field}: model names must be text, got {name!r}")
+            raise ConfigError(f"{field}: model names must be text, got {shown(name)}")
         if name not in cfg.models:
             try:
                 model_info(name)
             except ValueError as e:
-                raise ConfigError(f"{field}: {e}") from None
+                raise ConfigError(f"{field}: {shown(str(e), 300, quote=False)}") from None
 
     from lightlayers.models import check_options
 
     for name, opts in cfg.model_options.items():
         known("model_options", name)
         if not isinstance(opts, dict):
-            raise ConfigError(f"model_options.{name}: expected a mapping, got {opts!r}")
+            raise ConfigError(f"model_options.{name}: expected a mapping, got {shown(opts)}")
         try:
             check_options(name, opts)
         except ValueError as e:
-            raise ConfigError(f"model_options.{name}: {e}") from None
+            raise ConfigError(f"model_options.{name}: {shown(str(e), 300, quote=False)}"
+                              ) from None
     if cfg.weights is not None and not any(
             model_info(m).extra.get("takes_weights") for m in cfg.models):
         raise ConfigError(
-            f"weights: {cfg.weights!r} was given, but no model of this study takes pretrained "
-            f"weights ({', '.join(cfg.models)}); drop --weights, or add a transfer-* model")
+            f"weights: {shown(cfg.weights)} was given, but no model of this study takes "
+            f"pretrained weights ({', '.join(cfg.models)}); drop --weights, or add a "
+            "transfer-* model")
     for name, px in cfg.sizes.items():
         known("sizes", name)
         problem = (SIZE_RULE(px) if isinstance(px, int) and not isinstance(px, bool)
                    else "expected an int")
         if problem:
             raise ConfigError(f"sizes.{name}: {problem} ({MIN_SIZE}..{MAX_SIZE} pixels), "
-                              f"got {px!r}")
+                              f"got {shown(px)}")
     protocol = cfg.resolved_protocol()
     if protocol.tta and not protocol.augment.enabled:
         raise ConfigError(f"tta: {protocol.tta} augmented views were asked for, but the "
@@ -359,7 +363,7 @@ def config_from_dict(values: dict[str, Any]) -> StudyConfig:
 def parse_overrides(texts: list[str]) -> dict[str, Any]:
     """``--set`` flags (``KEY=VALUE``, VALUE read as YAML; ``augment.KEY=VALUE`` too) as a
     ``protocol_overrides`` mapping, later flags winning."""
-    import yaml
+    from lightlayers.yamlio import load_yaml
 
     out: dict[str, Any] = {}
     for text in texts:
@@ -367,15 +371,12 @@ def parse_overrides(texts: list[str]) -> dict[str, Any]:
         key = key.strip()
         if not sep or not key:
             raise ConfigError(
-                f"--set {text!r}: expected KEY=VALUE, e.g. --set class_weighting=false")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {text!r}: the value is not valid YAML: {e}") from e
+                f"--set {shown(text)}: expected KEY=VALUE, e.g. --set class_weighting=false")
+        value = load_yaml(raw, f"--set {shown(text)}")
         head, dot, sub = key.partition(".")
         if dot:
             if head != "augment" or not sub:
-                raise ConfigError(f"--set {text!r}: only augment.KEY may be dotted")
+                raise ConfigError(f"--set {shown(text)}: only augment.KEY may be dotted")
             key, value = "augment", {sub: value}
         out = merge_overrides(out, {key: value})
     return out
@@ -394,27 +395,19 @@ def merge_overrides(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, An
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> StudyConfig:
     """Read a YAML study file (optional) and apply ``overrides`` (None values are ignored)."""
-    import yaml
+    from lightlayers.yamlio import read_yaml_file
 
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})"
-                              ) from e
-        except (yaml.YAMLError, ValueError) as e:  # PyYAML raises ValueError for bad !!int etc.
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        loaded = read_yaml_file(path)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of settings at the top level")
         odd = [k for k in loaded if not isinstance(k, str)]
         if odd:
-            raise ConfigError(f"{path}: setting names must be text, got {odd[0]!r}")
+            raise ConfigError(f"{path}: setting names must be text, got {shown(odd[0])}")
         values.update(loaded)
     extra_proto = overrides.pop("protocol_overrides", None)
     values.update({k: v for k, v in overrides.items() if v is not None})
