@@ -210,3 +210,11 @@ def test_a_mode_without_a_mapping_is_refused_with_its_name() -> None:
     with pytest.raises(preprocess._Refused, match="image mode BGR;24 is not supported"):
         _as_l_or_rgb(im_mode)  # type: ignore[arg-type]
     assert _as_l_or_rgb(im)[1] is True
+
+
+def test_a_png_opened_as_mode_i_is_16_bit_not_stretched() -> None:
+    values = np.array([[0, 1000, 30000]], np.int32)
+    im = Image.fromarray(values)
+    im.format = "PNG"  # how an older Pillow presents a 16-bit grey PNG
+    got = np.asarray(_as_l_or_rgb(im)[0])
+    assert got.tolist() == [[0, 4, 117]]  # (v + 128) // 257; stretched, 30000 would be 255

@@ -165,7 +165,8 @@ def _as_l_or_rgb(im: Image.Image) -> tuple[Image.Image, bool]:
 
     - ``1``: 0 and 255. ``L``, ``RGB``: as stored.
     - ``I;16``, ``I;16B``, ``I;16L`` (16-bit grey, common in medical PNG/TIFF):
-      ``(v + 128) // 257``, i.e. v / 257 rounded, so 0..65535 spans 0..255 exactly.
+      ``(v + 128) // 257``, i.e. v / 257 rounded, so 0..65535 spans 0..255 exactly (a
+      16-bit PNG that an older Pillow opens as mode ``I`` too).
     - ``I`` (32-bit integer) and ``F`` (32-bit float): no fixed range, so each image is scaled
       linearly from its own minimum (0) to its own maximum (255); a constant image is all 0,
       and an ``F`` image holding NaN or infinity is refused.
@@ -179,7 +180,8 @@ def _as_l_or_rgb(im: Image.Image) -> tuple[Image.Image, bool]:
     mode is refused (:class:`_Refused`, the reason naming the mode).
     """
     mode = im.mode
-    if mode in _GREY_16:
+    # PNG stores at most 16 bits of grey; older Pillow versions open such a file as mode I.
+    if mode in _GREY_16 or (mode == "I" and im.format == "PNG"):
         a = np.asarray(im).astype(np.int64)
         return Image.fromarray(((a + 128) // 257).astype(np.uint8)), True
     if mode in ("I", "F"):
