@@ -132,6 +132,9 @@ CASES = [
          message=r"study\.yaml\.epochs: expected int \| None, got '9{59}\.\.\.$"),
     Case("long-unknown-key", _config("? " + "x" * 10_000 + "\n: 1\n"),
          message=FILE + r"unknown key\(s\) x{40}\.\.\.; valid keys: "),
+    Case("teacher-name-too-long", _config("protocol_overrides: {teacher: " + "t" * 5000 + "}\n"),
+         message=r"protocol_overrides\.teacher: cannot be read as a run folder \(.*\), "
+                 r"got 't{59}\.\.\.$"),
     Case("not-utf8", _config(b"data: \xff\xfe digits\n"),
          message=FILE + r"not a UTF-8 text file \(invalid start byte at byte 6\)"),
     Case("not-a-mapping", _config("- data\n- digits\n"),

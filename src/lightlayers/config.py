@@ -48,9 +48,13 @@ def _teacher_rule(spec: Any) -> str | None:
     if not str(spec).strip():
         return "must not be empty"
     run, _ = parse_teacher(str(spec))
-    if not (run / "results.db").is_file():
-        return (f"{run} is not a run folder (no results.db); give RUN_DIR[:MODEL] of a "
-                "finished `lightlayers run`")
+    try:
+        is_run = (run / "results.db").is_file()
+    except OSError as e:  # a name too long for the file system, say
+        return f"cannot be read as a run folder ({e.strerror})"
+    if not is_run:
+        return (f"{shown(str(run), quote=False)} is not a run folder (no results.db); give "
+                "RUN_DIR[:MODEL] of a finished `lightlayers run`")
     return checkpoint_problem(str(spec))
 
 
