@@ -62,6 +62,8 @@ def snapshot(root: Path) -> dict[str, str]:
     out: dict[str, str] = {}
 
     def one(p: Path, rel: str) -> None:
+        if p.name.endswith(("results.db-shm", "results.db-wal")) and not p.is_symlink():
+            return  # SQLite's shared memory and log of a store that was only read
         st = p.lstat()
         if stat.S_ISLNK(st.st_mode):
             out[rel] = "link:" + os.readlink(p)

@@ -16,6 +16,7 @@ from PIL import Image
 from report_fixtures import browser_check, build_store
 
 from lightlayers.cli import main as cli
+from lightlayers.outputs import MANIFEST
 from lightlayers.report import FORMATS, ReportError, write_report
 from lightlayers.report.figures import criterion_chart, use_log
 from lightlayers.report.load import Group
@@ -133,8 +134,8 @@ def test_console_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Trainable params" in out and "linear-8x8" in out and "linear-4x4" in out
     # Only what was asked for is written.
-    assert sorted(p.name for p in (run_dir / "report").iterdir()) == ["comparisons.csv",
-                                                                       "table.csv"]
+    assert sorted(p.name for p in (run_dir / "report").iterdir()) == [
+        MANIFEST, "comparisons.csv", "table.csv"]
 
 
 def test_console_prints_the_confidence_interval_of_each_model(tmp_path, capsys):

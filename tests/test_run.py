@@ -302,6 +302,8 @@ def test_second_process_on_same_folder_is_refused(tmp_path, capsys):
 
     out = tmp_path / "locked"
     out.mkdir()
+    # The folder as the first process made it: its manifest, then the held lock.
+    (out / ".lightlayers.json").write_text('{"kind": "run", "files": [".lock"]}')
     with open(out / ".lock", "a+") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         rc = cli([*DIGITS, "--models", "study-light-k1", "--epochs", "1", "--out", str(out)])

@@ -144,6 +144,13 @@ def write_output_file(path: Path | str, data: bytes | str, inputs: Iterable[Path
     """A single output file named by the user (an exported model, a predictions CSV): never an
     input or inside one, never a file of a run folder, never through a link, and an existing
     file is replaced only when ``is_ours`` recognises it as one this tool wrote."""
+    path = check_output_file(path, inputs, is_ours, what)
+    return write_atomic(path, data)
+
+
+def check_output_file(path: Path | str, inputs: Iterable[Path | str],
+                      is_ours: Callable[[Path], bool], what: str) -> Path:
+    """:func:`write_output_file`'s checks alone, for a command to run before its work."""
     path = Path(path).expanduser()
     check_not_inside(path, inputs, what)
     run = _inside_run_folder(path)
@@ -159,7 +166,7 @@ def write_output_file(path: Path | str, data: bytes | str, inputs: Iterable[Path
         if not is_ours(path):
             raise OutputError(f"{what} {path} exists and was not written by lightlayers; "
                               "choose another path, or move that file away first")
-    return write_atomic(path, data)
+    return path
 
 
 class OutputFolder:

@@ -60,6 +60,17 @@ def main(args: argparse.Namespace) -> int:
 
     if args.int8 and args.format != "onnx":
         raise CliError("--int8 needs --format onnx (int8 files are quantized with ONNX Runtime)")
+    ext = FORMATS[args.format]
+    if args.out:
+        from lightlayers.outputs import check_output_file
+
+        check_output_file(args.out, _inputs(args), is_export, "--out")
+    if args.out and Path(args.out).suffix.lower() != ext:
+        # The name says what the file is: ONNX bytes under .pt would be loaded as TorchScript.
+        other = next((f for f, e in FORMATS.items() if e == Path(args.out).suffix.lower()), None)
+        raise CliError(f"--out {args.out}: a {args.format} export is a {ext} file; name it "
+                       f"{Path(args.out).with_suffix(ext).name}"
+                       + (f", or pass --format {other}" if other else ""))
     with warnings.catch_warnings():
         # The model was trained (and warned about) at this size; exporting it repeats that
         # warning on every call of the model.
@@ -139,11 +150,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
             + (f" ({size / len(blob):.2f}x fp32)" if m is int8 else ""))
     say(f"  {'recorded (PyTorch)':24s} {_fmt(recorded.get('accuracy')):>8s} "
         f"{_fmt(recorded.get('auc')):>8s}")
-    ext = FORMATS[args.format]
-    out = Path(args.out) if args.out else (
-        Path(trial.run_dir) / "exports" / f"{trial.model_name}__seed{trial.seed}"
-        f"{'.int8' if args.int8 else ''}{ext}")
-    ex.write_atomic(out, out_blob)
+    out = write_export(args, trial, out_blob)
     say(f"wrote {out} ({_kb(len(out_blob))}, {'int8' if args.int8 else 'fp32'})")
     return {
         "out": str(out), "model": trial.model_name, "seed": trial.seed,
@@ -160,6 +167,46 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
                  "recorded": {"accuracy": recorded.get("accuracy"),
                               "auc": recorded.get("auc")}},
     }
+
+
+def write_export(args: argparse.Namespace, trial: Any, blob: bytes) -> Path:
+    """The exported file: ``--out`` (a new path, or a file an earlier export wrote; never in a
+    run folder or an input), else the run folder's own ``exports/`` folder."""
+    from lightlayers.outputs import OutputFolder, write_output_file
+
+    name = (f"{trial.model_name}__seed{trial.seed}{'.int8' if args.int8 else ''}"
+            f"{FORMATS[args.format]}")
+    if args.out:
+        return write_output_file(args.out, blob, _inputs(args), is_export, "--out")
+    with OutputFolder(Path(trial.run_dir) / "exports", "exports", adopt=_adopt_exports,
+                      what="exports folder") as folder:
+        return folder.write(name, blob)
+
+
+def _inputs(args: argparse.Namespace) -> list[str]:
+    return [args.run_dir, *([args.data] if args.data else [])]
+
+
+def is_export(path: Path) -> bool:
+    """A file ``lightlayers export`` wrote: it carries a model card lightlayers can read."""
+    from lightlayers.deploy import DeployError
+    from lightlayers.deploy import export as ex
+
+    try:
+        ex.read_card(path)
+    except (DeployError, OSError, ValueError):
+        return False
+    return True
+
+
+def _adopt_exports(folder: Path) -> set[str] | None:
+    """``RUN/exports`` written before folders carried a manifest: its exported models."""
+    from lightlayers.outputs import is_run_folder
+
+    if not is_run_folder(folder.parent):
+        return None
+    return {p.name for p in folder.iterdir()
+            if p.is_file() and not p.is_symlink() and is_export(p)}
 
 
 def _fmt(v: float | None) -> str:

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from lightlayers.commands._json import json_safe
+from lightlayers.outputs import OutputFolder, check_output_file, write_output_file
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -73,6 +74,10 @@ def _main(args: argparse.Namespace) -> int:
         require(module)
     if args.cam:
         require("captum")
+    inputs = [path, *args.inputs]
+    if args.out:
+        # Before any work: a refused --out must not cost a whole prediction.
+        check_output_file(args.out, inputs, is_predictions, "--out")
     items = gather_inputs(args.inputs)
     if path.is_dir():
         from lightlayers.deploy.trial import choose_trial
@@ -93,8 +98,13 @@ def _main(args: argparse.Namespace) -> int:
         fmt = "onnx" if onnx_model else "torchscript"
         run = ex.run_model(path, fmt)
         _say(args, f"model: {card.model} seed {card.seed} ({card.precision}) from {path}")
-    cam_dir = Path(args.cam) if args.cam else None
-    outcome = predict(run, card, items, args.batch_size, cam_dir, progress=not args.quiet)
+    cam_dir = (OutputFolder(args.cam, "heatmaps", inputs=inputs, what="--cam folder")
+               if args.cam else None)
+    try:
+        outcome = predict(run, card, items, args.batch_size, cam_dir, progress=not args.quiet)
+    finally:
+        if cam_dir is not None:
+            cam_dir.close()
     if not outcome.predictions:
         f, reason = outcome.skipped[0]
         raise DeployError(f"none of the {len(items)} input image(s) could be decoded ({f}: "
@@ -106,7 +116,7 @@ def _main(args: argparse.Namespace) -> int:
     text = (json.dumps(json_safe(json_object(outcome, card)), indent=2, allow_nan=False) + "\n"
             if args.json else csv_text(outcome, card))
     if args.out:
-        ex.write_atomic(Path(args.out), text.encode())
+        write_output_file(args.out, text, inputs, is_predictions, "--out")
     else:
         sys.stdout.write(text)
     counts: dict[str, int] = {}
@@ -116,5 +126,21 @@ def _main(args: argparse.Namespace) -> int:
          + ", ".join(f"{c}: {counts[c]}" for c in card.classes if c in counts) + ")"
          + (f", skipped {len(outcome.skipped)} unreadable" if outcome.skipped else "")
          + (f"; wrote {args.out}" if args.out else "")
-         + (f"; heatmaps in {cam_dir}" if cam_dir else ""))
+         + (f"; heatmaps in {cam_dir.path}" if cam_dir else ""))
     return 0
+
+
+def is_predictions(path: Path) -> bool:
+    """A file an earlier ``lightlayers predict --out`` wrote: its CSV header or JSON keys."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    if head.startswith(b"path,predicted,"):
+        return True
+    try:
+        obj = json.loads(path.read_bytes()) if head.lstrip().startswith(b"{") else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(obj, dict) and {"model", "predictions", "skipped"} <= set(obj)

@@ -8,8 +8,6 @@ against Captum's ``LayerGradCam`` when the file was written); upsampling is Capt
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 __all__ = ["ALPHA", "DISPLAY_MIN", "overlay", "peak", "upsample"]
@@ -57,8 +55,12 @@ def overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
     return (rgb * (1 - weight) + heat * weight).round().astype(np.uint8)
 
 
-def write_png(path: Path, rgb: np.ndarray) -> None:
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """``rgb`` uint8 (H, W, 3) as a PNG file's bytes."""
+    import io
+
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rgb).save(path, format="PNG")
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()

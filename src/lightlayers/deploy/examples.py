@@ -134,7 +134,11 @@ def cam_figure(examples: dict[str, list[CamExample]], title: str = "") -> Any:
 def write_cam_figure(examples: dict[str, list[CamExample]], path: str | Path,
                      title: str = "") -> Path:
     """:func:`cam_figure` as an image file (PNG, or any format matplotlib writes by suffix)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cam_figure(examples, title).savefig(path, dpi=100)
-    return path
+    import io
+
+    from lightlayers.outputs import write_atomic
+
+    buf = io.BytesIO()
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    cam_figure(examples, title).savefig(buf, format=fmt, dpi=100)
+    return write_atomic(Path(path), buf.getvalue())

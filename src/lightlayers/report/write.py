@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lightlayers.outputs import OutputFolder
 from lightlayers.report.compare import Comparison
 from lightlayers.report.ensemble import Ensemble
 from lightlayers.report.load import ReportError, RunData, load_run
@@ -117,12 +118,50 @@ def write_report(
     rows = build_rows(run)
     notes = pooled_notes(run) + partial_notes(run) + skipped_notes(run) + ledger_notes(run)
     out = Path(out_dir) if out_dir is not None else run.run_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    with report_folder(run, out, out_dir is None) as folder:
+        return _write(run, rows, notes, fmts, folder, console)
+
+
+def report_folder(run: RunData, out: Path, default: bool) -> OutputFolder:
+    """The folder a report goes to, owned (lightlayers.outputs): a run folder's own
+    ``report/``, or a new, empty or earlier report folder given with ``--out`` that is none of
+    the run folders read and lies inside none of them."""
+    if not run.sources and Path(out).absolute() == Path(run.run_dir).absolute() / "report":
+        default = True  # --out RUN/report is the default spelled out
+    inputs = () if default else (run.sources or (run.run_dir,))
+    return OutputFolder(out, "report", inputs=inputs,
+                        adopt=_adopt_run_report if default else None,
+                        what="report folder" if default else "report folder (--out)")
+
+
+def _adopt_run_report(folder: Path) -> set[str] | None:
+    """``RUN/report`` written before report folders carried a manifest: the files a report
+    writes are adopted by name (figures included: the run folder is this tool's); anything
+    else in it stays untouched."""
+    from lightlayers.outputs import is_run_folder
+
+    if folder.name != "report" or not is_run_folder(folder.parent):
+        return None
+    names = {n for n in _REPORT_FILES
+             if (folder / n).is_file() and not (folder / n).is_symlink()}
+    figures = folder / "figures"
+    if figures.is_dir() and not figures.is_symlink():
+        names |= {f"figures/{p.name}" for p in figures.iterdir()
+                  if p.suffix[1:] in FIGURE_FORMATS and p.is_file() and not p.is_symlink()}
+    return names
+
+
+_REPORT_FILES = ("table.csv", "table.md", "comparisons.csv", "ensembles.csv", "report.html",
+                 "results.csv")
+
+
+def _write(run: RunData, rows: list[Row], notes: list[str], fmts: tuple[str, ...],
+           folder: OutputFolder, console: bool) -> ReportResult:
+    out = folder.path
     written: list[Path] = []
 
     def put(path: Path, data: bytes | str) -> None:
-        path.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-        written.append(path)
+        written.append(folder.write(path.relative_to(out).as_posix(), data))
 
     comparisons: list[Comparison] = []
     n_boot = 0
@@ -147,7 +186,6 @@ def write_report(
 
         specs, figure_notes = F.build_figures(run, rows, seed_ensembles)
         fig_dir = out / "figures"
-        fig_dir.mkdir(exist_ok=True)
         png: dict[str, bytes] = {}
         for spec in specs:
             for fmt in FIGURE_FORMATS:
@@ -158,13 +196,14 @@ def write_report(
                     if fmt in fmts:
                         put(fig_dir / f"{spec.name}.{fmt}", data)
         # Figures of an earlier report that this one no longer draws (e.g. renamed models)
-        # would otherwise sit next to the current ones looking current.
+        # would otherwise sit next to the current ones looking current; only figures this
+        # tool wrote are removed.
         for fmt in FIGURE_FORMATS:
             if fmt in fmts:
-                current = {f"{s.name}.{fmt}" for s in specs}
-                for old in fig_dir.glob(f"*.{fmt}"):
-                    if old.name not in current:
-                        old.unlink()
+                current = {f"figures/{s.name}.{fmt}" for s in specs}
+                for old in list(folder.owned("figures/", (f".{fmt}",))):
+                    if old not in current:
+                        folder.remove(old)
         if "html" in fmts:
             from lightlayers.report.html import page
 
