@@ -43,9 +43,14 @@ def save_checkpoint(model: nn.Module, path: Path, metadata: dict[str, str]) -> f
     # 0666 the kernel applies the umask. A crashed attempt's leftover would keep its old mode.
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
-        f.write(blob)
-    os.replace(tmp, path)
+    try:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+            f.write(blob)
+        os.replace(tmp, path)
+    except BaseException:  # an error, Ctrl-C or SIGTERM: no half-written file stays behind
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
     return path.stat().st_size / 1e6
 
 

@@ -43,8 +43,10 @@ report the table, the figures and an HTML page.
 
 `lightlayers COMMAND --help` describes each command."""
 
-# Exit codes (documented in `lightlayers --help`).
+# Exit codes (documented in `lightlayers --help`); 143 is 128 + SIGTERM, as a shell reports
+# a process that SIGTERM ended.
 EXIT_OK, EXIT_TRIAL_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_TERMINATED = 143
 
 EPILOG = f"""exit codes:
   {EXIT_OK}    done (every trial of a study finished)
@@ -53,6 +55,8 @@ EPILOG = f"""exit codes:
        missing permissions, a damaged results store): one line says what and how to fix it
   {EXIT_INTERNAL}    internal error (a bug): rerun with --debug and report the traceback
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C); finished trials stay recorded
+  {EXIT_TERMINATED}  stopped by SIGTERM (kill, timeout, a scheduler), handled as Ctrl-C: finished
+       trials stay recorded, temporary files are removed, a rerun resumes
 
 --debug before the command (lightlayers --debug run ...) or LIGHTLAYERS_DEBUG=1 shows the
 Python traceback of any error."""
@@ -109,11 +113,17 @@ def main(argv: list[str] | None = None) -> int:
     debug = debug_wanted(argv)
     command = next((a for a in argv if a in COMMANDS), None)
     prefix = f"lightlayers {command}" if command else "lightlayers"
-    with _plain_warnings(debug):
+    from lightlayers.signals import Terminated, sigterm_as_interrupt
+
+    _private_cache_dirs()  # before any command imports matplotlib or torch
+    with _plain_warnings(debug), sigterm_as_interrupt():
         try:
             # argparse reports usage errors itself (one line, exit 2) by raising SystemExit.
             args = build_parser(argv).parse_args(argv)
             return int(args._main(args) or 0)
+        except Terminated:
+            print("interrupted (SIGTERM)", file=sys.stderr)
+            return EXIT_TERMINATED
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
@@ -128,6 +138,19 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
             print(f"{prefix}: {message}", file=sys.stderr)
             return code
+
+
+def _private_cache_dirs() -> None:
+    """Libraries' caches inside the lightlayers cache, unless the user chose their folders:
+    matplotlib keeps its font cache and config in ~/.cache/matplotlib and ~/.config (the tool
+    writes nothing in the home folder), and torch's compiler makes torchinductor_USER in the
+    temp folder (which a command leaves as it found it). The cache's default is that of
+    lightlayers.data.cache.cache_root, spelled out here so that no command waits for that
+    import; the variables are read when those libraries are first imported."""
+    root = Path(os.environ.get("LIGHTLAYERS_CACHE") or "~/.cache/lightlayers").expanduser()
+    for var, name in (("MPLCONFIGDIR", "matplotlib"), ("TORCHINDUCTOR_CACHE_DIR", "inductor")):
+        if not os.environ.get(var):
+            os.environ[var] = str(root.absolute() / name)
 
 
 def explain(e: BaseException, command: str | None = None) -> tuple[int, str]:

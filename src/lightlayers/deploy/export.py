@@ -14,7 +14,6 @@ import contextlib
 import io
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import torch
 from lightlayers.deploy.card import ModelCard
 from lightlayers.deploy.errors import DeployError, require
 from lightlayers.deploy.graph import Deployable, reference_cam
+from lightlayers.scratch import scratch_dir
 
 __all__ = ["FP32_TOLERANCE", "Verification", "batches", "card_of_bytes", "check_graph",
            "compact", "deployable_for", "evaluate", "onnx_session", "quantize_int8", "read_card",
@@ -469,8 +469,10 @@ def quantize_int8(fp32: bytes, calibration: list[np.ndarray], card: ModelCard) -
     card's precision set to int8."""
     onnx = require("onnx")
     q = require("onnxruntime.quantization")
-    with tempfile.TemporaryDirectory(prefix="lightlayers-int8-") as tmp:
-        src, pre, dst = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+    # Named by this pid, holding the quantizer's own temporary folders too: an export killed
+    # outright leaves one folder, which the next export removes.
+    with scratch_dir("int8", nest=True) as tmp:
+        src, pre, dst = (tmp / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         src.write_bytes(fp32)
         try:
             with _quiet():

@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import socket
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -36,6 +35,8 @@ from lightlayers.fingerprint import data_key
 from lightlayers.models.weights import ResolvedWeights
 from lightlayers.progress import ProgressReporter
 from lightlayers.runtime import resolve_device, resolve_threads
+from lightlayers.scratch import scratch_dir, sweep
+from lightlayers.signals import reclaim_sigterm
 from lightlayers.trial import TrialSpec, data_size_for, failure, run_trial
 
 INSTALL_HINT = "pip install 'lightlayers[ray]'"
@@ -114,11 +115,13 @@ def trial_task(spec: TrialSpec, data: Dataset | DataOnNode, key: str, cfg_values
             torch.backends.cudnn.benchmark = True
         ds = data.load() if isinstance(data, DataOnNode) else data
         # Workers may run on other machines: the checkpoint is written to a scratch folder
-        # here and its bytes go back to the driver, which writes the run folder.
-        with tempfile.TemporaryDirectory(prefix="lightlayers-trial-") as scratch:
+        # here and its bytes go back to the driver, which writes the run folder. The folder
+        # is named by this worker's pid: a worker killed by force (a cancelled trial) leaves
+        # it to the node's next trial, which removes it.
+        with scratch_dir("trial") as scratch:
             res = (trial_fn or run_trial)(spec, ds, key, cfg, cfg.resolved_protocol(), device,
-                                          Path(scratch), None, weights=weights)
-            res["checkpoint_bytes"] = (Path(scratch) / res["checkpoint"]).read_bytes()
+                                          scratch, None, weights=weights)
+            res["checkpoint_bytes"] = (scratch / res["checkpoint"]).read_bytes()
         res["extra"]["node"] = node
         return {"result": res}
     except Exception as e:  # recorded with the trial; the study goes on
@@ -164,6 +167,9 @@ class RayExecutor:
         try:
             if self.opts.ray_address is None:
                 ray.init(include_dashboard=False, **quiet)
+                # A local instance installs its own SIGTERM handler (exit 1, no message, no
+                # trial reset); SIGTERM stays Ctrl-C, whose path below also stops Ray.
+                reclaim_sigterm()
             else:
                 ray.init(address=self.opts.ray_address, **quiet)
         except ConnectionError as e:
@@ -224,12 +230,16 @@ class RayExecutor:
     def run(self, tasks: list[Task], start: Callable[[Task], None]) -> Iterator[TaskOutcome]:
         if not tasks:
             return
+        sweep("trial")  # what workers of an earlier, killed study left on this machine
         started_here = self._connect()
         try:
             yield from self._run(tasks, start, started_here)
         finally:
             if started_here:
                 self.ray.shutdown()
+                # This machine's workers have ended, cancelled ones too, which could not
+                # remove their scratch folders.
+                sweep("trial")
 
     def _run(self, tasks: list[Task], start: Callable[[Task], None],
              started_here: bool) -> Iterator[TaskOutcome]:
