@@ -6,7 +6,6 @@ Run folder: ``results.db`` (the record), ``results.csv`` (one row per trial), ``
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import io
 import json
@@ -17,6 +16,7 @@ from typing import Any
 
 import torch
 
+from lightlayers import csvsafe
 from lightlayers.config import ConfigError, StudyConfig
 from lightlayers.data import Dataset, load_dataset
 from lightlayers.executors import Task, create_executor, executor_info
@@ -49,8 +49,10 @@ _SETTINGS_EXCLUDED = ("models", "seeds", "out", "report", "deployment", "device"
 def results_csv_text(trials: Any, extra_columns: tuple[str, ...] = ()) -> str:
     """results.csv of ``trials`` (the store's trial dicts), with ``extra_columns`` last."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=[*csv_columns(), *extra_columns], extrasaction="ignore",
-                       lineterminator="\n")
+    # csvsafe: a text cell a spreadsheet would run as a formula (an error message, a name)
+    # is written as text.
+    w = csvsafe.DictWriter(buf, fieldnames=[*csv_columns(), *extra_columns],
+                           extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for t in trials:
         # Booleans (collapsed) as 0/1; a non-finite value as nan, inf or -inf, a missing one
@@ -82,7 +84,7 @@ def _record_skipped(out: Path, datasets: Any, log: Any) -> None:
     if not rows:
         return
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csvsafe.writer(buf, lineterminator="\n")  # file names are the data's, not ours
     w.writerow(["file", "reason"])
     w.writerows(rows)
     tmp = path.with_name(f".{path.name}.tmp")

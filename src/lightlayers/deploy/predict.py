@@ -208,11 +208,14 @@ def _write_cam(cam_dir: Path, item: Item, taken: set[str], image: np.ndarray,
 
 
 def csv_text(outcome: Outcome, card: ModelCard) -> str:
-    import csv
     import io
 
+    from lightlayers import csvsafe
+
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    # Paths and class names are the user's files' and folders' names: one named like a
+    # formula is written as text.
+    w = csvsafe.writer(buf, lineterminator="\n")
     with_cam = any(p.cam for p in outcome.predictions)
     w.writerow(["path", "predicted", *[f"prob_{c}" for c in card.classes],
                 *(["cam"] if with_cam else [])])

@@ -19,7 +19,6 @@ generator seeded by the pair's names, so a report of an unchanged run is byte-id
 
 from __future__ import annotations
 
-import csv
 import io
 import itertools
 import zlib
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lightlayers import csvsafe
 from lightlayers.report.load import Group, RunData
 
 N_BOOT = 2000
@@ -199,7 +199,7 @@ CSV_FIELDS = ("protocol", "model_a", "model_b", "metric", "mean_a", "mean_b", "d
 
 def comparisons_csv(comps: Sequence[Comparison], n_boot: int = N_BOOT) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csvsafe.writer(buf, lineterminator="\n")
     w.writerow(CSV_FIELDS)
     for c in comps:
         w.writerow([c.protocol, c.model_a, c.model_b, c.metric, repr(c.mean_a), repr(c.mean_b),

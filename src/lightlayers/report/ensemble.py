@@ -11,7 +11,6 @@ probabilities, so an ensemble is scored exactly as a trial is.
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from lightlayers import csvsafe
 from lightlayers.report.load import Group, RunData
 
 
@@ -76,7 +76,7 @@ def ensembles_csv(items: Sequence[Ensemble]) -> str:
 
     scores = [m.name for m in computed_metrics() if m.name != "threshold"]
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csvsafe.writer(buf, lineterminator="\n")
     w.writerow(["model", "protocol", "seeds", "members", "params_total", "size_mb",
                 "threshold", *scores, "member_mean_accuracy"])
     for e in items:

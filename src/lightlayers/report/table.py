@@ -6,12 +6,12 @@ Written as ``table.csv`` (mean, std, 95% CI, n per metric: for further analysis)
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lightlayers import csvsafe
 from lightlayers.metrics import DIAGNOSIS
 from lightlayers.metrics.registry import Metric, chart_metrics, ci_metrics, table_metrics
 from lightlayers.report.load import Group, RunData
@@ -143,7 +143,7 @@ def table_csv(rows: list[Row]) -> str:
     for c in cols:
         header += [f"{c.name}_{s}" for s in CSV_STATS]
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csvsafe.writer(buf, lineterminator="\n")
     w.writerow(header)
     for r in rows:
         g = r.group
