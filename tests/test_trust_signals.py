@@ -82,6 +82,24 @@ def test_scratch_folder_goes_on_error_interrupt_and_sigterm(tmp_path, monkeypatc
     assert tempfile.gettempdir() == str(tmp_path) and list(tmp_path.iterdir()) == []
 
 
+
+def test_an_interrupted_download_leaves_no_partial_file(tmp_path, monkeypatch) -> None:
+    import io
+    import urllib.request
+
+    from lightlayers.data import download
+
+    class Stalls(io.BytesIO):
+        def read(self, *a: object) -> bytes:
+            if self.tell() > 0:
+                raise Terminated()  # SIGTERM in the middle of the transfer
+            return super().read(4)
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **kw: Stalls(b"x" * 64))
+    with pytest.raises(Terminated):
+        download.fetch("https://example.invalid/d.npz", "0" * 32, tmp_path / "d.npz")
+    assert list(tmp_path.iterdir()) == []
+
 def _killed_owner(tmp: Path, kind: str) -> Path:
     """A scratch folder whose process was killed with SIGKILL (it could not remove it)."""
     code = ("import os, sys, tempfile, time; tempfile.tempdir = sys.argv[1]\n"

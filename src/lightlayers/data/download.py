@@ -52,8 +52,11 @@ def _verified(target: Path, md5: str) -> bool:
 def _write_stamp(target: Path, md5: str) -> None:
     stamp = _stamp_path(target)
     tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"md5": md5, **_stat_key(target)}))
-    os.replace(tmp, stamp)
+    try:
+        tmp.write_text(json.dumps({"md5": md5, **_stat_key(target)}))
+        os.replace(tmp, stamp)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _check_existing(url: str, md5: str, target: Path) -> None:
@@ -86,20 +89,24 @@ def fetch(url: str, md5: str, target: str | os.PathLike[str], timeout: float = 6
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
-            shutil.copyfileobj(response, out, 1 << 20)
-    except (OSError, ValueError, http.client.HTTPException) as e:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response, \
+                    open(tmp, "wb") as out:
+                shutil.copyfileobj(response, out, 1 << 20)
+        except (OSError, ValueError, http.client.HTTPException) as e:
+            raise DataError(
+                f"could not download {url} ({type(e).__name__}: {e}). "
+                + _manual_fix(url, md5, target)
+            ) from e
+        got = md5sum(tmp)
+        if got != md5:
+            raise DataError(
+                f"the download of {url} has MD5 {got}, expected {md5}; it was discarded. "
+                + _manual_fix(url, md5, target)
+            )
+        os.replace(tmp, target)
+    finally:
+        # Whatever ended it (an error, Ctrl-C, SIGTERM), a partial download does not stay.
         tmp.unlink(missing_ok=True)
-        raise DataError(
-            f"could not download {url} ({type(e).__name__}: {e}). " + _manual_fix(url, md5, target)
-        ) from e
-    got = md5sum(tmp)
-    if got != md5:
-        tmp.unlink()
-        raise DataError(
-            f"the download of {url} has MD5 {got}, expected {md5}; it was discarded. "
-            + _manual_fix(url, md5, target)
-        )
-    os.replace(tmp, target)
     _write_stamp(target, md5)
     return target

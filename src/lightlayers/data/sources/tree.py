@@ -370,8 +370,11 @@ class _HashCache:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"root": self.root, "files": self.new}))
-            os.replace(tmp, self.path)
+            try:
+                tmp.write_text(json.dumps({"root": self.root, "files": self.new}))
+                os.replace(tmp, self.path)
+            finally:  # an error, Ctrl-C or SIGTERM: no half-written file stays
+                tmp.unlink(missing_ok=True)
         except OSError:
             pass  # a read-only cache only costs hashing again next time
 
