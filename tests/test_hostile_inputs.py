@@ -207,6 +207,7 @@ def _one_image_class(tmp: Path, run: Path | None) -> Planted:
 def _dog_in_train(tmp: Path, done: subprocess.CompletedProcess[str]) -> None:
     assert "no images in train" not in done.stderr + done.stdout
     assert "dog have no images in val" in done.stdout, done.stdout
+    assert "too few images, or all of them one patient" in done.stdout, done.stdout
 
 
 CASES = [

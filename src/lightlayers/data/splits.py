@@ -344,7 +344,8 @@ def check_class_presence(
             f"(images per split: {shown(absent)})"
         )
         if split in carved:
-            notes.append(f"{text}: they could not be carved (one patient or duplicate group)")
+            notes.append(f"{text}: they could not be carved (too few images, or all of them one "
+                         "patient or duplicate group; train keeps at least one)")
         else:
             problems.append(text)
     if problems and not allow_missing:
