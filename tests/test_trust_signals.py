@@ -315,3 +315,43 @@ def test_sigterm_stops_every_command_cleanly(tmp_path, hostile_run) -> None:
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert len(checkpoints) == len(trials), checkpoints
     assert list((tmp_path / "tmp-rerun").iterdir()) == [] and _tmp_files(run) == []
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_ray_study_and_its_workers_leave_no_scratch(tmp_path) -> None:
+    """The driver stops Ray's workers by force (they cannot clean up); their scratch folders,
+    named by their pids, are removed once they are gone."""
+    pytest.importorskip("ray", reason="install lightlayers[ray]")
+    run = tmp_path / "run"
+    # Ray's sockets live in the temp folder, whose path must stay short (107 bytes for AF_UNIX).
+    tmpdir = Path(tempfile.mkdtemp(prefix="ll-sig-", dir="/tmp"))
+    try:
+        _stop_a_ray_study(tmpdir, run)
+    finally:
+        import shutil
+
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _stop_a_ray_study(tmpdir: Path, run: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmpdir), "COLUMNS": "80"}
+    env.pop("LIGHTLAYERS_DEBUG", None)
+    argv = ["run", "--data", "digits", "--models", "paper-light-k1", "--seeds", "0,1",
+            "--epochs", "40", "--no-report", "--quiet", "--executor", "ray",
+            "--cpus-per-trial", "1", "--out", str(run)]
+    p = subprocess.Popen([*LIGHTLAYERS, *argv], env=env, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    scratch_glob = "lightlayers-trial-*"
+    deadline = time.monotonic() + 180
+    # Signalled once a worker trains in its scratch folder.
+    while not list(tmpdir.glob(scratch_glob)) and p.poll() is None:
+        assert time.monotonic() < deadline, "no trial started on Ray"
+        time.sleep(0.1)
+    assert p.poll() is None, p.communicate()[1][-2000:]
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err[-2000:]
+    # Ray may say something of its own as it starts; the command ends in the one line.
+    assert err.strip().splitlines()[-1] == MESSAGE and "Traceback" not in err, err
+    assert list(tmpdir.glob(scratch_glob)) == []
+    assert {status for _, _, status, _ in _trials(run)} <= {"pending", "done"}

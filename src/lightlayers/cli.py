@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = debug_wanted(argv)
     command = next((a for a in argv if a in COMMANDS), None)
     prefix = f"lightlayers {command}" if command else "lightlayers"
-    from lightlayers.signals import Terminated, sigterm_as_interrupt
+    from lightlayers.signals import sigterm_as_interrupt, sigterm_received
 
     _private_cache_dirs()  # before any command imports matplotlib or torch
     with _plain_warnings(debug), sigterm_as_interrupt():
@@ -121,10 +121,12 @@ def main(argv: list[str] | None = None) -> int:
             # argparse reports usage errors itself (one line, exit 2) by raising SystemExit.
             args = build_parser(argv).parse_args(argv)
             return int(args._main(args) or 0)
-        except Terminated:
-            print("interrupted (SIGTERM)", file=sys.stderr)
-            return EXIT_TERMINATED
         except KeyboardInterrupt:
+            # By its flag, not the exception's type (lightlayers.signals.Terminated): a
+            # library may have caught the interrupt and raised a plain one instead.
+            if sigterm_received():
+                print("interrupted (SIGTERM)", file=sys.stderr)
+                return EXIT_TERMINATED
             print("interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
         except BrokenPipeError:

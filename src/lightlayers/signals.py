@@ -23,7 +23,8 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
-__all__ = ["EXIT_TERMINATED", "Terminated", "held", "reclaim_sigterm", "sigterm_as_interrupt"]
+__all__ = ["EXIT_TERMINATED", "Terminated", "held", "reclaim_sigterm", "sigterm_as_interrupt",
+           "sigterm_received"]
 
 EXIT_TERMINATED = 128 + signal.SIGTERM
 
@@ -77,6 +78,12 @@ def sigterm_as_interrupt() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
         _state.installed_by, _state.fired, _state.pending = before
+
+
+def sigterm_received() -> bool:
+    """Whether SIGTERM started the stop under way: some libraries (Ray's ``ray.get`` and
+    ``ray.wait``) catch the interrupt and raise a plain ``KeyboardInterrupt`` of their own."""
+    return _state.fired and _state.installed_by == os.getpid()
 
 
 def reclaim_sigterm() -> None:
