@@ -22,7 +22,7 @@ from lightlayers import store as store_module
 from lightlayers.cli import main as cli
 from lightlayers.metrics.registry import epoch_metrics, trial_metrics
 from lightlayers.store import SCHEMA_VERSION, ResultsStore, StoreError
-from lightlayers.study import write_results_csv
+from lightlayers.study import results_csv_text
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "run-v1"
 MODELS = ("paper-light-k1", "study-light-k1")
@@ -237,7 +237,7 @@ def test_non_finite_and_missing_values_round_trip(tmp_path: Path) -> None:
             history=[{"epoch": 1, "val_loss": float("nan"), "train_loss": float("inf"),
                       "lr": 0.1, "compiled": True, "grad_norm": 3},
                      {"epoch": 2, "val_auc": float("-inf"), "val_loss": 0.5}])
-        write_results_csv(store, tmp_path / "results.csv")
+        (tmp_path / "results.csv").write_text(results_csv_text(store.trials()))
     with ResultsStore(db, create=False) as store:
         (t,) = store.trials()
         history = store.history(t["id"])

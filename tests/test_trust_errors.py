@@ -119,7 +119,8 @@ def test_unwritable_cache_names_the_variable(tmp_path, monkeypatch) -> None:
 def test_disk_full_mid_study_is_one_line(tmp_path, monkeypatch, capsys) -> None:
     out = tmp_path / "run"
 
-    def full(store: object, path: Path) -> None:
+    def full(store: object, folder: object) -> None:
+        path = folder.path / "results.csv"  # type: ignore[attr-defined]
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr("lightlayers.study.write_results_csv", full)
@@ -147,7 +148,8 @@ def test_out_naming_a_file_is_one_line(tmp_path, capsys) -> None:
         assert cli([*DIGITS, "--out", str(out)]) == 2
         line = _one_line(capsys.readouterr().err)
         assert line.startswith("lightlayers run: error: ") and str(f) in line
-        assert "is a file, not a folder" in line and line.endswith("choose another --out")
+        assert "is a file, not a folder" in line
+        assert line.endswith(("choose another --out", "choose another folder"))
     assert f.read_text() == "mine"
 
 
@@ -217,6 +219,8 @@ def test_read_only_cache_is_one_line(tmp_path, monkeypatch, capsys) -> None:
 def test_store_file_that_is_not_a_database_is_named(tmp_path, capsys) -> None:
     out = tmp_path / "run"
     out.mkdir()
+    # A run folder the tool made (its manifest), whose store was then damaged.
+    (out / ".lightlayers.json").write_text('{"kind": "run", "files": ["results.db"]}')
     (out / "results.db").write_bytes(os.urandom(9000))
     assert cli([*DIGITS, "--out", str(out)]) == 2
     line = _one_line(capsys.readouterr().err)

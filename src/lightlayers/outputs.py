@@ -193,7 +193,7 @@ class OutputFolder:
         if p.is_symlink():
             raise OutputError(f"{what} {p} is a symbolic link; name the real folder")
         if p.exists() and not p.is_dir():
-            raise OutputError(f"{what} {p} is a file, not a folder; choose a folder")
+            raise OutputError(f"{what} {p} is a file, not a folder; choose another folder")
         p.mkdir(parents=True, exist_ok=True)
         self._lock()
         manifest = p / MANIFEST

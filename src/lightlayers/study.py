@@ -20,9 +20,16 @@ from lightlayers import csvsafe
 from lightlayers.config import ConfigError, StudyConfig
 from lightlayers.data import Dataset, load_dataset
 from lightlayers.executors import Task, create_executor, executor_info
-from lightlayers.fingerprint import _data_change, _jsonable, data_fingerprint, data_key
+from lightlayers.fingerprint import (
+    _data_change,
+    _jsonable,
+    data_fingerprint,
+    data_key,
+    same_data,
+)
 from lightlayers.ledger import StudyLedger
 from lightlayers.models.weights import ResolvedWeights, WeightsError
+from lightlayers.outputs import MANIFEST, OutputFolder
 from lightlayers.progress import ProgressReporter
 from lightlayers.runtime import resolve_device, resolve_threads
 from lightlayers.store import ResultsStore, StoreError
@@ -43,7 +50,10 @@ def csv_columns() -> list[str]:
 # run is not one of them, so a study can be resumed with another executor; nor is the spelling
 # of the data's path: the data is compared by content (data_fingerprint).
 _SETTINGS_EXCLUDED = ("models", "seeds", "out", "report", "deployment", "device", "threads",
-                      "executor", "executor_options", "data")
+                      "executor", "executor_options", "data",
+                      # A tuned run's settings are its model_protocols (compared); where they
+                      # were read is spelling, and the search ranges are tune's alone.
+                      "tuned", "search")
 
 
 def results_csv_text(trials: Any, extra_columns: tuple[str, ...] = ()) -> str:
@@ -61,10 +71,8 @@ def results_csv_text(trials: Any, extra_columns: tuple[str, ...] = ()) -> str:
     return buf.getvalue()
 
 
-def write_results_csv(store: ResultsStore, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(results_csv_text(store.trials()))
-    os.replace(tmp, path)
+def write_results_csv(store: ResultsStore, folder: OutputFolder) -> None:
+    folder.write("results.csv", results_csv_text(store.trials()))
 
 
 def settings_diff(previous: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
@@ -77,19 +85,16 @@ def settings_diff(previous: dict[str, Any] | None, now: dict[str, Any]) -> list[
                   if previous.get(k, defaults.get(k)) != now.get(k, defaults.get(k)))
 
 
-def _record_skipped(out: Path, datasets: Any, log: Any) -> None:
+def _record_skipped(folder: OutputFolder, datasets: Any, log: Any) -> None:
     """Undecodable files left out (``on_bad_image: skip``): listed in the run folder."""
     rows = sorted({(f, r) for ds in datasets for f, r in ds.skipped})
-    path = out / "skipped_images.csv"
     if not rows:
         return
     buf = io.StringIO()
     w = csvsafe.writer(buf, lineterminator="\n")  # file names are the data's, not ours
     w.writerow(["file", "reason"])
     w.writerows(rows)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    path = folder.write("skipped_images.csv", buf.getvalue())
     log(f"{len(rows)} undecodable image file(s) skipped, listed in {path}")
 
 
@@ -115,7 +120,14 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
     import yaml
 
     cfg = resolve_threads(cfg)
-    out = Path(cfg.out).resolve()
+    tuned: dict[str, Any] = {}
+    if cfg.tuned is not None:  # each model's best settings from `lightlayers tune`
+        from lightlayers.tune import apply_tuned, check_tuned_data, tuned_record
+
+        cfg = apply_tuned(cfg)
+        tuned = {m: tuned_record(cfg, m) for m in cfg.models}
+    # Not resolved: a link given as --out is refused by the folder's claim, never followed.
+    out = Path(cfg.out).expanduser().absolute()
     # A folder this run creates is removed again when the study fails before it records a
     # trial (a typo in --data, weights or data errors): no empty run folder is left behind.
     created = _new_folders(out)
@@ -128,10 +140,21 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
         torch.backends.cudnn.benchmark = True
     protocol = cfg.resolved_protocol()
     executor = create_executor(cfg, protocol, device, out)
-    out.mkdir(parents=True, exist_ok=True)
-    lock = _lock_run_folder(out)
+    folder = OutputFolder(out, "run", inputs=_local_inputs(cfg), adopt=adopt_run_folder,
+                          what="run folder (--out)")
+    try:
+        lock = _lock_run_folder(folder)
+        # The store's files and the checkpoints' folder: a link planted at any of them is
+        # refused here rather than written through.
+        for name in (*_STORE_FILES, "checkpoints"):
+            folder.claim(name)
+        store = ResultsStore(out / "results.db")
+    except BaseException:
+        folder.close()
+        if created:
+            _remove_new_folders(created)
+        raise
     reporter = ProgressReporter(len(cfg.models) * len(cfg.seeds), enabled=progress)
-    store = ResultsStore(out / "results.db")
     try:
         previous = store.meta().get("settings")
         diff = settings_diff(previous, _settings(cfg))
@@ -155,6 +178,8 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
                     on_bad_image=cfg.on_bad_image,
                     allow_missing_classes=cfg.allow_missing_classes)
                 check_data(datasets[size])
+                if tuned:
+                    check_tuned_data(cfg, datasets[size])
             return datasets[size]
 
         recorded = store.meta().get("data_fingerprint")
@@ -166,7 +191,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
             if recorded is None:
                 recorded = now
                 store.set_meta(data_fingerprint=now, data_manifest=manifest)
-            elif recorded != now:
+            elif not same_data(recorded, now):
                 change = _data_change(recorded, now, store.meta().get("data_manifest"), manifest)
                 raise ConfigError(
                     f"{out} was made with other data: {cfg.data} has changed since "
@@ -179,13 +204,16 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
             ds = dataset_for(spec.model)
             keyed.append((spec, ds, data_key(ds)))
         first = datasets[next(iter(datasets))]
-        _record_skipped(out, datasets.values(), reporter.log)
+        _record_skipped(folder, datasets.values(), reporter.log)
         store.set_meta(
             settings=_settings(cfg), config=cfg.to_dict(),
             protocol=dataclasses.asdict(protocol), environment=_env(device),
             data=_jsonable(first.summary()),
+            # Where the models' settings came from (the report says it): a tuning or the
+            # protocol's fixed recipe.
+            settings_source=_tuned_source(tuned),
         )
-        (out / "config.yaml").write_text(yaml.safe_dump(
+        folder.write("config.yaml", yaml.safe_dump(
             {**cfg.to_dict(), "resolved_protocol": dataclasses.asdict(protocol)},
             sort_keys=False))
         redo = store.reset_interrupted()
@@ -193,7 +221,9 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
             reporter.log(f"redoing {len(redo)} trial(s) interrupted by an earlier crash")
         recorded_any = True
         store.add_trials({"model": sp.model, "seed": sp.seed, "protocol": sp.protocol,
-                          "data": dk, "config": {"model_options": model_kwargs(cfg, sp.model)}}
+                          "data": dk, "config": {"model_options": model_kwargs(cfg, sp.model),
+                                                 **({"tuned": tuned[sp.model]} if tuned
+                                                    else {})}}
                          for sp, _, dk in keyed)
         status = {t["key"]: t["status"] for t in store.trials()}
         todo = [(sp, ds, dk) for sp, ds, dk in keyed if status[sp.key(dk)] != "done"]
@@ -226,15 +256,24 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
             # Finished trials stay recorded; the interrupted one is redone by the next run.
             store.reset_interrupted()
             raise
-        write_results_csv(store, out / "results.csv")
+        write_results_csv(store, folder)
         counts = store.counts()
         return StudyOutcome(out, counts, ran=len(todo), skipped=skipped)
     finally:
         reporter.close()
         store.close()
         lock.close()
+        folder.close()
         if created and not recorded_any:
             _remove_new_folders(created)
+
+
+def _tuned_source(tuned: dict[str, Any]) -> dict[str, Any]:
+    if not tuned:
+        return {"kind": "fixed"}
+    first = next(iter(tuned.values()))
+    return {"kind": "tuned", **{k: first[k] for k in ("folder", "data_fingerprint", "budget",
+                                                      "folds", "objective")}}
 
 
 def resolve_study_weights(cfg: StudyConfig, log: Any, progress: bool = True
@@ -266,6 +305,29 @@ def resolve_study_weights(cfg: StudyConfig, log: Any, progress: bool = True
     return resolved, errors
 
 
+# What a run folder holds besides results.csv, config.yaml and the lock (SQLite's write-ahead
+# log and shared memory sit beside the store).
+_STORE_FILES = ("results.db", "results.db-wal", "results.db-shm")
+_RUN_FILES = (*_STORE_FILES, ".lock", "config.yaml", "results.csv", "skipped_images.csv",
+              "checkpoints", "report")
+
+
+def adopt_run_folder(folder: Path) -> set[str] | None:
+    """A run folder written before folders carried a manifest: its results store says it is
+    one, and the names a run writes are its own; any other folder is not adopted."""
+    from lightlayers.outputs import is_run_folder
+
+    if not is_run_folder(folder):
+        return None
+    return {name for name in _RUN_FILES if (folder / name).exists()}
+
+
+def _local_inputs(cfg: StudyConfig) -> list[Path]:
+    """The study's data, when it is a local path: a run folder inside it is refused."""
+    p = Path(cfg.data).expanduser()
+    return [p] if p.exists() else []
+
+
 def _new_folders(out: Path) -> list[Path]:
     """The folders ``out.mkdir(parents=True)`` would create, deepest first."""
     new = []
@@ -281,8 +343,8 @@ def _remove_new_folders(created: list[Path]) -> None:
     was written meanwhile: a folder holding anything unexpected stays."""
     import shutil
 
-    ours = {"results.db", "results.db-wal", "results.db-shm", ".lock", "config.yaml",
-            "results.csv", "skipped_images.csv"}
+    ours = {*_STORE_FILES, ".lock", "config.yaml", "results.csv", "skipped_images.csv",
+            MANIFEST}
     for folder in created:
         try:
             if folder == created[0]:
@@ -294,11 +356,15 @@ def _remove_new_folders(created: list[Path]) -> None:
             return  # not empty or not ours: keep it
 
 
-def _lock_run_folder(out: Path) -> Any:
+def _lock_run_folder(folder: OutputFolder) -> Any:
     """One process per run folder: a second one would reset the first one's running trial."""
     import fcntl
 
-    handle = open(out / ".lock", "a+")  # noqa: SIM115  (held open for the whole study)
+    out = folder.path
+    path = folder.claim(".lock")
+    # O_NOFOLLOW: a link planted as .lock is refused, not opened (claim checked it; this closes
+    # the gap between that check and the open).
+    handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666), "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

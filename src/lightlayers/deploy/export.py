@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from lightlayers.scratch import scratch_dir
 
 __all__ = ["FP32_TOLERANCE", "Verification", "batches", "card_of_bytes", "check_graph",
            "compact", "deployable_for", "evaluate", "onnx_session", "quantize_int8", "read_card",
-           "run_model", "to_onnx", "to_torchscript", "verify", "write_atomic"]
+           "run_model", "to_onnx", "to_torchscript", "verify"]
 
 # Largest |probability difference| allowed between an fp32 export and PyTorch.
 FP32_TOLERANCE = 1e-4
@@ -493,14 +492,3 @@ def quantize_int8(fp32: bytes, calibration: list[np.ndarray], card: ModelCard) -
     set_card(proto, card.replace(precision="int8"))
     return proto.SerializeToString()
 
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()

@@ -20,6 +20,7 @@ import numpy as np
 
 from lightlayers.deploy.card import ModelCard
 from lightlayers.deploy.errors import DeployError
+from lightlayers.outputs import OutputFolder
 
 __all__ = ["Item", "Prediction", "gather_inputs", "parse_model", "predict"]
 
@@ -143,8 +144,10 @@ def _crop(u8: np.ndarray, card: ModelCard) -> np.ndarray:
 
 def predict(run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]],
             card: ModelCard, items: list[Item], batch_size: int = 64,
-            cam_dir: Path | None = None, progress: bool = True) -> Outcome:
-    """Predict every item; with ``cam_dir``, write one Grad-CAM PNG per image there."""
+            cam_dir: OutputFolder | None = None, progress: bool = True) -> Outcome:
+    """Predict every item; with ``cam_dir``, write one Grad-CAM PNG per image there (heatmaps
+    an earlier prediction wrote there and this one does not are removed, so every heatmap in
+    the folder belongs to these predictions)."""
     from lightlayers.data import DeviceLoader, Split
     from lightlayers.data.preprocess import _decode_job, _progress, _to_nchw, parallel_map
 
@@ -189,12 +192,16 @@ def predict(run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]],
         flush()
     finally:
         stop()
+    if cam_dir is not None:
+        for rel in list(cam_dir.owned(suffixes=(".png",))):
+            if rel.removesuffix(".png") not in names:
+                cam_dir.remove(rel)
     return out
 
 
-def _write_cam(cam_dir: Path, item: Item, taken: set[str], image: np.ndarray,
+def _write_cam(cam_dir: OutputFolder, item: Item, taken: set[str], image: np.ndarray,
                cam: np.ndarray) -> Path:
-    from lightlayers.deploy.cam import overlay, write_png
+    from lightlayers.deploy.cam import overlay, png_bytes
 
     base = _slug(item.rel)
     name, n = base, 1
@@ -202,9 +209,7 @@ def _write_cam(cam_dir: Path, item: Item, taken: set[str], image: np.ndarray,
         n += 1
         name = f"{base}-{n}"
     taken.add(name)
-    path = cam_dir / f"{name}.png"
-    write_png(path, overlay(image, cam))
-    return path
+    return cam_dir.write(f"{name}.png", png_bytes(overlay(image, cam)))
 
 
 def csv_text(outcome: Outcome, card: ModelCard) -> str:

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import socket
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from lightlayers.executors import RayOptions
 from lightlayers.executors.base import Task, TaskOutcome
 from lightlayers.fingerprint import data_key
 from lightlayers.models.weights import ResolvedWeights
+from lightlayers.outputs import write_atomic
 from lightlayers.progress import ProgressReporter
 from lightlayers.runtime import resolve_device, resolve_threads
 from lightlayers.scratch import scratch_dir, sweep
@@ -304,7 +303,10 @@ class RayExecutor:
                     yield task, None, {**out["failure"], "retries": retries}
                     continue
                 res = out["result"]
-                _write_atomic(self.out / res["checkpoint"], res.pop("checkpoint_bytes"))
+                # The driver writes every checkpoint, through the run folder's own rules (a
+                # fresh file renamed in place; no link followed).
+                write_atomic(self.out / res["checkpoint"], res.pop("checkpoint_bytes"),
+                             root=self.out)
                 res["extra"]["retries"] = retries
                 yield task, res, None
         finally:
@@ -312,13 +314,6 @@ class RayExecutor:
             # trials are already recorded; the cancelled ones go back to pending.
             for ref in running:
                 ray.cancel(ref, force=True)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{time.monotonic_ns()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def create(cfg: StudyConfig, protocol: Protocol, device: torch.device,
