@@ -99,12 +99,28 @@ def _export_unchanged(tmp: Path, run: Path | None) -> Planted:
                     str(tmp / "conv.onnx")], protect=[run])
 
 
+def _export_probabilities_recorded_otherwise(tmp: Path, run: Path | None) -> Planted:
+    assert run is not None
+    # The store says seed 0 predicted what seed 1 did: its file is not the model it measured.
+    with sqlite3.connect(run / "results.db") as db:
+        db.execute("UPDATE predictions SET probs = (SELECT p.probs FROM predictions p JOIN trials "
+                   "t ON t.id = p.trial_id WHERE t.model = 'paper-conv' AND t.seed = 1) "
+                   "WHERE trial_id = (SELECT id FROM trials WHERE model = 'paper-conv' AND "
+                   "seed = 0)")
+    db.close()
+    return Planted(["export", str(run), "--model", "paper-conv", "--seed", "0", "--out",
+                    str(tmp / "conv.onnx")], protect=[run])
+
+
 def _export_scores_recorded_otherwise(tmp: Path, run: Path | None) -> Planted:
     assert run is not None
-    # The store says the trial scored 0.01 more than its weights do on the test split.
+    # A trial that stored no probabilities: the store says it scored 0.01 more than its
+    # weights do on the test split.
     with sqlite3.connect(run / "results.db") as db:
-        db.execute("UPDATE trial_metrics SET value = value + 0.01 WHERE name = 'accuracy' AND "
-                   "trial_id = (SELECT id FROM trials WHERE model = 'paper-conv' AND seed = 0)")
+        tid = "(SELECT id FROM trials WHERE model = 'paper-conv' AND seed = 0)"
+        db.execute(f"UPDATE trial_metrics SET value = value + 0.01 WHERE name = 'accuracy' AND "
+                   f"trial_id = {tid}")
+        db.execute(f"DELETE FROM predictions WHERE trial_id = {tid}")
     db.close()
     return Planted(["export", str(run), "--model", "paper-conv", "--seed", "0", "--out",
                     str(tmp / "conv.onnx")], protect=[run])
@@ -133,6 +149,16 @@ def test_a_swapped_checkpoint_is_refused_in_one_line_naming_it(
 def test_an_unchanged_run_still_exports(hostile_run: Path, tmp_path: Path) -> None:
     run_case(Case("export-unchanged", _export_unchanged, code=0, needs_run=True,
                   one_line=False, check=_exported), tmp_path, hostile_run)
+
+
+def test_an_export_predicting_otherwise_than_recorded_is_refused_before_writing(
+        hostile_run: Path, tmp_path: Path) -> None:
+    run_case(Case("export-probabilities-differ", _export_probabilities_recorded_otherwise,
+                  code=2, needs_run=True, check=_absent("conv.onnx"),
+                  message=r"^lightlayers export: error: the fp32 onnx export of paper-conv seed 0 "
+                          r"predicts otherwise on the \d+ test images than the trial recorded "
+                          r"\(a probability differs by \S+ > 1e-04\); nothing written"),
+             tmp_path, hostile_run)
 
 
 def test_an_export_scoring_otherwise_than_recorded_is_refused_before_writing(

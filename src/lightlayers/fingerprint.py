@@ -32,6 +32,23 @@ def data_fingerprint(ds: Dataset) -> dict[str, Any]:
                       "classes": list(ds.classes)})
 
 
+def same_data(recorded: dict[str, Any] | None, now: dict[str, Any] | None) -> bool:
+    """Whether two fingerprints name the same data: the same content, classes and images in
+    each split. How the splits were drawn (the patient rule, the carved fraction) is recorded
+    beside them but is not compared: a folder whose splits an upgraded rule draws identically
+    (digits, an .npz, images without patient names) keeps its trials."""
+    if not recorded or not now:
+        return recorded == now
+    return essential(recorded) == essential(now)
+
+
+def essential(fp: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a fingerprint :func:`same_data` compares."""
+    split = fp.get("split") or {}
+    return {"name": fp.get("name"), "content": fp.get("content"), "classes": fp.get("classes"),
+            "members": split.get("members")}
+
+
 def _members_digest(split: Any) -> str:
     """Which images a split holds (their ids, or for array sources their labels in order)."""
     import hashlib

@@ -108,7 +108,9 @@ def load_teacher(spec: str, fingerprint: dict[str, Any], image_size: int,
     except DeployError as e:
         raise TeacherError(f"teacher {spec}: {e}") from e
     recorded = chosen[0].meta.get("data_fingerprint") or {}
-    if recorded != fingerprint:
+    from lightlayers.fingerprint import same_data
+
+    if not same_data(recorded, fingerprint):
         raise TeacherError(
             f"teacher {spec} was trained on other data than this study's; distill from a run "
             "on the same data (by content)")

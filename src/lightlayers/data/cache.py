@@ -33,7 +33,12 @@ __all__ = [
 ]
 
 # Bump when the meaning of cached arrays changes (decoding, digests, layout).
-FORMAT_VERSION = 1
+# 2: images in modes I, F and with alpha decode by the documented mapping (data.preprocess);
+# entries of version 1 hold the older pixels, so they are decoded again.
+FORMAT_VERSION = 2
+# The key names a decode (source and options), and through the trial keys of run folders a
+# trial's data: it stays put when only the format version moves, so recorded trials resume.
+KEY_VERSION = 1
 
 
 def cache_root() -> Path:
@@ -43,7 +48,7 @@ def cache_root() -> Path:
 
 def cache_key(identity: dict[str, Any], opts: PreprocessOptions) -> str:
     blob = json.dumps(
-        {"version": FORMAT_VERSION, "source": identity, "preprocess": opts.key_fields()},
+        {"version": KEY_VERSION, "source": identity, "preprocess": opts.key_fields()},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:20]

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lightlayers.deploy.card import ModelCard
 from lightlayers.deploy.errors import DeployError
 
@@ -38,7 +40,13 @@ class CheckpointMismatchError(DeployError):
 
 # How far an fp32 export's test scores may lie from the trial's recorded ones: the same
 # weights on the same images give the same predictions, up to float rounding in the AUC.
+# Used only for trials that recorded no per-image probabilities.
 TEST_SCORE_TOLERANCE = {"accuracy": 1e-6, "auc": 1e-4}
+# How far an fp32 export's probability of any test image may lie from the one the trial
+# recorded (the export's own check against PyTorch allows as much). Compared image by image,
+# not through accuracy or AUC: a barely trained model scores near-ties, which float rounding
+# reorders, moving the AUC while no probability moved by more than 1e-7.
+TEST_PROB_TOLERANCE = 1e-4
 
 # Checkpoints found to be what their trial wrote, by the file's identity (path, inode, size,
 # mtime, ctime) and the trial's record: each file is read and hashed once per process.
@@ -242,6 +250,20 @@ class Trial:
             return (f"the recorded test scores were computed on {device}"
                     f"{' in ' + str(self.extra['amp']) if self.extra.get('amp') else ''}: "
                     "not compared")
+        recorded = self.recorded_predictions()
+        got_p = measured.get("probs")
+        if recorded is not None and got_p is not None and \
+                np.shape(recorded["probs"]) == np.shape(got_p) and \
+                np.array_equal(recorded["labels"], measured.get("labels")):
+            worst = float(np.max(np.abs(np.asarray(got_p) - recorded["probs"]), initial=0.0))
+            if worst <= TEST_PROB_TOLERANCE:
+                return None
+            raise DeployError(
+                f"the {what} of {self.label} predicts otherwise on the {len(got_p)} test "
+                f"images than the trial recorded (a probability differs by {worst:.2e} > "
+                f"{TEST_PROB_TOLERANCE:.0e}); nothing written. Its checkpoint is not the model "
+                "the trial measured, or this lightlayers rebuilds it otherwise: export with "
+                "the version that trained it, or rerun the trial into a new run folder")
         differ = []
         for name, tolerance in TEST_SCORE_TOLERANCE.items():
             got, want = measured.get(name), self.row.get(name)
@@ -263,6 +285,17 @@ class Trial:
                 "does not rebuild the model the trial measured: export with the version that "
                 "trained it, or rerun the trial into a new run folder")
         return None
+
+    def recorded_predictions(self) -> dict[str, Any] | None:
+        """The trial's recorded test probabilities and labels (None when it stored none)."""
+        from lightlayers.store import ResultsStore, StoreError
+
+        try:
+            with ResultsStore(self.run_dir / "results.db", create=False,
+                              readonly=True) as store:
+                return store.predictions(int(self.row["id"]))
+        except (StoreError, KeyError, ValueError):
+            return None
 
     def chosen_on(self) -> dict[str, Any]:
         h = self.selected_epoch()
@@ -302,7 +335,9 @@ class Trial:
         # decode size the study used, which may have been the data's own (size None).
         recorded = self.meta.get("data_fingerprint") or {}
         now = data_fingerprint(ds)
-        if recorded and recorded != now:
+        from lightlayers.fingerprint import same_data
+
+        if recorded and not same_data(recorded, now):
             from lightlayers.fingerprint import _data_change
 
             raise DeployError(

@@ -29,7 +29,10 @@ def _check_same_study(first: RunData, run: RunData) -> None:
 
     where = f"{run.run_dir} and {first.run_dir}"
     fix = "pool only folders of one study that differ in their seeds"
-    data = _differences(first.meta.get("data_fingerprint"), run.meta.get("data_fingerprint"))
+    from lightlayers.fingerprint import essential
+
+    a, b = first.meta.get("data_fingerprint"), run.meta.get("data_fingerprint")
+    data = _differences(essential(a) if a else None, essential(b) if b else None)
     if data or not first.meta.get("data_fingerprint"):
         raise ReportError(f"{where} were not made from the same data and split "
                           f"({', '.join(data) or 'no data recorded'} differ); {fix}")
