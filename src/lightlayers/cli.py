@@ -29,6 +29,7 @@ COMMANDS = {
     "weights": "list or fetch the transfer models' pretrained weights",
     "export": "export a trained model of a run folder as one ONNX file (optionally int8)",
     "predict": "classify image files, folders or archives with an exported model",
+    "tune": "search each model's training settings with the same budget, on validation folds",
 }
 
 DESCRIPTION = """\
@@ -71,6 +72,7 @@ _USER_ERRORS = (
     ("lightlayers.report.load", "ReportError"),
     ("lightlayers.models.weights", "WeightsError"),
     ("lightlayers.deploy.errors", "DeployError"),
+    ("lightlayers.outputs", "OutputError"),
 )
 
 
@@ -178,7 +180,7 @@ def explain(e: BaseException, command: str | None = None) -> tuple[int, str]:
 def os_error_message(e: OSError, command: str | None = None) -> str:
     """What went wrong with which file, and the fix, in one line."""
     path = e.filename if e.filename is not None else e.filename2
-    where = str(path) if path is not None else "a file"
+    where = _short(str(path)) if path is not None else "a file"
     fix = _fix(path, command)
     if e.errno == errno.EROFS:
         return f"cannot write {where}: read-only file system; {fix}"
@@ -193,6 +195,11 @@ def os_error_message(e: OSError, command: str | None = None) -> str:
     if e.errno == errno.ENOENT:
         return f"{where} does not exist"
     return f"{where}: {e.strerror or _one_line(e)}"
+
+
+def _short(text: str, limit: int = 160) -> str:
+    """A path shown whole unless absurdly long (a 5,000-character name stays one short line)."""
+    return text if len(text) <= limit else f"{text[:100]}...{text[-50:]}"
 
 
 def _fix(path: str | bytes | os.PathLike[str] | None, command: str | None) -> str:
