@@ -13,6 +13,7 @@ import re
 import shutil
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -255,10 +256,11 @@ def test_an_unreadable_file_is_refused_as_not_the_trials(hostile_run: Path,
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_a_checkpoint_follows_the_umask(umask: int, mode: int, tmp_path: Path) -> None:
     path = tmp_path / "c.safetensors"
-    # A crashed attempt's leftover, made 0600 as safetensors' own writer made it.
-    leftover = path.with_name(f".{path.name}.tmp")
+    # A killed attempt's leftover, made 0600 as temporary files are, two minutes ago.
+    leftover = path.with_name(f".{path.name}.k3x9q_1.tmp")
     leftover.write_bytes(b"partial")
     leftover.chmod(0o600)
+    os.utime(leftover, (time.time() - 120, time.time() - 120))
     old = os.umask(umask)
     try:
         save_checkpoint(torch.nn.Linear(2, 2), path, {"trial": "key-1"})

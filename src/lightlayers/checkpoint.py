@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torch import nn
 
+from lightlayers.outputs import write_atomic
 from lightlayers.store import StoreError
 
 if TYPE_CHECKING:
@@ -33,24 +33,13 @@ def save_checkpoint(model: nn.Module, path: Path, metadata: dict[str, str]) -> f
 
     state = {k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and _checkpoint_trial(path) != metadata.get("trial"):
         raise StoreError(f"{path} already holds the checkpoint of another trial "
                          f"({_checkpoint_trial(path)}); it is kept. Use another --out folder")
-    tmp = path.with_name(f".{path.name}.tmp")
-    blob = save(state, metadata=metadata)
-    # safetensors' own save_file creates its file 0600 whatever the umask; created here with
-    # 0666 the kernel applies the umask. A crashed attempt's leftover would keep its old mode.
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    try:
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
-            f.write(blob)
-        os.replace(tmp, path)
-    except BaseException:  # an error, Ctrl-C or SIGTERM: no half-written file stays behind
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    # safetensors' own save_file creates its file 0600 whatever the umask and follows a link
+    # at its target; written through outputs.write_atomic, neither happens. The folder above
+    # checkpoints/ is the run folder, whose links are refused too.
+    write_atomic(path, save(state, metadata=metadata), root=path.parent.parent)
     return path.stat().st_size / 1e6
 
 

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -79,7 +80,23 @@ def write_atomic(path: Path, data: bytes | str, root: Path | None = None) -> Pat
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    _sweep_leftovers(path)
     return path
+
+
+def _sweep_leftovers(path: Path) -> None:
+    """Temporary files of earlier writes of ``path`` that a killed process (SIGKILL, power
+    loss) could not remove: named by this module's own pattern, regular files, and older than
+    a minute (a concurrent writer's file is never that old when it is renamed)."""
+    import glob
+    import time
+
+    now = time.time()
+    for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            st = old.lstat()
+            if stat.S_ISREG(st.st_mode) and now - st.st_mtime > 60:
+                old.unlink()
 
 
 def _inside(path: Path, folder: Path) -> bool:
