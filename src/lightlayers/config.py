@@ -21,13 +21,17 @@ from lightlayers.schema import (
     at_least,
     build,
     check_all,
+    log_range,
+    not_blank,
+    one_of,
     setting,
     shown,
+    span,
     within,
 )
 
-__all__ = ["IMPROVED", "PROTOCOLS", "ConfigError", "Protocol", "StudyConfig", "config_from_dict",
-           "load_config", "merge_overrides", "parse_overrides", "validate"]
+__all__ = ["DEFAULT_SEARCH", "IMPROVED", "PROTOCOLS", "ConfigError", "Protocol", "StudyConfig",
+           "config_from_dict", "load_config", "merge_overrides", "parse_overrides", "validate"]
 
 PROTOCOLS = ("seed", "improved")
 
@@ -65,24 +69,29 @@ class Protocol:
 
     name: str = setting("seed", "the protocol's name (set with `protocol:`)")
     epochs: int = setting(20, "training epochs", check=at_least(1))
-    batch_size: int = setting(64, "images per training step", check=at_least(1))
-    lr: float = setting(1e-3, "learning rate", check=above(0))
+    batch_size: int = setting(64, "images per training step", check=at_least(1),
+                              search=one_of(16, 32, 64, 128))
+    lr: float = setting(1e-3, "learning rate", check=above(0), search=log_range(1e-4, 1e-2))
     optimizer: Literal["adam", "adamw"] = setting("adam", "adam or adamw (decoupled decay)")
     adam_eps: float = setting(1e-7, "Adam's epsilon (Keras' default, used by the study)",
                               check=above(0))
-    weight_decay: float = setting(0.0, "weight decay", check=at_least(0))
+    weight_decay: float = setting(0.0, "weight decay", check=at_least(0),
+                                  search=log_range(1e-6, 1e-2))
     backbone_lr_scale: float = setting(0.1, "fine-tuned backbone stages learn at lr x this",
                                        check=above(0))
     light_l2: bool = setting(True, "the reference's L2 penalty on LightConv2d kernels")
     schedule: Literal["constant", "cosine"] = setting("constant", "learning-rate schedule")
     warmup_epochs: int = setting(0, "linear warm-up epochs", check=at_least(0))
-    label_smoothing: float = setting(0.0, "label smoothing", check=within(0, 1, high_open=True))
+    label_smoothing: float = setting(0.0, "label smoothing", check=within(0, 1, high_open=True),
+                                     search=span(0.0, 0.2))
     class_weighting: bool = setting(False, "weight the loss by inverse class frequency")
-    dropout: float = setting(0.0, "dropout before the head", check=within(0, 1, high_open=True))
+    dropout: float = setting(0.0, "dropout before the head", check=within(0, 1, high_open=True),
+                             search=span(0.0, 0.5))
     # PyTorch convention; None keeps the model's (Keras' 0.01, which needs ~500 steps before
     # evaluation statistics are trustworthy).
     bn_momentum: float | None = setting(None, "BatchNorm running-statistics momentum",
-                                        check=within(0, 1, low_open=True))
+                                        check=within(0, 1, low_open=True),
+                                        search=log_range(0.01, 0.3))
     # Polyak/EMA averaging (torch.optim.swa_utils.AveragedModel): validation, selection and
     # test then judge the averaged weights, which move less from batch to batch.
     ema: float | None = setting(
@@ -103,7 +112,10 @@ class Protocol:
     # this many augmented views, drawn as training draws them (needs augmentation on).
     tta: int = setting(0, "average the test probabilities over the image and this many views "
                        "augmented as in training", check=at_least(0))
-    augment: Augment = setting(factory=Augment, help="augmentation of training batches")
+    # Tuned as one strength: the improved recipe's augmentation times the sampled factor
+    # (lightlayers.tune), so one number moves rotation, shift, zoom and intensity together.
+    augment: Augment = setting(factory=Augment, help="augmentation of training batches",
+                               search=span(0.0, 2.0))
     select: Literal["val_loss", "val_auc", "val_acc", "last"] = setting(
         "val_loss", "which epoch's weights are kept (chosen on validation)")
     threshold: Literal["argmax", "val_youden"] = setting(
@@ -134,6 +146,15 @@ IMPROVED = Protocol(
     augment=Augment(rotate_deg=7.0, translate=0.06, scale=0.08, brightness=0.1, contrast=0.1),
     select="val_auc",
 )
+
+# What `lightlayers tune` searches unless the YAML's `search:` says otherwise: these settings
+# over their declared ranges. The faithful protocol has no augmentation, smoothing or dropout,
+# so its search keeps to the knobs the published recipe has.
+DEFAULT_SEARCH: dict[str, tuple[str, ...]] = {
+    "seed": ("lr", "batch_size", "weight_decay", "bn_momentum"),
+    "improved": ("lr", "batch_size", "weight_decay", "label_smoothing", "dropout", "augment",
+                 "bn_momentum"),
+}
 
 
 # Image sides a study accepts: below 8 px no model of the zoo has a feature left; above 1024 px
@@ -172,6 +193,18 @@ class StudyConfig:
     protocol_overrides: dict[str, Any] = setting(
         factory=dict, flag=False,
         help="protocol settings to change (--set KEY=VALUE), e.g. {class_weighting: false}")
+    # One model's protocol settings over protocol_overrides: how a tuned run gives each model
+    # its own best settings (filled from `tuned`).
+    model_protocols: dict[str, dict[str, Any]] = setting(
+        factory=dict, flag=False,
+        help="per-model protocol settings, e.g. {paper-conv: {lr: 0.003}}")
+    tuned: str | None = setting(
+        None, "train each model with its best settings from this `lightlayers tune` folder",
+        check=not_blank, metavar="TUNE_DIR")
+    search: dict[str, Any] = setting(
+        factory=dict, flag=False,
+        help="lightlayers tune: ranges to search per setting, e.g. {lr: [1e-4, 1e-2], "
+        "dropout: null} (null leaves a setting out)")
     size: int | None = setting(None, "square image side in pixels (default: the data's own, "
                                "or a pretrained backbone's)", check=SIZE_RULE, metavar="PX")
     in_chans: Literal[1, 3] | None = setting(None, "image channels (default: the data's)")
@@ -212,13 +245,16 @@ class StudyConfig:
     executor_options: dict[str, Any] = setting(
         factory=dict, flag=False, help="the executor's own settings")
 
-    def resolved_protocol(self) -> Protocol:
+    def resolved_protocol(self, model: str | None = None) -> Protocol:
+        """The protocol with every override; with ``model``, that model's own
+        (``model_protocols``) on top."""
         base = IMPROVED if self.protocol == "improved" else Protocol()
-        if "name" in self.protocol_overrides:
+        own = self.model_protocols.get(model, {}) if model is not None else {}
+        if "name" in self.protocol_overrides or "name" in own:
             # The name keys the trials in the store: it follows `protocol`, never an override.
             raise ConfigError("protocol_overrides.name: set the protocol with `protocol:` "
                               "(--protocol seed|improved)")
-        changes: dict[str, Any] = dict(self.protocol_overrides)
+        changes: dict[str, Any] = merge_overrides(self.protocol_overrides, own)
         for key in ("epochs", "batch_size", "lr"):
             if getattr(self, key) is not None:
                 changes[key] = getattr(self, key)
@@ -351,6 +387,11 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         if problem:
             raise ConfigError(f"sizes.{name}: {problem} ({MIN_SIZE}..{MAX_SIZE} pixels), "
                               f"got {shown(px)}")
+    for name, own in cfg.model_protocols.items():
+        known("model_protocols", name)
+        if not isinstance(own, dict):
+            raise ConfigError(f"model_protocols.{name}: expected a mapping, got {shown(own)}")
+        cfg.resolved_protocol(name)
     protocol = cfg.resolved_protocol()
     if protocol.tta and not protocol.augment.enabled:
         raise ConfigError(f"tta: {protocol.tta} augmented views were asked for, but the "

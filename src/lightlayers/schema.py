@@ -21,7 +21,7 @@ import reprlib
 import types
 import typing
 from collections.abc import Callable, Iterable
-from dataclasses import MISSING, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Literal, get_args, get_origin
 
 # A rule: returns what is wrong with a value ("must be >= 1"), or None when it is fine.
@@ -52,15 +52,50 @@ def shown(value: Any, limit: int = 60, *, quote: bool = True) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+@dataclass(frozen=True)
+class Space:
+    """The values ``lightlayers tune`` may try for a setting: a float or int range (``log``:
+    sampled log-uniformly) or a set of ``choices``. Declared with the setting it tunes."""
+
+    kind: Literal["float", "int", "choice"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return "one of " + ", ".join(map(str, self.choices))
+        return f"{self.low:g}..{self.high:g}" + (" (log)" if self.log else "")
+
+
+def log_range(low: float, high: float) -> Space:
+    return Space("float", low, high, log=True)
+
+
+def span(low: float, high: float) -> Space:
+    return Space("float", low, high)
+
+
+def int_span(low: int, high: int) -> Space:
+    return Space("int", low, high)
+
+
+def one_of(*choices: Any) -> Space:
+    return Space("choice", choices=tuple(choices))
+
+
 def setting(default: Any = MISSING, help: str = "", *, check: Check | None = None,
             factory: Callable[[], Any] | None = None, flag: bool = True,
-            metavar: str | None = None) -> Any:
+            metavar: str | None = None, search: Space | None = None) -> Any:
     """A dataclass field declared as a setting.
 
     ``check`` runs on every value that is not None, wherever it comes from (YAML, a flag,
     ``--set``, a Ray worker's copy). ``flag=False``: YAML only (mappings such as ``sizes``).
+    ``search``: the range ``lightlayers tune`` searches by default; a setting without one
+    cannot be tuned.
     """
-    meta = {"help": help, "check": check, "flag": flag, "metavar": metavar}
+    meta = {"help": help, "check": check, "flag": flag, "metavar": metavar, "search": search}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)

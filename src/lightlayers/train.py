@@ -242,6 +242,7 @@ def fit(
     positive_class: int | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     teacher: Callable[[torch.Tensor, float], torch.Tensor] | None = None,
+    score: Callable[[EvalResult], dict[str, float]] | None = None,
 ) -> FitResult:
     """Train ``model`` in place and leave it holding the weights the protocol selects.
 
@@ -251,6 +252,8 @@ def fit(
     chosen on validation only. The model is left in the memory format it trained in.
     ``teacher(x, T)``: soft targets for a training batch (lightlayers.teacher), mixed into the
     loss with the protocol's ``distill_weight`` and ``distill_temperature``.
+    ``score(ev)``: more numbers of each epoch's validation pass, added to its history row before
+    ``on_epoch`` sees it (lightlayers.tune reports its objective from there).
     """
     from sklearn.metrics import roc_auc_score
 
@@ -328,6 +331,8 @@ def fit(
                                                  ev.probs[:, positive_class]))
         if not math.isfinite(ev.loss):
             raise TrialError(f"non-finite validation loss in epoch {epoch}")
+        if score is not None:
+            row.update(score(ev))
         if _better(protocol.select, row, best):
             best = row
             best_state = {k: v.detach().clone() for k, v in _mutable_state(judged).items()}

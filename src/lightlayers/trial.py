@@ -114,6 +114,9 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
     model's trial never fetches weights itself).
     """
     seed_everything(spec.seed)
+    if spec.model in cfg.model_protocols:
+        # A tuned run: this model trains with its own settings (lightlayers.tune).
+        protocol = cfg.resolved_protocol(spec.model)
     kwargs = model_kwargs(cfg, spec.model)
     if weights is not None:
         kwargs["weights"] = weights

@@ -1,0 +1,670 @@
+"""``lightlayers tune``: give every model of a study the same search for its training settings.
+
+For each model, one Optuna study (seeded TPE sampler, median pruner on the per-epoch validation
+objective) runs ``budget`` trials, each training at most the protocol's epochs on every fold of
+the training images (train and val pooled, stratified, grouped by patient) and scoring the
+objective on the fold held out. Test images are never loaded into a loader, scored or recorded.
+
+Tuning folder: ``tune.db`` (Optuna's SQLite storage: every finished trial is kept, so a killed
+tuning resumes where it stopped) and a ``lightlayers_tune`` table in it binding the folder to
+its settings and data. ``lightlayers run --tuned DIR`` then trains each model with its best
+settings (:func:`apply_tuned`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import sqlite3
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from lightlayers.config import DEFAULT_SEARCH, IMPROVED, Protocol, StudyConfig
+from lightlayers.data.augment import AugmentConfig
+from lightlayers.schema import ConfigError, Space, at_least, check_value, setting, shown
+
+__all__ = ["OBJECTIVES", "TuneOptions", "apply_tuned", "run_tune", "search_space",
+           "tune_summary", "tuned_record"]
+
+DB = "tune.db"
+_META_TABLE = "lightlayers_tune"
+# SQLite's side files: claimed as the folder's own so a link planted there is refused.
+_DB_FILES = (DB, f"{DB}-journal", f"{DB}-wal", f"{DB}-shm")
+OBJECTIVES: dict[str, str] = {"auc": "maximize", "accuracy": "maximize",
+                              "balanced_accuracy": "maximize", "loss": "minimize"}
+INSTALL = "lightlayers tune needs optuna: pip install 'lightlayers[tune]'"
+# The augmentation fields one strength scales (hflip is on or off, never scaled).
+_AUG_SCALED = ("rotate_deg", "translate", "scale", "brightness", "contrast")
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """How much search each model gets, and what it is judged by."""
+
+    budget: int = setting(20, "tuning trials per model, the same for every model (complete "
+                          "plus pruned)", check=at_least(1))
+    folds: int = setting(3, "validation folds of the training images, grouped by patient "
+                         "(1: the study's own validation split)", check=at_least(1))
+    objective: Literal["auc", "accuracy", "balanced_accuracy", "loss"] = setting(
+        "auc", "validation metric averaged over the folds (loss is minimised)")
+    seed: int = setting(0, "seed of the sampler and of every tuning fit")
+
+
+def _optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError(INSTALL) from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+# --- the search space ---------------------------------------------------------------------
+def _declared() -> dict[str, Space | None]:
+    return {f.name: f.metadata.get("search") for f in fields(Protocol)}
+
+
+def _tunable() -> str:
+    return ", ".join(n for n, s in _declared().items() if s is not None)
+
+
+def _finite_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _bound_problem(name: str, value: Any) -> str | None:
+    """What the setting's own rule says of ``value`` as a bound of its range, or None."""
+    if name == "augment":
+        # A strength: the improved recipe's augmentation times it must still be valid.
+        if value < 0:
+            return "must be >= 0"
+        try:
+            _augment_at(value)
+        except ValueError as e:
+            return str(e)
+        return None
+    try:
+        check_value(Protocol, name, value, "")
+    except ConfigError as e:
+        return str(e).split(": ", 1)[-1]
+    return None
+
+
+def _narrowed(name: str, declared: Space, spec: Any) -> Space:
+    where = f"search.{name}"
+    if declared.kind == "choice":
+        if not isinstance(spec, list | tuple) or not spec:
+            raise ConfigError(f"{where}: expected a list of values to try, e.g. "
+                              f"{list(declared.choices)}, got {shown(spec)}")
+        for v in spec:
+            problem = _bound_problem(name, v)
+            if problem:
+                raise ConfigError(f"{where}: {shown(v)} breaks the setting's rule ({problem})")
+        return Space("choice", choices=tuple(spec))
+    log = declared.log
+    if isinstance(spec, dict):
+        unknown = set(spec) - {"low", "high", "log"}
+        if unknown or not {"low", "high"} <= set(spec):
+            raise ConfigError(f"{where}: expected {{low: X, high: Y, log: true|false}}, got "
+                              f"{shown(spec)}")
+        low, high, log = spec["low"], spec["high"], spec.get("log", log)
+        if not isinstance(log, bool):
+            raise ConfigError(f"{where}.log: expected true or false, got {shown(log)}")
+    elif isinstance(spec, list | tuple) and len(spec) == 2:
+        low, high = spec
+    else:
+        raise ConfigError(f"{where}: expected [LOW, HIGH] (declared {declared.describe()}), "
+                          f"got {shown(spec)}")
+    if not (_finite_number(low) and _finite_number(high)):
+        raise ConfigError(f"{where}: LOW and HIGH must be finite numbers, got {shown(spec)}")
+    if declared.kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
+        raise ConfigError(f"{where}: {name} is a whole number, got {shown(spec)}")
+    if not low < high:
+        raise ConfigError(f"{where}: LOW must be below HIGH, got {shown(spec)}")
+    for v in (low, high):
+        problem = _bound_problem(name, v)
+        if problem:
+            raise ConfigError(f"{where}: {shown(v)} breaks the setting's rule ({problem})")
+    if log and low <= 0:
+        raise ConfigError(f"{where}: a log range needs LOW > 0, got {shown(low)}")
+    return Space(declared.kind, low, high, log=log)
+
+
+def search_space(cfg: StudyConfig) -> dict[str, Space]:
+    """The settings tuned, each with its range: the protocol's default search
+    (:data:`lightlayers.config.DEFAULT_SEARCH`) narrowed or widened by ``cfg.search``."""
+    declared = _declared()
+    space = {n: declared[n] for n in DEFAULT_SEARCH[cfg.protocol]}
+    for key, spec in cfg.search.items():
+        if not isinstance(key, str) or key not in declared:
+            raise ConfigError(f"search.{shown(key, 40, quote=False)}: not a protocol setting; "
+                              f"tunable settings: {_tunable()}")
+        own = declared[key]
+        if own is None:
+            raise ConfigError(f"search.{key}: {key} cannot be tuned (set it with --set or "
+                              f"protocol_overrides); tunable settings: {_tunable()}")
+        if spec is None or spec is False:
+            space.pop(key, None)
+            continue
+        space[key] = _narrowed(key, own, spec)
+    if not space:
+        raise ConfigError("search: every setting was left out, so there is nothing to tune; "
+                          f"give at least one of {_tunable()}")
+    return {k: s for k, s in space.items() if s is not None}
+
+
+def _augment_at(strength: float) -> AugmentConfig:
+    ref = IMPROVED.augment
+    return dataclasses.replace(ref, **{f: getattr(ref, f) * strength for f in _AUG_SCALED})
+
+
+def overrides_for(params: dict[str, Any]) -> dict[str, Any]:
+    """Protocol settings (``protocol_overrides`` form) for a trial's sampled ``params``."""
+    out = dict(params)
+    if "augment" in out:
+        aug = _augment_at(float(out["augment"]))
+        out["augment"] = {f: getattr(aug, f) for f in _AUG_SCALED}
+    return out
+
+
+def _suggest(trial: Any, space: dict[str, Space]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for name, s in space.items():
+        if s.kind == "choice":
+            params[name] = trial.suggest_categorical(name, list(s.choices))
+        elif s.kind == "int":
+            params[name] = trial.suggest_int(name, int(s.low or 0), int(s.high or 0), log=s.log)
+        else:
+            params[name] = trial.suggest_float(name, float(s.low or 0), float(s.high or 0),
+                                               log=s.log)
+    return params
+
+
+# --- objective ----------------------------------------------------------------------------
+def objective_value(objective: str, labels: np.ndarray, probs: np.ndarray, loss: float) -> float:
+    """The objective of one validation pass. AUC: the mean one-vs-rest AUC over the classes
+    present (for two classes, the ordinary AUC)."""
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    if objective == "loss":
+        return float(loss)
+    if objective == "accuracy":
+        return float((probs.argmax(1) == labels).mean())
+    if objective == "balanced_accuracy":
+        return float(balanced_accuracy_score(labels, probs.argmax(1)))
+    present = [c for c in np.unique(labels) if 0 < (labels == c).sum() < len(labels)]
+    if not present:
+        return math.nan
+    return float(np.mean([roc_auc_score(labels == c, probs[:, c]) for c in present]))
+
+
+# --- folds --------------------------------------------------------------------------------
+def _digests(images: np.ndarray) -> np.ndarray:
+    return np.array([int.from_bytes(hashlib.blake2b(im.tobytes(), digest_size=7).digest(),
+                                    "little") for im in images], np.int64)
+
+
+def make_folds(ds: Any, folds: int, seed: int) -> list[tuple[Any, Any]]:
+    """(train, held-out) Splits: ``folds`` stratified folds of the train and val images pooled,
+    every patient (and every set of identical images) inside one fold; 1: the study's own."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from lightlayers.data.dataset import Split
+    from lightlayers.data.splits import group_images, patient_ids
+
+    tr, va = ds.splits["train"], ds.splits["val"]
+    if folds == 1:
+        return [(tr, va)]
+    images = np.concatenate([tr.images, va.images])
+    labels = np.concatenate([tr.labels, va.labels])
+    ids = None if tr.ids is None or va.ids is None else [*tr.ids, *va.ids]
+    pattern = ds.identity.get("options", {}).get("patient_pattern")
+    patients = patient_ids(ids, pattern) if ids is not None and pattern else None
+    groups = group_images(patients, _digests(images))
+    n_groups = len(np.unique(groups))
+    if n_groups < folds:
+        raise ConfigError(f"folds: {folds} folds need at least {folds} patients or images, "
+                          f"the training images hold {n_groups}; use fewer --folds")
+    cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+
+    def part(idx: np.ndarray) -> Split:
+        return Split(images=images[idx], labels=labels[idx],
+                     ids=None if ids is None else tuple(ids[i] for i in idx))
+
+    import warnings
+
+    with warnings.catch_warnings():
+        # A class with fewer patients than folds is still split as evenly as it can be.
+        warnings.simplefilter("ignore", UserWarning)
+        pairs = list(cv.split(np.zeros(len(labels)), labels, groups))
+    return [(part(np.sort(a)), part(np.sort(b))) for a, b in pairs]
+
+
+# --- one fit ------------------------------------------------------------------------------
+class _Pruned(Exception):
+    pass
+
+
+def _fit_fold(name: str, cfg: StudyConfig, protocol: Protocol, ds: Any, train: Any, held: Any,
+              device: Any, seed: int, weights: Any, objective: str,
+              on_epoch: Callable[[int, float], None]) -> float:
+    """Train ``name`` on ``train`` and return the objective on ``held``: what a study's trial
+    does up to its selected weights, without a test loader."""
+    from lightlayers.data import DeviceLoader
+    from lightlayers.models import create_model
+    from lightlayers.runtime import seed_everything
+    from lightlayers.train import amp_in_use, evaluate, fit
+    from lightlayers.trial import (
+        _loader_options,
+        _model_in_chans,
+        apply_protocol,
+        input_sizes,
+        model_kwargs,
+        takes_weights,
+    )
+
+    seed_everything(seed)
+    kwargs = model_kwargs(cfg, name)
+    if weights is not None:
+        kwargs["weights"] = weights
+    elif takes_weights(name):
+        from lightlayers.models.transfer import resolve_model_weights
+
+        kwargs["weights"] = resolve_model_weights(name, kwargs["weights"], download=False)
+    model = create_model(name, num_classes=ds.num_classes,
+                         in_chans=cfg.in_chans or _model_in_chans(name, ds.in_chans), **kwargs)
+    apply_protocol(model, protocol)
+    model.to(device)
+    lo = _loader_options(model, ds.in_chans, ds.image_size, input_sizes(cfg, name)[1])
+    aug = protocol.augment if protocol.augment.enabled else None
+    bs = protocol.batch_size
+    train_ld = DeviceLoader(train, bs, device, shuffle=True, seed=seed, augment=aug, **lo)
+    held_ld = DeviceLoader(held, bs, device, **lo)
+
+    def score(ev: Any) -> dict[str, float]:
+        return {"objective": objective_value(objective, ev.labels, ev.probs, ev.loss)}
+
+    fit(model, train_ld, held_ld, protocol, device, train_labels=np.asarray(train.labels),
+        num_classes=ds.num_classes, positive_class=ds.positive_class,
+        on_epoch=lambda row: on_epoch(row["epoch"], row["objective"]), score=score)
+    ev = evaluate(model, held_ld, device, amp_in_use(device, protocol) is not None)
+    return objective_value(objective, ev.labels, ev.probs, ev.loss)
+
+
+# --- the folder ---------------------------------------------------------------------------
+def _fingerprint_hash(ds: Any) -> str:
+    """The data fingerprint as one hash: the folder is bound to it without keeping the
+    fingerprint's per-split details (test's membership digest among them) in tune.db."""
+    from lightlayers.fingerprint import data_fingerprint
+
+    text = json.dumps(data_fingerprint(ds), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class _Meta:
+    """The folder's binding, in its own table of tune.db."""
+
+    def __init__(self, path: Path) -> None:
+        self.con = sqlite3.connect(path, timeout=30)
+        self.con.execute(f"CREATE TABLE IF NOT EXISTS {_META_TABLE} "
+                         "(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self.con.commit()
+
+    def get(self) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in
+                self.con.execute(f"SELECT key, value FROM {_META_TABLE}")}
+
+    def set(self, **items: Any) -> None:
+        with self.con:
+            self.con.executemany(f"INSERT OR REPLACE INTO {_META_TABLE} VALUES (?, ?)",
+                                 [(k, json.dumps(v, sort_keys=True)) for k, v in items.items()])
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    """A finished or partial tuning folder's binding; ConfigError when it is not one."""
+    db = Path(folder) / DB
+    if not db.is_file() or db.is_symlink():
+        raise ConfigError(f"{folder} is not a tuning folder (no {DB}); give a folder "
+                          "`lightlayers tune` wrote")
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            rows = con.execute(f"SELECT key, value FROM {_META_TABLE}").fetchall()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise ConfigError(f"{db} cannot be read as a tuning store ({e}); give a folder "
+                          "`lightlayers tune` wrote") from None
+    return {k: json.loads(v) for k, v in rows}
+
+
+def _storage(folder: Path) -> Any:
+    optuna = _optuna()
+    return optuna.storages.RDBStorage(f"sqlite:///{folder / DB}",
+                                      engine_kwargs={"connect_args": {"timeout": 30}})
+
+
+def _bound_settings(cfg: StudyConfig, opts: TuneOptions) -> dict[str, Any]:
+    from lightlayers.study import _settings
+
+    s = _settings(cfg)
+    for k in ("tuned", "model_protocols"):
+        s.pop(k, None)
+    return {**s, **dataclasses.asdict(opts)}
+
+
+@dataclass
+class TuneOutcome:
+    folder: Path
+    models: list[dict[str, Any]]
+
+
+def run_tune(cfg: StudyConfig, opts: TuneOptions, progress: bool = True,
+             log: Callable[[str], None] | None = None) -> TuneOutcome:
+    """Tune every model of ``cfg`` into the folder ``cfg.out``; finished trials there are kept
+    and only the missing ones run."""
+    import torch
+
+    from lightlayers.data import load_dataset
+    from lightlayers.outputs import OutputFolder
+    from lightlayers.runtime import resolve_device, resolve_threads
+    from lightlayers.study import _local_inputs, resolve_study_weights
+    from lightlayers.trial import data_size_for
+
+    say = log or (lambda msg: print(msg, file=sys.stderr) if progress else None)
+    if cfg.tuned is not None or cfg.model_protocols:
+        raise ConfigError("tuned / model_protocols: tuning searches from the protocol's own "
+                          "settings; drop them (they are for `lightlayers run`)")
+    if cfg.executor != "local":
+        raise ConfigError(f"executor: lightlayers tune runs its trials in this process; drop "
+                          f"--executor {cfg.executor}")
+    protocol = cfg.resolved_protocol()
+    if protocol.teacher is not None:
+        raise ConfigError("teacher: distillation is not tuned; drop the teacher setting")
+    space = search_space(cfg)
+    optuna = _optuna()
+    cfg = resolve_threads(cfg)
+    torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out).expanduser().absolute()
+    folder = OutputFolder(out, "tune", inputs=_local_inputs(cfg), what="tuning folder (--out)")
+    try:
+        for name in _DB_FILES:
+            folder.claim(name)
+        storage = _storage(out)  # creates Optuna's tables first
+        meta = _Meta(out / DB)
+        try:
+            return _tune(cfg, opts, protocol, space, optuna, storage, meta, device, out, say,
+                         progress, load_dataset, data_size_for, resolve_study_weights)
+        finally:
+            meta.close()
+            storage.engine.dispose()
+    finally:
+        folder.close()
+
+
+def _tune(cfg: StudyConfig, opts: TuneOptions, protocol: Protocol, space: dict[str, Space],
+          optuna: Any, storage: Any, meta: _Meta, device: Any, out: Path,
+          say: Callable[[str], None], progress: bool, load_dataset: Any, data_size_for: Any,
+          resolve_study_weights: Any) -> TuneOutcome:
+    from optuna.trial import TrialState
+
+    settings = _bound_settings(cfg, opts)
+    recorded = meta.get()
+    if recorded.get("settings") is not None and recorded["settings"] != settings:
+        old = recorded["settings"]
+        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        raise ConfigError(f"{out} holds a tuning with other settings ({', '.join(diff)} "
+                          "differ); use another --out folder, or the same settings to resume it")
+    weights, errors = resolve_study_weights(cfg, say, progress)
+    if errors:
+        model, why = next(iter(errors.items()))
+        raise ConfigError(f"{model}: {why}")
+    datasets: dict[int | None, Any] = {}
+    for model in cfg.models:
+        size = data_size_for(cfg, model)
+        if size not in datasets:
+            say(f"loading data {cfg.data}" + (f" at {size}px" if size else ""))
+            ds = load_dataset(cfg.data, size=size, in_chans=cfg.in_chans, resize=cfg.resize,
+                              val_fraction=cfg.val_fraction, seed=cfg.split_seed,
+                              progress=progress, on_bad_image=cfg.on_bad_image,
+                              allow_missing_classes=cfg.allow_missing_classes)
+            now = _fingerprint_hash(ds)
+            seen = recorded.get("data_fingerprint")
+            if seen is not None and seen != now:
+                raise ConfigError(f"{out} was tuned on other data: {cfg.data} differs from it "
+                                  "(content, classes or split); tune it into a new folder with "
+                                  "--out NEW_FOLDER")
+            recorded["data_fingerprint"] = now
+            datasets[size] = ds
+    models = list(dict.fromkeys([*recorded.get("models", []), *cfg.models]))
+    meta.set(settings=settings, data_fingerprint=recorded["data_fingerprint"], models=models,
+             protocol=cfg.protocol, space={k: dataclasses.asdict(s) for k, s in space.items()})
+    direction = OBJECTIVES[opts.objective]
+    for model in cfg.models:
+        ds = datasets[data_size_for(cfg, model)]
+        folds = make_folds(ds, opts.folds, cfg.split_seed)
+        existing = optuna.load_study(study_name=model, storage=storage) \
+            if model in optuna.get_all_study_names(storage) else None
+        left = existing.get_trials(deepcopy=False) if existing is not None else []
+        # Seeded by how far the search got, so a resumed search draws new points, and every
+        # model's search draws the same random start.
+        sampler = optuna.samplers.TPESampler(seed=opts.seed * 1_000_003 + len(left))
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+        study = optuna.create_study(study_name=model, storage=storage, direction=direction,
+                                    sampler=sampler, pruner=pruner, load_if_exists=True)
+        for t in left:
+            if t.state == TrialState.RUNNING:
+                # Left by a process that was killed: failed, and its point asked again.
+                storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                study.enqueue_trial(t.params, skip_if_exists=False)
+                say(f"{model}: trial {t.number} was interrupted; its settings are tried again")
+
+        def counted(study: Any = study) -> int:
+            return len(study.get_trials(deepcopy=False,
+                                        states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+        failures = 0
+        while counted() < opts.budget:
+            trial = study.ask()
+            params = _suggest(trial, space)
+            n = counted() + 1
+            try:
+                value, values = _run_trial(cfg, opts, protocol, ds, folds, model, params,
+                                           trial, device, weights.get(model))
+            except _Pruned:
+                study.tell(trial, state=TrialState.PRUNED)
+                say(f"{model} trial {n}/{opts.budget}: pruned ({_params_text(params)})")
+                continue
+            except Exception as e:  # a diverging setting is a failed point, not the end
+                from lightlayers.train import TrialError
+
+                if isinstance(e, ConfigError) or not isinstance(
+                        e, TrialError | ValueError | RuntimeError):
+                    raise
+                study.tell(trial, state=TrialState.FAIL)
+                failures += 1
+                say(f"{model} trial {n}/{opts.budget}: failed ({e})")
+                if failures >= opts.budget:
+                    raise ConfigError(f"{model}: {failures} tuning trials failed (the last: "
+                                      f"{shown(str(e), 120, quote=False)}); narrow the search "
+                                      "(search: in the YAML)") from None
+                continue
+            trial.set_user_attr("fold_values", values)
+            study.tell(trial, value)
+            say(f"{model} trial {n}/{opts.budget}: {opts.objective} {value:.4f} "
+                f"({_params_text(params)})")
+    return TuneOutcome(out, tune_summary(out)["models"])
+
+
+def _run_trial(cfg: StudyConfig, opts: TuneOptions, protocol: Protocol, ds: Any,
+               folds: list[tuple[Any, Any]], model: str, params: dict[str, Any], trial: Any,
+               device: Any, weights: Any) -> tuple[float, list[float]]:
+    from lightlayers.config import merge_overrides
+
+    tried = dataclasses.replace(
+        cfg, protocol_overrides=merge_overrides(cfg.protocol_overrides, overrides_for(params)))
+    proto = tried.resolved_protocol()
+    values = []
+    for k, (train, held) in enumerate(folds):
+        def on_epoch(epoch: int, value: float, k: int = k) -> None:
+            if not math.isfinite(value):
+                return
+            # One step per epoch of each fold, in the same fold order for every trial.
+            trial.report(value, k * proto.epochs + epoch - 1)
+            if trial.should_prune():
+                raise _Pruned
+
+        v = _fit_fold(model, tried, proto, ds, train, held, device, opts.seed + k, weights,
+                      opts.objective, on_epoch)
+        if not math.isfinite(v):
+            raise ValueError(f"fold {k + 1}: the {opts.objective} cannot be computed (a "
+                             "fold holds one class only); use fewer --folds")
+        values.append(v)
+    return float(np.mean(values)), values
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_num(v)}" for k, v in params.items())
+
+
+def _num(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+# --- reading a tuning folder --------------------------------------------------------------
+def tune_summary(folder: Path) -> dict[str, Any]:
+    """What ``lightlayers tune --json`` prints: per model its trials (complete plus pruned),
+    the best trial's settings and objective, and the objective's spread over the folds."""
+    from optuna.trial import TrialState
+
+    meta = read_meta(folder)
+    optuna = _optuna()
+    storage = _storage(Path(folder))
+    try:
+        names = set(optuna.get_all_study_names(storage))
+        models = []
+        for model in meta.get("models", []):
+            if model not in names:
+                continue
+            study = optuna.load_study(study_name=model, storage=storage)
+            trials = study.get_trials(deepcopy=False)
+            complete = [t for t in trials if t.state == TrialState.COMPLETE]
+            pruned = sum(t.state == TrialState.PRUNED for t in trials)
+            best = None
+            if complete:
+                b = study.best_trial
+                values = b.user_attrs.get("fold_values") or [b.value]
+                best = {"params": dict(b.params), "value": b.value,
+                        "fold_values": values, "spread": float(np.std(values))}
+            models.append({"model": model, "trials": len(complete) + pruned,
+                           "complete": len(complete), "pruned": pruned, "best": best})
+    finally:
+        storage.engine.dispose()
+    s = meta.get("settings", {})
+    return {"folder": str(folder), "budget": s.get("budget"), "folds": s.get("folds"),
+            "objective": s.get("objective"), "protocol": meta.get("protocol"),
+            "models": models}
+
+
+def summary_table(summary: dict[str, Any], width: int = 80) -> str:
+    """The tuning folder as text of at most ``width`` columns: per model its best value and
+    spread over the folds, the trials run and pruned, then its best settings."""
+    import textwrap
+
+    lines = [f"{summary['folder']}",
+             f"budget {summary['budget']} trials per model, "
+             f"{summary['folds']} fold(s), objective {summary['objective']}, "
+             f"protocol {summary['protocol']}",
+             "",
+             f"{'model':<28} {'value':>17} {'trials':>7} {'pruned':>7}"]
+    for m in summary["models"]:
+        best = m["best"]
+        value = "n/a" if best is None else f"{best['value']:.4f} +- {best['spread']:.4f}"
+        lines.append(f"{shown(m['model'], 28, quote=False):<28} {value:>17} "
+                     f"{m['trials']:>7} {m['pruned']:>7}")
+        if best is not None:
+            text = "  ".join(f"{k} {_num(v)}" for k, v in best["params"].items())
+            lines += textwrap.wrap(text, width=width, initial_indent="    ",
+                                   subsequent_indent="    ", break_long_words=True)
+    return "\n".join(textwrap.shorten(x, width, placeholder="...") if len(x) > width else x
+                     for x in lines)
+
+
+# --- a run with tuned settings ------------------------------------------------------------
+def _best(folder: Path) -> dict[str, dict[str, Any]]:
+    summary = tune_summary(folder)
+    return {m["model"]: m["best"] for m in summary["models"] if m["best"] is not None}
+
+
+def tuned_source(cfg: StudyConfig) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The tuning folder ``cfg.tuned`` read: (its description, each model's best params)."""
+    folder = Path(str(cfg.tuned)).expanduser().absolute()
+    meta = read_meta(folder)
+    best = _best(folder)
+    missing = [m for m in cfg.models if m not in best]
+    if missing:
+        raise ConfigError(f"tuned: {folder} holds no finished tuning of {', '.join(missing)}; "
+                          f"tune it there (lightlayers tune --models {','.join(missing)} "
+                          f"--out {folder}) or leave it out of --models")
+    s = meta.get("settings", {})
+    if s.get("protocol") != cfg.protocol:
+        raise ConfigError(f"tuned: {folder} tuned protocol {s.get('protocol')}, this run uses "
+                          f"{cfg.protocol}; use --protocol {s.get('protocol')}")
+    source = {"folder": str(folder), "data_fingerprint": meta.get("data_fingerprint"),
+              "budget": s.get("budget"), "folds": s.get("folds"),
+              "objective": s.get("objective")}
+    return source, {m: best[m] for m in cfg.models}
+
+
+def apply_tuned(cfg: StudyConfig) -> StudyConfig:
+    """``cfg`` with each model's best tuned settings as its ``model_protocols`` entry."""
+    if cfg.tuned is None:
+        return cfg
+    if cfg.models == StudyConfig().models:
+        # Models left at the default: the ones the folder tuned.
+        tuned_models = list(_best(Path(str(cfg.tuned)).expanduser().absolute()))
+        if tuned_models and cfg.models[0] not in tuned_models:
+            cfg = dataclasses.replace(cfg, models=tuple(tuned_models))
+    _, best = tuned_source(cfg)
+    own = dict(cfg.model_protocols)
+    for model, b in best.items():
+        given = own.get(model, {})
+        clash = sorted(set(given) & set(b["params"]))
+        if clash:
+            raise ConfigError(f"model_protocols.{model}: {', '.join(clash)} also come(s) from "
+                              f"the tuning folder {cfg.tuned}; set them in one place")
+        own[model] = {**given, **overrides_for(b["params"])}
+    from lightlayers.config import validate
+
+    return validate(dataclasses.replace(cfg, model_protocols=own))
+
+
+def tuned_record(cfg: StudyConfig, model: str) -> dict[str, Any] | None:
+    """What a tuned run's trial records of where its settings came from (None: not tuned)."""
+    if cfg.tuned is None:
+        return None
+    source, best = tuned_source(cfg)
+    b = best[model]
+    return {**source, "params": b["params"], "value": b["value"],
+            "spread": b["spread"], "settings": overrides_for(b["params"])}
+
+
+def check_tuned_data(cfg: StudyConfig, ds: Any) -> None:
+    """A tuned run's data must be the data its settings were tuned on."""
+    if cfg.tuned is None:
+        return
+    folder = Path(str(cfg.tuned)).expanduser().absolute()
+    if read_meta(folder).get("data_fingerprint") != _fingerprint_hash(ds):
+        raise ConfigError(f"tuned: {folder} was tuned on other data than {cfg.data} (content, "
+                          "classes or split); tune this data first (lightlayers tune)")

@@ -1,0 +1,211 @@
+"""lightlayers tune: the same budget per model, validation folds only, resumable after kill -9,
+and lightlayers run --tuned training each model with its own best settings."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lightlayers.cli import main
+
+pytest.importorskip("optuna")
+
+# One torch thread: two cores shared with other processes slow multi-threaded steps tenfold.
+TUNE = ["tune", "--data", "digits", "--models", "paper-light-k1,paper-light-k2", "--epochs", "2",
+        "--folds", "2", "--threads", "1"]
+
+
+def cli(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def keys_and_texts(obj: object) -> list[str]:
+    if isinstance(obj, dict):
+        return [*map(str, obj), *(t for v in obj.values() for t in keys_and_texts(v))]
+    if isinstance(obj, list):
+        return [t for v in obj for t in keys_and_texts(v)]
+    return [obj] if isinstance(obj, str) else []
+
+
+def trial_states(db: Path) -> dict[str, list[tuple[int, str, float | None]]]:
+    """Model -> (number, state, value) of every tuning trial, read from tune.db itself."""
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute(
+            "SELECT s.study_name, t.number, t.state, v.value FROM trials t "
+            "JOIN studies s ON s.study_id = t.study_id "
+            "LEFT JOIN trial_values v ON v.trial_id = t.trial_id ORDER BY t.number").fetchall()
+    finally:
+        con.close()
+    out: dict[str, list[tuple[int, str, float | None]]] = {}
+    for model, number, state, value in rows:
+        out.setdefault(model, []).append((number, state, value))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    folder = tmp_path_factory.mktemp("tune") / "T"
+    code, out, err = cli([*TUNE, "--budget", "3", "--out", str(folder), "--json"])
+    assert code == 0, err
+    return folder, json.loads(out)
+
+
+def test_tune_json_same_budget_no_test_numbers(tuned: tuple[Path, dict]) -> None:
+    folder, result = tuned
+    assert result["folder"] == str(folder)
+    assert [m["model"] for m in result["models"]] == ["paper-light-k1", "paper-light-k2"]
+    for m in result["models"]:
+        assert m["trials"] == 3 == m["complete"] + m["pruned"]
+        assert m["best"]["params"]["lr"] > 0 and 0 <= m["best"]["value"] <= 1
+        assert set(m["best"]["params"]) == {"lr", "batch_size", "weight_decay", "bn_momentum"}
+    assert not [k for k in keys_and_texts(result) if "test" in k.lower() and k != str(folder)]
+    # The store: no attribute or recorded setting names or holds a test number.
+    con = sqlite3.connect(folder / "tune.db")
+    try:
+        texts = [str(x) for table in ("trial_user_attributes", "trial_system_attributes",
+                                      "study_user_attributes", "study_system_attributes")
+                 for row in con.execute(f"SELECT key, value_json FROM {table}") for x in row]
+        for key, value in con.execute("SELECT key, value FROM lightlayers_tune"):
+            texts += [key, *keys_and_texts(json.loads(value))]
+        assert con.execute("SELECT count(*) FROM trial_user_attributes").fetchone()[0] >= 1
+    finally:
+        con.close()
+    assert texts and not [t for t in texts if "test" in t.lower()]
+    states = {st for rows in trial_states(folder / "tune.db").values() for _, st, _ in rows}
+    assert states <= {"COMPLETE", "PRUNED"}
+
+
+def test_tune_folder_table_fits_80_columns(tuned: tuple[Path, dict]) -> None:
+    folder, result = tuned
+    code, out, err = cli(["tune", str(folder)])
+    assert code == 0, err
+    lines = out.splitlines()
+    assert max(map(len, lines)) <= 80
+    assert "budget 3 trials per model, 2 fold(s), objective auc" in out
+    for m in result["models"]:
+        row = next(x for x in lines if x.startswith(m["model"] + " "))
+        assert row.split()[-2:] == [str(m["trials"]), str(m["pruned"])]
+        assert f"{m['best']['value']:.4f} +- " in row
+
+
+def test_tune_folder_bound_to_its_settings(tuned: tuple[Path, dict]) -> None:
+    folder, _ = tuned
+    before = trial_states(folder / "tune.db")
+    code, _, err = cli([*TUNE, "--budget", "5", "--out", str(folder)])
+    assert code == 2 and "other settings (budget differ)" in err
+    assert len(err.strip().splitlines()) == 1
+    assert trial_states(folder / "tune.db") == before
+
+
+def test_run_tuned_trains_each_model_with_its_best_settings(
+        tuned: tuple[Path, dict], tmp_path: Path) -> None:
+    from lightlayers.store import ResultsStore
+
+    folder, result = tuned
+    best = {m["model"]: m["best"]["params"] for m in result["models"]}
+    run = tmp_path / "R"
+    code, _, err = cli(["run", "--data", "digits", "--tuned", str(folder), "--seeds", "0,1",
+                        "--epochs", "2", "--out", str(run), "--threads", "1", "--quiet",
+                        "--no-report"])
+    assert code == 0, err
+    with ResultsStore(run / "results.db", create=False) as store:
+        trials = store.trials()
+        source = store.meta()["settings_source"]
+    assert sorted((t["model"], t["seed"], t["status"]) for t in trials) == [
+        (m, s, "done") for m in best for s in (0, 1)]
+    for t in trials:
+        record = t["config"]["tuned"]
+        assert record["params"] == best[t["model"]]
+        assert record["folder"] == str(folder) and record["budget"] == 3
+        assert (record["folds"], record["objective"]) == (2, "auc")
+        # What the trial trained with, as the trial itself recorded it.
+        assert t["extra"]["protocol"]["lr"] == best[t["model"]]["lr"]
+        assert t["extra"]["protocol"]["batch_size"] == best[t["model"]]["batch_size"]
+    assert source["kind"] == "tuned" and source["budget"] == 3
+
+
+def test_kill_9_and_rerun_keeps_finished_trials_and_ends_at_the_budget(tmp_path: Path) -> None:
+    folder = tmp_path / "T"
+    argv = [*TUNE, "--budget", "4", "--out", str(folder), "--quiet"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "lightlayers.cli", *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    db = folder / "tune.db"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            states = trial_states(db) if db.is_file() else {}
+            rows = states.get("paper-light-k1", [])
+            if any(s == "COMPLETE" for _, s, _ in rows) and any(s == "RUNNING" for _, s, _ in
+                                                              rows):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    killed = trial_states(db)
+    finished = {m: [r for r in rows if r[1] in ("COMPLETE", "PRUNED")]
+                for m, rows in killed.items()}
+    assert any(r[1] == "RUNNING" for rows in killed.values() for r in rows)
+
+    code, _, err = cli(argv)
+    assert code == 0, err
+    after = trial_states(db)
+    for model in ("paper-light-k1", "paper-light-k2"):
+        done = [r for r in after[model] if r[1] in ("COMPLETE", "PRUNED")]
+        assert len(done) == 4, after[model]
+        assert set(finished.get(model, [])) <= set(done)  # kept as they were, not rerun
+        assert not [r for r in after[model] if r[1] == "RUNNING"]
+
+
+@pytest.mark.parametrize(("search", "message"), [
+    ("epochs: [1, 3]", "search.epochs: epochs cannot be tuned"),
+    ("lr: [0, 0.01]", "search.lr: 0 breaks the setting's rule"),
+    ("lr: [0.01, 0.001]", "search.lr: LOW must be below HIGH"),
+    ("label_smoothing: [0, 1.5]", "search.label_smoothing: 1.5 breaks the setting's rule"),
+    ("batch_size: [0, 32]", "search.batch_size: 0 breaks the setting's rule"),
+    ("no_such: [1, 2]", "search.no_such: not a protocol setting"),
+])
+def test_search_errors_name_the_setting(tmp_path: Path, search: str, message: str) -> None:
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text(f"search:\n  {search}\n")
+    code, _, err = cli(["tune", str(cfg), "--data", "digits", "--out", str(tmp_path / "T")])
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "T").exists()
+
+
+def test_search_narrows_the_space(tmp_path: Path) -> None:
+    from lightlayers.config import load_config
+    from lightlayers.schema import Space
+    from lightlayers.tune import search_space
+
+    cfg = load_config(None, protocol="improved",
+                      search={"lr": [1e-3, 2e-3], "dropout": None, "batch_size": [32]})
+    space = search_space(cfg)
+    assert space["lr"] == Space("float", 1e-3, 2e-3, log=True)
+    assert space["batch_size"] == Space("choice", choices=(32,))
+    assert "dropout" not in space and "augment" in space
+
+
+def test_missing_optuna_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    code, _, err = cli([*TUNE, "--budget", "1", "--out", str(tmp_path / "T")])
+    assert code == 2
+    assert err.strip() == "lightlayers tune: error: lightlayers tune needs optuna: pip install " \
+        "'lightlayers[tune]'"
