@@ -136,6 +136,13 @@ def test_run_tuned_trains_each_model_with_its_best_settings(
         assert t["extra"]["protocol"]["lr"] == best[t["model"]]["lr"]
         assert t["extra"]["protocol"]["batch_size"] == best[t["model"]]["batch_size"]
     assert source["kind"] == "tuned" and source["budget"] == 3
+    from lightlayers.report import write_report
+
+    result = write_report(run, formats=("md", "html"), console=False)
+    said = f"settings: tuned (budget 3, 2 folds, auc) from {folder}"
+    assert said in (run / "report" / "table.md").read_text()
+    html = result.html.read_text()
+    assert f'<p id="settings-source">{said}</p>' in html
 
 
 def test_kill_9_and_rerun_keeps_finished_trials_and_ends_at_the_budget(tmp_path: Path) -> None:
@@ -209,3 +216,10 @@ def test_missing_optuna_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert code == 2
     assert err.strip() == "lightlayers tune: error: lightlayers tune needs optuna: pip install " \
         "'lightlayers[tune]'"
+
+
+def test_report_says_a_study_without_tuning_ran_a_fixed_recipe() -> None:
+    from lightlayers.report.table import settings_sentence
+
+    assert settings_sentence({}) == "settings: fixed recipe"
+    assert settings_sentence({"settings_source": {"kind": "fixed"}}) == "settings: fixed recipe"

@@ -262,7 +262,11 @@ def page(run: RunData, rows: Sequence[Row], notes: Sequence[str],
     from lightlayers.ledger import ledger_sentence
 
     ledger = ledger_sentence(meta.get("data_fingerprint"))
-    notes = [n for n in notes if n != ledger]
+    from lightlayers.report.table import settings_sentence
+
+    # Said under the title: how the models were trained, not a partial result.
+    settings = settings_sentence(meta)
+    notes = [n for n in notes if n not in (ledger, settings)]
     notes_html = ("<div class='notes'><strong>Partial results</strong><ul>"
                   + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul></div>") if notes else ""
     marked = any(r.group.incomplete for r in rows)
@@ -279,6 +283,7 @@ def page(run: RunData, rows: Sequence[Row], notes: Sequence[str],
 <body>
 <h1>{_e(title)}</h1>
 <p>{_e(summary)}</p>
+<p id="settings-source">{_e(settings)}</p>
 {notes_html}
 <h2 id="table">Results</h2>
 {results_table(rows)}

@@ -114,6 +114,16 @@ def diagnosis_lines(rows: list[Row]) -> list[str]:
     return [d for r in rows for d in r.diagnoses]
 
 
+def settings_sentence(meta: dict[str, Any]) -> str:
+    """Where the models' training settings came from: the protocol's one recipe for every
+    model, or each model's best from `lightlayers tune` (the same search for every model)."""
+    src = meta.get("settings_source") or {}
+    if src.get("kind") != "tuned":
+        return "settings: fixed recipe"
+    return (f"settings: tuned (budget {src.get('budget')}, {src.get('folds')} folds, "
+            f"{src.get('objective')}) from {src.get('folder')}")
+
+
 def partial_notes(run: RunData) -> list[str]:
     """Plain sentences on what is missing: incomplete models, failed and unfinished trials."""
     notes = []

@@ -16,6 +16,7 @@ from lightlayers.report.table import (
     build_rows,
     partial_notes,
     print_table,
+    settings_sentence,
     table_csv,
     table_markdown,
 )
@@ -116,7 +117,8 @@ def write_report(
     fmts = parse_formats(formats)
     run = run_dir if isinstance(run_dir, RunData) else load_run(run_dir)
     rows = build_rows(run)
-    notes = pooled_notes(run) + partial_notes(run) + skipped_notes(run) + ledger_notes(run)
+    notes = (pooled_notes(run) + partial_notes(run) + skipped_notes(run) + ledger_notes(run)
+             + [settings_sentence(run.meta)])
     out = Path(out_dir) if out_dir is not None else run.run_dir / "report"
     with report_folder(run, out, out_dir is None) as folder:
         return _write(run, rows, notes, fmts, folder, console)
