@@ -223,3 +223,13 @@ def test_report_says_a_study_without_tuning_ran_a_fixed_recipe() -> None:
 
     assert settings_sentence({}) == "settings: fixed recipe"
     assert settings_sentence({"settings_source": {"kind": "fixed"}}) == "settings: fixed recipe"
+
+
+def test_run_tuned_refuses_other_data(tuned: tuple[Path, dict], tmp_path: Path) -> None:
+    folder, _ = tuned
+    # Another validation split is other data: the settings were chosen on the first one.
+    code, _, err = cli(["run", "--data", "digits", "--split-seed", "1", "--tuned", str(folder),
+                        "--epochs", "1", "--out", str(tmp_path / "R"), "--threads", "1",
+                        "--quiet", "--no-report"])
+    assert code == 2 and "was tuned on other data" in err, err
+    assert len(err.strip().splitlines()) == 1
