@@ -122,7 +122,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
     cfg = resolve_threads(cfg)
     tuned: dict[str, Any] = {}
     if cfg.tuned is not None:  # each model's best settings from `lightlayers tune`
-        from lightlayers.tune import apply_tuned, check_tuned_data, tuned_record
+        from lightlayers.tuned import apply_tuned, check_tuned_data, tuned_record
 
         cfg = apply_tuned(cfg)
         tuned = {m: tuned_record(cfg, m) for m in cfg.models}

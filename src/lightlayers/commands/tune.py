@@ -46,7 +46,8 @@ def main(args: argparse.Namespace) -> int:
     from lightlayers.outputs import OutputError
     from lightlayers.schema import build, flag_values
     from lightlayers.store import StoreError
-    from lightlayers.tune import TuneOptions, run_tune, summary_table, tune_summary
+    from lightlayers.tune import TuneOptions, run_tune
+    from lightlayers.tuned import summary_table, tune_summary
 
     try:
         values = flag_values(args, args._setting_names)
