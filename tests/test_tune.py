@@ -233,3 +233,39 @@ def test_run_tuned_refuses_other_data(tuned: tuple[Path, dict], tmp_path: Path) 
                         "--quiet", "--no-report"])
     assert code == 2 and "was tuned on other data" in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_folds_keep_each_patient_in_one_fold() -> None:
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from lightlayers.data.dataset import Split
+    from lightlayers.data.splits import DEFAULT_PATIENT_PATTERN
+    from lightlayers.tune import make_folds
+
+    rng = np.random.default_rng(0)
+    names, labels = [], []
+    for p in range(40):  # 40 patients of 1-4 images each, both naming schemes of the X-rays
+        label = p % 2
+        for i in range(1 + p % 4):
+            names.append(f"person{p}_virus_{i}.jpeg" if label else f"IM-{p:04d}-{i:04d}.jpeg")
+            labels.append(label)
+    images = rng.integers(0, 255, (len(names), 1, 4, 4), dtype=np.uint8)
+    labels_a = np.array(labels, np.int64)
+    half = len(names) // 2
+    ds = SimpleNamespace(
+        splits={"train": Split(images[:half], labels_a[:half], tuple(names[:half])),
+                "val": Split(images[half:], labels_a[half:], tuple(names[half:]))},
+        identity={"options": {"patient_pattern": DEFAULT_PATIENT_PATTERN}})
+
+    def patient(name: str) -> str:
+        return name.split("_")[0] if name.startswith("person") else name[:7]
+
+    folds = make_folds(ds, 3, seed=0)
+    assert len(folds) == 3
+    held = [{patient(n) for n in h.ids} for _, h in folds]
+    assert sum(len(h) for h in held) == 40 and not (held[0] & held[1] | held[1] & held[2])
+    for (train, h), patients in zip(folds, held, strict=True):
+        assert not {patient(n) for n in train.ids} & patients
+        assert len(train) + len(h) == len(names) and set(h.labels.tolist()) == {0, 1}
