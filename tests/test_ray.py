@@ -316,7 +316,7 @@ def test_bad_executor_settings_are_named(overrides, named):
 
 
 def test_executor_settings_do_not_block_a_resume():
-    from lightlayers.study import _settings
+    from lightlayers.config import comparable_settings as _settings
 
     local = load_config(models="study-light-k1")
     remote = load_config(models="study-light-k1", executor="ray", cpus_per_trial=2,

@@ -31,7 +31,8 @@ from lightlayers.schema import (
 )
 
 __all__ = ["DEFAULT_SEARCH", "IMPROVED", "PROTOCOLS", "ConfigError", "Protocol", "StudyConfig",
-           "config_from_dict", "load_config", "merge_overrides", "parse_overrides", "validate"]
+           "comparable_settings", "config_from_dict", "load_config", "merge_overrides",
+           "parse_overrides", "validate"]
 
 PROTOCOLS = ("seed", "improved")
 
@@ -287,6 +288,29 @@ class StudyConfig:
         d = dataclasses.asdict(self)
         d["models"], d["seeds"] = list(self.models), list(self.seeds)
         return d
+
+
+# Settings that change a trial's numbers: a run folder holds one value of each. Where trials
+# run is not one of them, so a study can be resumed with another executor; nor is the spelling
+# of the data's path: the data is compared by content (data_fingerprint).
+SETTINGS_EXCLUDED = ("models", "seeds", "out", "report", "deployment", "device", "threads",
+                     "executor", "executor_options", "data",
+                     # A tuned run's settings are its model_protocols (compared); where they
+                     # were read is spelling, and the search ranges are tune's alone.
+                     "tuned", "search")
+
+
+def comparable_settings(cfg: StudyConfig) -> dict[str, Any]:
+    """The settings a run folder holds one value of (those that change a trial's numbers), as
+    plain JSON values: what a rerun, a pooled report and the test ledger compare."""
+    import json
+
+    d = cfg.to_dict()
+    for k in SETTINGS_EXCLUDED:
+        d.pop(k, None)
+    # Unset means each backbone's DEFAULT, which run folders written before recorded as such.
+    d["weights"] = d.get("weights") or "DEFAULT"
+    return json.loads(json.dumps(d, sort_keys=True))
 
 
 def _route_executor_options(values: dict[str, Any], where: str) -> dict[str, Any]:

@@ -82,7 +82,7 @@ def trial_settings(cfg: StudyConfig, protocol: Protocol, model: str, seed: int,
     """Everything that changes one trial's numbers: the study's settings less those of other
     models, this model's options and input size, the resolved protocol, the seed, and the data
     (its decode key and its fingerprint, which holds the train and validation members)."""
-    from lightlayers.study import _settings
+    from lightlayers.config import comparable_settings as _settings
     from lightlayers.trial import input_sizes, model_kwargs
 
     common = _settings(cfg)

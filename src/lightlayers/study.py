@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 from lightlayers import csvsafe
 from lightlayers.config import ConfigError, StudyConfig
+from lightlayers.config import comparable_settings as _settings
 from lightlayers.data import Dataset, load_dataset
 from lightlayers.executors import Task, create_executor, executor_info
 from lightlayers.fingerprint import (
@@ -44,16 +44,6 @@ def csv_columns() -> list[str]:
     return ["model", "seed", "protocol", "status", *(m.name for m in trial_metrics()),
             "attempts", "error"]
 
-
-
-# Settings that change a trial's numbers: a run folder holds one value of each. Where trials
-# run is not one of them, so a study can be resumed with another executor; nor is the spelling
-# of the data's path: the data is compared by content (data_fingerprint).
-_SETTINGS_EXCLUDED = ("models", "seeds", "out", "report", "deployment", "device", "threads",
-                      "executor", "executor_options", "data",
-                      # A tuned run's settings are its model_protocols (compared); where they
-                      # were read is spelling, and the search ranges are tune's alone.
-                      "tuned", "search")
 
 
 def results_csv_text(trials: Any, extra_columns: tuple[str, ...] = ()) -> str:
@@ -96,15 +86,6 @@ def _record_skipped(folder: OutputFolder, datasets: Any, log: Any) -> None:
     w.writerows(rows)
     path = folder.write("skipped_images.csv", buf.getvalue())
     log(f"{len(rows)} undecodable image file(s) skipped, listed in {path}")
-
-
-def _settings(cfg: StudyConfig) -> dict[str, Any]:
-    d = cfg.to_dict()
-    for k in _SETTINGS_EXCLUDED:
-        d.pop(k, None)
-    # Unset means each backbone's DEFAULT, which run folders written before recorded as such.
-    d["weights"] = d.get("weights") or "DEFAULT"
-    return json.loads(json.dumps(d, sort_keys=True))
 
 
 @dataclass

@@ -305,7 +305,7 @@ class _Meta:
 
 
 def _bound_settings(cfg: StudyConfig, opts: TuneOptions) -> dict[str, Any]:
-    from lightlayers.study import _settings
+    from lightlayers.config import comparable_settings as _settings
 
     s = _settings(cfg)
     for k in ("tuned", "model_protocols"):
