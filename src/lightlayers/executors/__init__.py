@@ -65,6 +65,9 @@ def register_executor(info: ExecutorInfo) -> ExecutorInfo:
 
 
 def executor_info(name: str) -> ExecutorInfo:
+    if not isinstance(name, str):  # a YAML list or mapping where a name belongs
+        raise ValueError(f"an executor is named by text, got {type(name).__name__}; "
+                         f"registered: {', '.join(sorted(EXECUTORS))}")
     if name not in EXECUTORS:
         load_plugins()
     try:
