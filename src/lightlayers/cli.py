@@ -137,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return EXIT_OK
         except Exception as e:
+            if sigterm_received():
+                # A library turned the interrupt into an error of its own (the ONNX exporter
+                # wraps whatever stops it): the command was still stopped by SIGTERM.
+                print("interrupted (SIGTERM)", file=sys.stderr)
+                return EXIT_TERMINATED
             code, message = explain(e, command)
             if debug:
                 traceback.print_exc()
