@@ -269,3 +269,26 @@ def test_folds_keep_each_patient_in_one_fold() -> None:
     for (train, h), patients in zip(folds, held, strict=True):
         assert not {patient(n) for n in train.ids} & patients
         assert len(train) + len(h) == len(names) and set(h.labels.tolist()) == {0, 1}
+
+
+def test_tuning_folder_refuses_other_data(tmp_path: Path) -> None:
+    import numpy as np
+
+    def npz(seed: int) -> None:
+        r = np.random.default_rng(seed)
+        arrays = {f"{s}_images": r.integers(0, 256, (n, 8, 8), dtype=np.uint8)
+                  for s, n in (("train", 60), ("val", 20), ("test", 20))}
+        arrays |= {f"{s}_labels": np.arange(len(arrays[f"{s}_images"])) % 2
+                   for s in ("train", "val", "test")}
+        np.savez(tmp_path / "x.npz", **arrays)
+
+    npz(0)
+    argv = ["tune", "--data", str(tmp_path / "x.npz"), "--models", "paper-light-k1",
+            "--size", "8", "--budget", "1", "--epochs", "1", "--folds", "1", "--threads", "1",
+            "--out", str(tmp_path / "T"), "--quiet"]
+    code, _, err = cli(argv)
+    assert code == 0, err
+    npz(1)  # the same path, other images
+    code, _, err = cli(argv)
+    assert code == 2 and "was tuned on other data" in err, err
+    assert len(err.strip().splitlines()) == 1
