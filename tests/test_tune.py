@@ -292,3 +292,25 @@ def test_tuning_folder_refuses_other_data(tmp_path: Path) -> None:
     code, _, err = cli(argv)
     assert code == 2 and "was tuned on other data" in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_frozen_backbone_features_computed_once_per_fold(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lightlayers.features as features
+
+    calls: list[int] = []
+    real = features.compute_features
+
+    def counted(backbone, loader, device, amp):  # type: ignore[no-untyped-def]
+        calls.append(len(loader))
+        return real(backbone, loader, device, amp)
+
+    monkeypatch.setattr(features, "compute_features", counted)
+    code, out, err = cli(["tune", "--data", "digits", "--models", "transfer-resnet18",
+                          "--weights", "none", "--size", "32", "--budget", "2", "--epochs", "2",
+                          "--folds", "2", "--threads", "1", "--out", str(tmp_path / "T"),
+                          "--json"])
+    assert code == 0, err
+    assert json.loads(out)["models"][0]["trials"] == 2
+    # Two folds, each a training and a held-out part: four passes for both trials together.
+    assert len(calls) == 4

@@ -237,13 +237,14 @@ class _Pruned(Exception):
 
 def _fit_fold(name: str, cfg: StudyConfig, protocol: Protocol, ds: Any, train: Any, held: Any,
               device: Any, seed: int, weights: Any, objective: str,
-              on_epoch: Callable[[int, float], None]) -> float:
+              on_epoch: Callable[[int, float], None], fold_id: str) -> float:
     """Train ``name`` on ``train`` and return the objective on ``held``: what a study's trial
-    does up to its selected weights, without a test loader."""
+    does up to its selected weights, without a test loader. ``fold_id`` names the fold's
+    images, so a frozen backbone's features are computed once per fold, not once per trial."""
     from lightlayers.data import DeviceLoader
     from lightlayers.models import create_model
     from lightlayers.runtime import seed_everything
-    from lightlayers.train import amp_in_use, evaluate, fit
+    from lightlayers.train import TensorLoader, amp_in_use, evaluate, fit
     from lightlayers.trial import (
         _loader_options,
         _model_in_chans,
@@ -269,15 +270,29 @@ def _fit_fold(name: str, cfg: StudyConfig, protocol: Protocol, ds: Any, train: A
     aug = protocol.augment if protocol.augment.enabled else None
     bs = protocol.batch_size
     train_ld = DeviceLoader(train, bs, device, shuffle=True, seed=seed, augment=aug, **lo)
-    held_ld = DeviceLoader(held, bs, device, **lo)
+    held_ld: Any = DeviceLoader(held, bs, device, **lo)
+    amp = amp_in_use(device, protocol)
+    trainee = model
+    if model.frozen and aug is None:
+        # As a study's trial does: the frozen backbone's features once, then the head trains
+        # on them (the disk cache serves every later trial of this fold).
+        from lightlayers.features import cached_features, feature_key
+
+        key = feature_key(fold_id, name, json.dumps(model.weights_info(), sort_keys=True),
+                          ds.image_size, lo, amp)
+        feats, _, _ = cached_features(key, model.backbone, {"train": train_ld, "val": held_ld},
+                                      device, amp is not None)
+        trainee = model.feature_head()
+        train_ld = TensorLoader(*feats["train"], bs, shuffle=True, seed=seed)
+        held_ld = TensorLoader(*feats["val"], bs)
 
     def score(ev: Any) -> dict[str, float]:
         return {"objective": objective_value(objective, ev.labels, ev.probs, ev.loss)}
 
-    fit(model, train_ld, held_ld, protocol, device, train_labels=np.asarray(train.labels),
+    fit(trainee, train_ld, held_ld, protocol, device, train_labels=np.asarray(train.labels),
         num_classes=ds.num_classes, positive_class=ds.positive_class,
         on_epoch=lambda row: on_epoch(row["epoch"], row["objective"]), score=score)
-    ev = evaluate(model, held_ld, device, amp_in_use(device, protocol) is not None)
+    ev = evaluate(trainee, held_ld, device, amp is not None)
     return objective_value(objective, ev.labels, ev.probs, ev.loss)
 
 
@@ -476,12 +491,19 @@ def _run_trial(cfg: StudyConfig, opts: TuneOptions, protocol: Protocol, ds: Any,
                 raise _Pruned
 
         v = _fit_fold(model, tried, proto, ds, train, held, device, opts.seed + k, weights,
-                      opts.objective, on_epoch)
+                      opts.objective, on_epoch, _fold_id(ds, len(folds), k, train, held))
         if not math.isfinite(v):
             raise ValueError(f"fold {k + 1}: the {opts.objective} cannot be computed (a "
                              "fold holds one class only); use fewer --folds")
         values.append(v)
     return float(np.mean(values)), values
+
+
+def _fold_id(ds: Any, folds: int, k: int, train: Any, held: Any) -> str:
+    from lightlayers.fingerprint import _members_digest, data_key
+
+    return (f"{data_key(ds)}|tune fold {k + 1}/{folds}|{_members_digest(train)}|"
+            f"{_members_digest(held)}")
 
 
 def _params_text(params: dict[str, Any]) -> str:
