@@ -155,7 +155,10 @@ def test_kill_9_and_rerun_keeps_finished_trials_and_ends_at_the_budget(tmp_path:
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            states = trial_states(db) if db.is_file() else {}
+            try:
+                states = trial_states(db) if db.is_file() else {}
+            except sqlite3.OperationalError:  # Optuna is still creating its tables
+                states = {}
             rows = states.get("paper-light-k1", [])
             if any(s == "COMPLETE" for _, s, _ in rows) and any(s == "RUNNING" for _, s, _ in
                                                               rows):
