@@ -159,12 +159,14 @@ def chromium_binary() -> str:
     pytest.skip(msg)
 
 
-def browser_check(html: Path, tmp: Path) -> dict[str, str]:
-    """Open ``html`` in headless Chromium; the attributes the page's script set on <body>."""
+def browser_check(html: Path, tmp: Path, width: int = 1280) -> dict[str, str]:
+    """Open ``html`` in headless Chromium in a window ``width`` pixels wide; the attributes
+    the page's script set on <body>."""
     binary = chromium_binary()
     cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
            "--no-first-run", "--disable-background-networking", "--disable-component-update",
            "--disable-sync", f"--user-data-dir={tmp / 'chromium-profile'}",
+           f"--window-size={width},900",
            "--virtual-time-budget=5000", "--dump-dom", html.resolve().as_uri()]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     body = re.search(r"<body([^>]*)>", out.stdout)

@@ -175,6 +175,7 @@ def test_figures_cover_every_criterion_model_and_format(run):
     fig_dir = run_dir / "report" / "figures"
     stems = {"criterion_params_total", "criterion_params_trainable", "criterion_size_mb",
              "criterion_accuracy", "criterion_total_time_s", "criterion_epoch_time_s",
+             "criterion_sensitivity", "criterion_specificity",
              "accuracy_vs_params", "roc", "reliability",
              *(f"history_{m}" for m in MODELS), *(f"confusion_{m}" for m in MODELS)}
     assert {p.name for p in fig_dir.iterdir()} == {f"{s}.{e}" for s in stems for e in ("png",
@@ -251,6 +252,52 @@ def test_report_html_loads_in_headless_chromium(run, tmp_path):
     n_png = len(list((run_dir / "report" / "figures").glob("*.png")))
     assert attrs.get("data-images-ok") == f"{n_png}/{n_png}"
     assert attrs.get("data-table-rows") == str(len(MODELS))
+    # At 1280 px nothing hides behind a sideways scroll, and the page opens with its answer.
+    assert attrs["data-window-width"] == "1280"
+    assert int(attrs["data-scroll-width"]) <= 1280
+    assert attrs["data-first-section"] == "summary"
+
+
+def test_page_leads_with_a_summary_made_from_the_numbers(run):
+    _, result = run
+    html = result.html.read_text()
+    body = html.split("<body>", 1)[1]
+    assert body.index("id='summary'") < body.index("id=\"table\"")
+    summary = html.split("id='summary'")[1].split("</section>")[0]
+    rows = {r.label: r for r in result.rows}
+    best = max(rows, key=lambda m: rows[m].stats["accuracy"].mean)
+    st = rows[best].stats["accuracy"]
+    assert (f"Best accuracy: <strong>{best}</strong> {st.mean:.3f} (95% interval "
+            f"{max(0.0, st.ci_low):.3f}–{min(1.0, st.ci_high):.3f} over 3 seeds)") in summary
+    assert "Best balanced accuracy:" in summary and "Best AUC:" in summary
+    assert "majority class" in summary
+
+
+def test_tables_are_grouped_glossary_and_long_errors_wrap(run):
+    _, result = run
+    html = result.html.read_text()
+    for table_id in ("results", "results-calibration", "results-cost"):
+        assert f"id='{table_id}'" in html
+    # No table carries more than a page's worth of columns.
+    for head in re.findall(r"<thead><tr>(.*?)</tr></thead>", html):
+        assert head.count("<th") <= 10
+    glossary = html.split("id='glossary'")[1].split("</dl>")[0]
+    for term in ("ECE", "MACs", "ORT", "Balanced accuracy", "Sensitivity", "Specificity",
+                 "AUC", "95% interval"):
+        assert f"<dt>{term}</dt>" in glossary
+    assert "white-space: pre-wrap; overflow-wrap: anywhere" in " ".join(html.split())
+
+
+def test_majority_line_operating_points_and_bin_counts(run):
+    run_dir, result = run
+    captions = {f.split("id='fig-")[1].split("'")[0]: f for f in
+                result.html.read_text().split("<figure ")[1:]}
+    for key in ("accuracy", "sensitivity", "specificity"):
+        assert "majority class, scores" in captions[f"criterion_{key}"]
+    assert "operating point" in captions["roc"]
+    assert "images in each confidence bin" in captions["reliability"]
+    svg = (run_dir / "report" / "figures" / "criterion_accuracy.svg")
+    assert svg.is_file()
 
 
 # --- partial runs and errors ------------------------------------------------------------------
@@ -271,7 +318,8 @@ def test_partial_run_lists_failures_and_marks_models_with_fewer_seeds(tmp_path):
         "linear-8x8": "0", "linear-4x4": "1", "linear-2x2": "1"}
     assert rows["linear-2x2"]["accuracy_mean"] == "" and rows["linear-2x2"]["n_seeds"] == "0"
     html = result.html.read_text()
-    assert html.count("<tr class='incomplete'") == 2
+    results = html.split("id='results'")[1].split("</table>")[0]
+    assert results.count("<tr class='incomplete'") == 2
     failures = html.split("id='failures'")[1].split("</table>")[0]
     assert failures.count("<tr><td>") == 3 and "boom at epoch 3" in failures
     # No figure for a model that never finished.

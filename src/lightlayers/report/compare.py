@@ -111,6 +111,16 @@ def scores(m: Member, metric: str, positive: int | None, weights: np.ndarray) ->
     if metric == "accuracy":
         right = (predicted(m.probs, positive, m.threshold) == m.labels).astype(np.float64)
         return weights @ right / weights.sum(axis=1)
+    if metric == "balanced_accuracy":
+        right = predicted(m.probs, positive, m.threshold) == m.labels
+        recalls = []
+        for c in np.unique(m.labels):
+            mask = m.labels == c
+            with np.errstate(invalid="ignore", divide="ignore"):
+                recalls.append(weights @ (right & mask) / (weights @ mask))
+        # A replicate that drew no image of a class has no recall for it: the mean of the
+        # classes it drew, as sklearn's balanced_accuracy_score does for its own labels.
+        return np.nanmean(np.stack(recalls), axis=0)
     if m.probs.shape[1] == 2:
         pos = 1 if positive is None else positive
         return weighted_auc(m.labels == pos, m.probs[:, pos], weights)
@@ -136,10 +146,11 @@ def _interval(d: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def pairwise(run: RunData, n_boot: int | None = None
+def pairwise(run: RunData, n_boot: int | None = None, which: Sequence[str] = METRICS
              ) -> tuple[list[Comparison], list[str], int]:
     """Every pair of models under the same protocol; notes for pairs that cannot be compared;
-    the number of replicates drawn (``n_boot``, default :func:`replicate_count`)."""
+    the number of replicates drawn (``n_boot``, default :func:`replicate_count`). ``which``:
+    the scores compared (accuracy, balanced_accuracy, auc)."""
     positive = (run.meta.get("data") or {}).get("positive_class")
     out: list[Comparison] = []
     notes: list[str] = []
@@ -160,7 +171,7 @@ def pairwise(run: RunData, n_boot: int | None = None
         if len(same) < 2:
             continue
         n, n_classes = len(labels), same[0][1][0].probs.shape[1]
-        metrics = [m for m in METRICS
+        metrics = [m for m in which
                    if m != "auc" or len(np.unique(labels)) == n_classes]  # AUC: every class
         used = n_boot or replicate_count(sum(len(ms) for _, ms in same), n, n_classes)
         # One draw of the test images for every model: each pair is compared on the same

@@ -83,7 +83,39 @@ def _new(width: float, height: float) -> Figure:
 
 
 # --- one bar chart per criterion ------------------------------------------------------------
-def criterion_chart(rows: Sequence[Row], key: str, ylabel: str, title: str) -> Figure | None:
+def majority_scores(run: RunData) -> tuple[str, dict[str, float]] | None:
+    """The class always predicting which scores best on the test split (its most frequent
+    class), and every registered score of doing so: the line a model must beat. None when no
+    test predictions were stored."""
+    from lightlayers.metrics.classification import classification_metrics
+
+    for g in run.groups:
+        for t in g.done:
+            pred = run.predictions.get(t["id"])
+            if pred is None or len(pred["labels"]) == 0:
+                continue
+            labels = np.asarray(pred["labels"], dtype=np.int64)
+            k = np.asarray(pred["probs"]).shape[1]
+            top = int(np.bincount(labels, minlength=k).argmax())
+            positive = (run.meta.get("data") or {}).get("positive_class")
+            positive = positive if isinstance(positive, int) and k == 2 else None
+            got = classification_metrics(labels, np.eye(k)[np.full(len(labels), top)],
+                                         positive)
+            classes = list(pred["classes"])
+            name = str(classes[top]) if top < len(classes) else str(top)
+            return name, {m: float(v) for m, v in got.items()
+                          if isinstance(v, int | float) and not isinstance(v, bool)}
+    return None
+
+
+# The charts that show the majority-class line: a score there only means something above it.
+BASELINE_CHARTS = ("accuracy", "sensitivity", "specificity")
+
+
+def criterion_chart(rows: Sequence[Row], key: str, ylabel: str, title: str,
+                    baseline: tuple[str, float] | None = None) -> Figure | None:
+    """A bar per model; ``baseline`` (class name, score): a line at the score of always
+    predicting that class."""
     col = get_metric(key)
     styled = [(i, r) for i, r in enumerate(rows) if r.stats[key].mean is not None]
     if not styled:
@@ -122,6 +154,12 @@ def criterion_chart(rows: Sequence[Row], key: str, ylabel: str, title: str) -> F
     ax.set_title(f"{title} ({spread})")
     ax.grid(axis="y", which="both", linewidth=0.4, alpha=0.5)
     ax.set_axisbelow(True)
+    if baseline is not None:
+        name, value = baseline
+        ax.axhline(value, color="crimson", linestyle="--", linewidth=1.4, zorder=4,
+                   label=f"always {name} (majority class): {value:.3f}")
+        ax.set_ylim(0, 1.12)  # room above 1 for the legend
+        ax.legend(fontsize=8, loc="upper right")
     return fig
 
 
@@ -266,6 +304,8 @@ def roc_figure(run: RunData) -> tuple[Figure | None, str | None]:
     classes: list[str] = []
     for i, g in enumerate(run.groups):
         tprs, aucs = [], []
+        # (FPR, TPR, threshold) where each seed decides: its operating point on the curve.
+        points: list[tuple[float, float, float | None]] = []
         for t in g.done:
             pred = run.predictions.get(t["id"])
             if pred is None or len(pred["labels"]) == 0:
@@ -276,23 +316,38 @@ def roc_figure(run: RunData) -> tuple[Figure | None, str | None]:
                 continue  # one class only in the test labels: no ROC
             fpr, tpr, _ = roc_curve(truth, score)
             aucs.append(float(auc(fpr, tpr)))
+            if pred["probs"].shape[1] == 2:
+                from lightlayers.report.compare import predicted
+
+                pos = 1 if positive is None else positive
+                said = predicted(np.asarray(pred["probs"]), pos, t.get("threshold")) == pos
+                points.append((float(said[truth == 0].mean()), float(said[truth == 1].mean()),
+                               t.get("threshold")))
             # Vertical averaging: every seed's TPR read off on one FPR grid.
             interp = np.interp(grid, fpr, tpr)
             interp[0] = 0.0
             tprs.append(interp)
         if tprs:
-            curves.append((i, g, np.mean(tprs, axis=0), summarize(aucs)))
+            curves.append((i, g, np.mean(tprs, axis=0), summarize(aucs), points))
     if not curves:
         return None, "ROC curves skipped: no stored test probabilities with both classes"
     multiclass = len(classes) > 2
     fig = _new(6.4, 5.4)
     ax = fig.add_subplot()
-    for i, g, tpr, s in curves:
+    for i, g, tpr, s, points in curves:
         st = style(i, len(run.groups))
         spread = f" ± {s.std:.3f}" if s.std is not None else ""
         ax.plot(grid, tpr, color=st["color"], linestyle=st["linestyle"], marker=st["marker"],
                 markevery=20, markeredgecolor="black", linewidth=1.6,
                 label=f"{g.label} (AUC {s.mean:.3f}{spread}, n={s.n})")
+        if points:
+            fx, fy = np.mean([p[0] for p in points]), np.mean([p[1] for p in points])
+            thr = [p[2] for p in points if p[2] is not None]
+            rule = f"threshold {np.mean(thr):.2f}" if thr else "argmax"
+            ax.plot(fx, fy, marker=st["marker"], markersize=13, color=st["color"],
+                    markeredgecolor="black", markeredgewidth=2, linestyle="none", zorder=5,
+                    label=f"{g.label} operating point ({rule}): sens. {fy:.2f}, "
+                          f"spec. {1 - fx:.2f}")
     _unit_square(ax, "chance")
     ax.set_xlabel("False positive rate (1 − specificity)")
     ax.set_ylabel("True positive rate (sensitivity)")
@@ -301,7 +356,8 @@ def roc_figure(run: RunData) -> tuple[Figure | None, str | None]:
     else:
         pos = 1 if positive is None else positive
         what = f"positive class: {classes[pos] if pos < len(classes) else pos}"
-    ax.set_title(f"ROC on the test split ({what}; mean over seeds)")
+    ax.set_title(f"ROC on the test split ({what}; mean over seeds)\nlarge markers: where "
+                 "each model decides (its threshold, mean over seeds)")
     ax.grid(linewidth=0.4, alpha=0.5)
     ax.legend(fontsize=8, loc="lower right")
     return fig, None
@@ -324,15 +380,26 @@ def reliability_figure(run: RunData) -> Figure | None:
         curves.append((i, g, rel, len(preds)))
     if not curves:
         return None
-    fig = _new(6.4, 5.4)
-    ax = fig.add_subplot()
-    for i, g, rel, n in curves:
+    fig = _new(6.4, 7.4)
+    ax, counts = fig.subplots(2, 1, height_ratios=(3, 1.3))
+    width = 1.0 / len(curves[0][2].count) / (len(curves) + 1)
+    for j, (i, g, rel, n) in enumerate(curves):
         st = style(i, len(run.groups))
         full = rel.count > 0
         ax.plot(rel.confidence[full], rel.accuracy[full], color=st["color"],
                 linestyle=st["linestyle"], marker=st["marker"], markeredgecolor="black",
                 linewidth=1.4, label=f"{g.label} (ECE {rel.ece:.3f}, {n} seed"
                 f"{'s' if n != 1 else ''} pooled)")
+        # How many images each point stands on: a bin of 3 images says little.
+        left = rel.edges[:-1] + width * (j + 0.5)
+        counts.bar(left, rel.count, width=width, color=st["color"], hatch=st["hatch"],
+                   edgecolor="black", linewidth=0.5, align="edge", label=g.label)
+    counts.set_xlim(-0.01, 1.01)
+    counts.set_xlabel("Confidence bin")
+    counts.set_ylabel("Images per bin")
+    counts.grid(axis="y", linewidth=0.4, alpha=0.5)
+    if any(c[2].count.max() > 50 * max(1, c[2].count[c[2].count > 0].min()) for c in curves):
+        counts.set_yscale("log")
     _unit_square(ax, "perfect")
     ax.set_xlabel("Confidence (probability of the predicted class), bin mean")
     ax.set_ylabel("Accuracy in the bin (fraction correct)")
@@ -431,12 +498,21 @@ def _build_figures(run: RunData, rows: Sequence[Row], ensembles: Sequence[Ensemb
         names.add(stem)
         specs.append(FigureSpec(stem, caption, section, fig))
 
-    for key, ylabel, title in criteria():
-        fig = criterion_chart(rows, key, ylabel, title)
+    majority = majority_scores(run)
+    charts = list(criteria())
+    charts += [(m.name, m.ylabel, m.title) for m in map(get_metric, BASELINE_CHARTS)
+               if m.name not in {k for k, _, _ in charts}]
+    for key, ylabel, title in charts:
+        line = None
+        if majority is not None and key in BASELINE_CHARTS and key in majority[1]:
+            line = (majority[0], majority[1][key])
+        fig = criterion_chart(rows, key, ylabel, title, line)
         if fig is None:
             notes.append(f"{title}: no finished trial records it; chart skipped")
         else:
-            add(f"criterion_{key}", f"{title} per model.", "criteria", fig)
+            extra = (f" Dashed line: always answering {line[0]}, the test split's majority "
+                     f"class, scores {line[1]:.3f}." if line else "")
+            add(f"criterion_{key}", f"{title} per model.{extra}", "criteria", fig)
     for g in run.groups:
         fig = history_figure(g, run.histories)
         if fig is not None:
@@ -454,14 +530,15 @@ def _build_figures(run: RunData, rows: Sequence[Row], ensembles: Sequence[Ensemb
                "their members' total parameters." if ensembles else ""), "tradeoff", fig)
     fig, why = roc_figure(run)
     if fig is not None:
-        add("roc", "ROC curves of all models on the test split.", "roc", fig)
+        add("roc", "ROC curves of all models on the test split; the large marker on each is "
+            "its operating point (the decision threshold chosen on validation).", "roc", fig)
     elif why:
         notes.append(why)
     fig = reliability_figure(run)
     if fig is not None:
         add("reliability", "Calibration: accuracy against confidence on the test split, per "
             "model (ECE: expected calibration error, mean |accuracy - confidence| over "
-            "images).", "calibration", fig)
+            "images); below, the images in each confidence bin.", "calibration", fig)
     for model in dict.fromkeys(g.model for g in run.groups if g.done):
         fig, why = cam_figure(run, model)
         if fig is not None:

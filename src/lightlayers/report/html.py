@@ -13,11 +13,13 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
+from lightlayers.metrics.registry import all_metrics, get_metric
 from lightlayers.report.compare import Comparison
 from lightlayers.report.ensemble import Ensemble
-from lightlayers.report.figures import FigureSpec
+from lightlayers.report.figures import FigureSpec, majority_scores
 from lightlayers.report.load import RunData
-from lightlayers.report.table import DIAGNOSED, Row, columns, diagnosis_lines, headers
+from lightlayers.report.stats import Summary, summarize
+from lightlayers.report.table import DIAGNOSED, Row, columns, diagnosis_lines, format_cell
 
 SECTIONS = (
     ("criteria", "One chart per criterion"),
@@ -35,15 +37,20 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; 
 h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #999; padding-bottom: .2em; }
 table { border-collapse: collapse; margin: .5em 0 1em; font-size: .9em; }
 th, td { border: 1px solid #bbb; padding: .25em .5em; vertical-align: top; }
-th { background: #eee; } td.num { text-align: right; white-space: nowrap; }
+th { background: #eee; } td.num { text-align: right; }
 tbody th { white-space: nowrap; text-align: left; }
 tr.incomplete th { font-style: italic; }
 .notes { border-left: 4px solid #555; background: #f4f4f4; padding: .5em 1em; }
 figure { display: inline-block; margin: .5em; vertical-align: top; max-width: 100%; }
 figure img { max-width: 100%; height: auto; border: 1px solid #ddd; }
 figcaption { font-size: .85em; max-width: 60em; }
-pre { background: #f6f6f6; padding: .6em; overflow-x: auto; font-size: .85em; }
-.scroll { overflow-x: auto; }
+pre { background: #f6f6f6; padding: .6em; font-size: .85em; white-space: pre-wrap;
+      overflow-wrap: anywhere; }
+td, th, li, p, figcaption { overflow-wrap: anywhere; }
+.scroll { overflow-x: auto; max-width: 100%; }
+#summary { border: 2px solid #333; padding: .3em 1em; background: #fafafa; }
+#summary li { margin: .2em 0; }
+dl.glossary dt { font-weight: bold; } dl.glossary dd { margin: 0 0 .5em 1.5em; }
 """
 
 # Records the render check; it changes nothing visible.
@@ -54,6 +61,11 @@ window.addEventListener("load", function () {
   var rows = document.querySelectorAll("#results tbody tr").length;
   document.body.setAttribute("data-images-ok", ok + "/" + imgs.length);
   document.body.setAttribute("data-table-rows", String(rows));
+  document.body.setAttribute("data-scroll-width",
+                             String(document.documentElement.scrollWidth));
+  document.body.setAttribute("data-window-width", String(window.innerWidth));
+  var first = document.querySelector("body > h1 + *");
+  document.body.setAttribute("data-first-section", first ? (first.id || first.tagName) : "");
 });
 """
 
@@ -75,18 +87,166 @@ def _pre(obj: Any) -> str:
     return f"<pre>{_e(text)}</pre>"
 
 
+# The results split by the question a reader asks of them, so each table fits a page: the
+# metric names of each group, in the order shown (those no model recorded are left out).
+TABLE_GROUPS = (
+    ("results", "Accuracy and clinical scores",
+     ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "f1")),
+    ("results-calibration", "Calibration", ("ece", "test_loss")),
+    ("results-cost", "Cost: size and time",
+     ("params_total", "params_trainable", "size_mb", "macs", "total_time_s", "epoch_time_s",
+      "infer_img_s", "latency_ms")),
+    ("results-deployment", "Deployment (ONNX Runtime and PyTorch on the CPU)",
+     ("onnx_fp32_mb", "onnx_int8_mb", "ort_latency_ms", "ort_int8_latency_ms",
+      "torch_cpu_latency_ms")),
+)
+
+
+def _short(label: str) -> str:
+    text = label.removeprefix("Test ")
+    return text[:1].upper() + text[1:]
+
+
+def _stat(r: Row, name: str) -> Summary:
+    """A metric of a row's trials over seeds (the row's own summary when it keeps one)."""
+    return r.stats.get(name) or summarize(t.get(name) for t in r.group.done)
+
+
 def results_table(rows: Sequence[Row]) -> str:
-    head = "".join(f"<th scope='col'>{_e(h)}</th>" for h in headers(rows))
-    cols = columns(rows)
-    body = []
-    for r in rows:
-        cells = r.cells(cols=cols)
-        cls = " class='incomplete'" if r.group.incomplete else ""
-        tds = f"<th scope='row'>{_e(cells[0])}</th>" + "".join(
-            f"<td class='num'>{_e(c)}</td>" for c in cells[1:])
-        body.append(f"<tr{cls} data-model='{_e(r.label)}'>{tds}</tr>")
-    return (f"<div class='scroll'><table id='results'><thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table></div>")
+    """The results as one table per group of :data:`TABLE_GROUPS`; the first keeps the
+    seeds and collapsed runs, and the id ``results`` (the render check counts its rows)."""
+    out = []
+    grouped = {n for _, _, names in TABLE_GROUPS for n in names}
+    # A metric registered with a table column and no group here still gets a table.
+    others = tuple(c.name for c in columns(rows) if c.name not in grouped)
+    for i, (table_id, title, names) in enumerate(
+            (*TABLE_GROUPS, ("results-other", "Other scores", others))):
+        metrics = [get_metric(n) for n in names if n in {m.name for m in all_metrics()}]
+        metrics = [m for m in metrics if any(_stat(r, m.name).mean is not None for r in rows)]
+        if not metrics:
+            continue
+        head = "<th scope='col'>Model</th>" + "".join(
+            f"<th scope='col'>{_e(m.header or _short(m.label))}</th>"
+            for m in metrics) + ("<th scope='col'>Seeds</th><th scope='col'>Collapsed runs"
+                                 "</th>" if i == 0 else "")
+        body = []
+        for r in rows:
+            cells = r.cells(cols=[])
+            cls = " class='incomplete'" if r.group.incomplete else ""
+            tds = f"<th scope='row'>{_e(cells[0])}</th>" + "".join(
+                f"<td class='num'>{_e(format_cell(_stat(r, m.name), m))}</td>"
+                for m in metrics)
+            if i == 0:
+                tds += "".join(f"<td class='num'>{_e(c)}</td>" for c in cells[1:])
+            body.append(f"<tr{cls} data-model='{_e(r.label)}'>{tds}</tr>")
+        out.append(f"<h3>{_e(title)}</h3><div class='scroll'><table id='{table_id}'><thead>"
+                   f"<tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
+    return "\n".join(out)
+
+
+# --- the summary at the top ------------------------------------------------------------------
+KEY_METRICS = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
+               ("auc", "AUC"))
+
+
+def _fastest_key(rows: Sequence[Row]) -> tuple[str, str] | None:
+    """The latency the study measured for every model: ONNX Runtime's when deployed, else
+    PyTorch's batch-1 latency."""
+    for key, what in (("ort_latency_ms", "ONNX Runtime batch-1 latency"),
+                      ("latency_ms", "batch-1 latency")):
+        if rows and all(_stat(r, key).mean is not None for r in rows):
+            return key, what
+    return None
+
+
+def summary_html(rows: Sequence[Row], comparisons: Sequence[Comparison],
+                 majority: tuple[str, dict[str, float]] | None = None) -> str:
+    """What the study found, in sentences made from the numbers: per key score, the best
+    model with its 95% interval, the models the paired bootstrap does not separate from it,
+    and the smallest and the fastest of that group."""
+    items = []
+    fastest = _fastest_key(rows)
+    for key, name in KEY_METRICS:
+        scored = [r for r in rows if _stat(r, key).mean is not None]
+        if not scored:
+            continue
+        best = max(scored, key=lambda r: _stat(r, key).mean or 0.0)
+        st = _stat(best, key)
+        if st.n >= 2 and st.ci_low is not None and st.ci_high is not None:
+            ci = (f"95% interval {max(0.0, st.ci_low):.3f}–{min(1.0, st.ci_high):.3f} over "
+                  f"{st.n} seeds")
+        else:
+            ci = f"{st.n} seed, no interval"
+        text = f"Best {name}: <strong>{_e(best.label)}</strong> {st.mean:.3f} ({ci})."
+        pairs = [c for c in comparisons if c.metric == key
+                 and best.label in (c.model_a, c.model_b)]
+        if pairs:
+            tied = sorted({c.model_b if c.model_a == best.label else c.model_a
+                           for c in pairs if not c.real})
+            if tied:
+                group = [r for r in scored if r.label in {best.label, *tied}]
+                text += (f" The paired bootstrap does not separate it from {_e(', '.join(tied))}"
+                         " (the interval of the difference holds 0).")
+                small = min(group, key=lambda r: _stat(r, "params_total").mean or 0)
+                if _stat(small, "params_total").mean is not None:
+                    text += (f" Smallest of these: {_e(small.label)} "
+                             f"({_stat(small, 'params_total').mean:,.0f} parameters).")
+                if fastest is not None:
+                    k, what = fastest
+                    quick = min(group, key=lambda r: _stat(r, k).mean or 0.0)
+                    text += (f" Fastest: {_e(quick.label)} ({_stat(quick, k).mean:.2f} ms "
+                             f"{what}).")
+            else:
+                text += " Its lead over every other model holds beyond the 95% interval."
+        elif len(scored) > 1:
+            text += " (Not compared pairwise: no stored test predictions.)"
+        items.append(f"<li>{text}</li>")
+    if majority is not None and items:
+        name, got = majority
+        parts = [f"{label} {got[k]:.3f}" for k, label in
+                 (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
+                  ("sensitivity", "sensitivity"), ("specificity", "specificity")) if k in got]
+        items.append(f"<li>For scale: always answering {_e(name)} (the test split's majority "
+                     f"class) scores {_e(', '.join(parts))}.</li>")
+    if not items:
+        return ("<section id='summary'><h2>Summary</h2><p>No finished trial: nothing to "
+                "summarise yet.</p></section>")
+    return ("<section id='summary'><h2>Summary</h2><ul>" + "".join(items) + "</ul><p>Scores "
+            "on the test split, mean over seeds; the interval is the Student t 95% interval "
+            "of that mean (see the <a href='#glossary'>glossary</a>); "
+            "<a href='#differences'>which differences are real</a> below.</p></section>")
+
+
+GLOSSARY = (
+    ("Accuracy", "the fraction of test images classified right."),
+    ("Balanced accuracy", "the mean over classes of each class's recall: on a test split of "
+     "62.5% positives, always answering positive scores 0.625 accuracy but 0.5 balanced "
+     "accuracy."),
+    ("Sensitivity", "of the images of the positive class, the fraction predicted positive "
+     "(recall, true positive rate)."),
+    ("Specificity", "of the images of the negative class, the fraction predicted negative "
+     "(true negative rate)."),
+    ("AUC", "area under the ROC curve: the probability that a random positive image scores "
+     "above a random negative one (0.5 is chance, 1 perfect); it does not depend on the "
+     "threshold."),
+    ("Threshold (operating point)", "the positive-class probability from which an image is "
+     "called positive, chosen on the validation split; the marker on each ROC curve."),
+    ("ECE", "expected calibration error: the mean gap between confidence and accuracy over "
+     "15 confidence bins, weighted by the images in each bin; 0 means a stated 80% is right "
+     "80% of the time."),
+    ("MACs", "multiply-accumulate operations for one image: the arithmetic cost of a "
+     "prediction, independent of the hardware."),
+    ("ORT", "ONNX Runtime, the inference engine that runs the exported model file."),
+    ("95% interval", "over seeds: mean ± t·std/√n (Student t), clipped to 0–1; in the "
+     "differences: the 2.5th–97.5th percentile of a paired bootstrap."),
+    ("Majority class", "the score of always answering the test split's most frequent class: "
+     "the line a model must beat on the accuracy, sensitivity and specificity charts."),
+)
+
+
+def glossary_html() -> str:
+    return ("<h2 id='glossary'>Glossary</h2><dl class='glossary'>" + "".join(
+        f"<dt>{_e(t)}</dt><dd>{_e(d)}</dd>" for t, d in GLOSSARY) + "</dl>")
 
 
 def diagnoses_html(rows: Sequence[Row]) -> str:
@@ -164,14 +324,21 @@ def comparisons_html(comps: Sequence[Comparison], n_boot: int) -> str:
     if not comps:
         return "<p>Fewer than two models with stored test predictions: nothing to compare.</p>"
     metrics = list(dict.fromkeys(c.metric for c in comps))
-    names = {"accuracy": "accuracy", "auc": "AUC"}
+    names = {"accuracy": "accuracy", "auc": "AUC", "balanced_accuracy": "balanced accuracy"}
     pairs: dict[tuple[str, str], dict[str, Comparison]] = {}
     for c in comps:
         pairs.setdefault((c.model_a, c.model_b), {})[c.metric] = c
     head = "".join(f"<th scope='col'>Δ {_e(names.get(m, m))} (A − B) [95% interval]</th>"
                    for m in metrics)
     body = []
-    for (a, b), by_metric in pairs.items():
+    first = metrics[0]
+
+    def size(item: tuple[tuple[str, str], dict[str, Comparison]]) -> float:
+        c = item[1].get(first)
+        return -abs(c.difference) if c is not None else 0.0
+
+    # Largest differences of the first score first: the ones a reader came for.
+    for (a, b), by_metric in sorted(pairs.items(), key=size):
         cells = []
         for m in metrics:
             c = by_metric.get(m)
@@ -185,7 +352,8 @@ def comparisons_html(comps: Sequence[Comparison], n_boot: int) -> str:
             f"</th><th scope='col'>Model B</th>{head}</tr></thead><tbody>{''.join(body)}"
             f"</tbody></table></div><p>Paired bootstrap over the test images ({n_boot:,} "
             "replicates, the same images for both models, each model's seeds drawn with "
-            "replacement). <strong>Bold</strong>: the interval excludes 0, so the difference "
+            "replacement), sorted by the size of the first difference. "
+            "<strong>Bold</strong>: the interval excludes 0, so the difference "
             "is unlikely to be noise of the test sample or of the seeds. All numbers in "
             "<a href='comparisons.csv'>comparisons.csv</a>.</p>")
 
@@ -282,6 +450,7 @@ def page(run: RunData, rows: Sequence[Row], notes: Sequence[str],
 </head>
 <body>
 <h1>{_e(title)}</h1>
+{summary_html(rows, comparisons, majority_scores(run))}
 <p>{_e(summary)}</p>
 <p id="settings-source">{_e(settings)}</p>
 {notes_html}
@@ -300,6 +469,7 @@ split; times are wall clock; MACs per image; size of the float32 weights file (M
 {failures_table(run)}
 <h2 id="figures">Figures</h2>
 {figures_html(figures, png, svg_written)}
+{glossary_html()}
 <h2 id="data">Data</h2>
 {data_html(meta.get("data") or {})}
 <h2 id="config">Configuration</h2>

@@ -172,6 +172,11 @@ def _write(run: RunData, rows: list[Row], notes: list[str], fmts: tuple[str, ...
 
         comparisons, compare_notes, n_boot = pairwise(run)
         notes += compare_notes
+    page_comparisons = list(comparisons)
+    if "html" in fmts and comparisons:
+        # The page's summary also names the models tied on balanced accuracy; comparisons.csv
+        # keeps its two scores.
+        page_comparisons += pairwise(run, n_boot, which=("balanced_accuracy",))[0]
     from lightlayers.report.ensemble import ensembles, ensembles_csv
 
     seed_ensembles, ensemble_notes = ensembles(run)
@@ -211,7 +216,7 @@ def _write(run: RunData, rows: list[Row], notes: list[str], fmts: tuple[str, ...
 
             html_path = out / "report.html"
             put(html_path, page(run, rows, notes + figure_notes, specs, png, "svg" in fmts,
-                                comparisons, n_boot, seed_ensembles))
+                                page_comparisons, n_boot, seed_ensembles))
     all_notes = notes + figure_notes
     if "md" in fmts:
         put(out / "table.md", table_markdown(rows, all_notes))
