@@ -317,3 +317,32 @@ def test_frozen_backbone_features_computed_once_per_fold(
     assert json.loads(out)["models"][0]["trials"] == 2
     # Two folds, each a training and a held-out part: four passes for both trials together.
     assert len(calls) == 4
+
+
+@pytest.mark.parametrize("folds", ["1", "2"])
+def test_tuning_never_loads_the_test_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           folds: str) -> None:
+    import lightlayers.data as data
+    import lightlayers.data.loader as loader
+
+    tests: list[object] = []
+    loaded: list[object] = []
+    real_load, real_init = data.load_dataset, loader.DeviceLoader.__init__
+
+    def load(*a, **kw):  # type: ignore[no-untyped-def]
+        ds = real_load(*a, **kw)
+        tests.append(ds.splits["test"])
+        return ds
+
+    def init(self, split, *a, **kw):  # type: ignore[no-untyped-def]
+        loaded.append(split)
+        real_init(self, split, *a, **kw)
+
+    monkeypatch.setattr(data, "load_dataset", load)
+    monkeypatch.setattr(loader.DeviceLoader, "__init__", init)
+    code, _, err = cli(["tune", "--data", "digits", "--models", "paper-light-k1", "--budget",
+                        "1", "--epochs", "1", "--folds", folds, "--threads", "1", "--quiet",
+                        "--out", str(tmp_path / "T")])
+    assert code == 0, err
+    assert tests and len(loaded) == 2 * int(folds)
+    assert not [s for s in loaded if any(s is t for t in tests)]
