@@ -38,7 +38,7 @@ def test_report_of_a_real_run(tmp_path):
 
     figures = {p.name for p in (report / "figures").iterdir()}
     stems = ["criterion_params_total", "criterion_params_trainable", "criterion_size_mb",
-             "criterion_accuracy", "criterion_total_time_s", "criterion_epoch_time_s",
+             "criterion_accuracy", "criterion_sensitivity", "criterion_specificity", "criterion_total_time_s", "criterion_epoch_time_s",
              "accuracy_vs_params", "roc",
              *(f"history_{m}" for m in MODELS), *(f"confusion_{m}" for m in MODELS)]
     assert {f"{s}.{ext}" for s in stems for ext in ("png", "svg")} <= figures
@@ -62,3 +62,13 @@ def test_report_of_a_real_run(tmp_path):
     attrs = browser_check(report / "report.html", tmp_path)
     assert attrs.get("data-images-ok") == f"{n_png}/{n_png}"
     assert attrs.get("data-table-rows") == "2"
+    # A 1280 px window shows every table without a sideways scroll, from the summary down.
+    assert int(attrs["data-scroll-width"]) <= int(attrs["data-window-width"]) == 1280
+    assert attrs["data-first-section"] == "summary"
+    # 390 of the 624 test images are PNEUMONIA: always answering it scores 0.625.
+    assert "always answering pneumonia (the test split's majority class) scores accuracy " \
+           "0.625" in html
+    for key in ("accuracy", "sensitivity", "specificity"):
+        caption = html.split(f"id='fig-criterion_{key}'")[1].split("</figcaption>")[0]
+        assert "majority class, scores" in caption
+    assert "id='glossary'" in html and "<dt>ECE</dt>" in html
