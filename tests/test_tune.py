@@ -346,3 +346,22 @@ def test_tuning_never_loads_the_test_split(tmp_path: Path, monkeypatch: pytest.M
     assert code == 0, err
     assert tests and len(loaded) == 2 * int(folds)
     assert not [s for s in loaded if any(s is t for t in tests)]
+
+
+def test_ray_runs_tuning_trials_as_tasks_with_the_same_budget(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    folder = tmp_path / "T"
+    code, out, err = cli(["tune", "--data", "digits", "--models", "paper-light-k1", "--budget",
+                          "3", "--epochs", "2", "--folds", "1", "--threads", "1",
+                          "--executor", "ray", "--cpus-per-trial", "1", "--out", str(folder),
+                          "--json", "--quiet"])
+    assert code == 0, err
+    (m,) = json.loads(out)["models"]
+    assert m["trials"] == m["complete"] == 3
+    con = sqlite3.connect(folder / "tune.db")
+    try:
+        # The workers' per-epoch objectives, told to Optuna by the driver.
+        steps = con.execute("SELECT count(*) FROM trial_intermediate_values").fetchone()[0]
+    finally:
+        con.close()
+    assert steps == 3 * 2

@@ -350,8 +350,8 @@ def run_tune(cfg: StudyConfig, opts: TuneOptions, progress: bool = True,
     if cfg.tuned is not None or cfg.model_protocols:
         raise ConfigError("tuned / model_protocols: tuning searches from the protocol's own "
                           "settings; drop them (they are for `lightlayers run`)")
-    if cfg.executor != "local":
-        raise ConfigError(f"executor: lightlayers tune runs its trials in this process; drop "
+    if cfg.executor not in ("local", "ray"):
+        raise ConfigError(f"executor: lightlayers tune runs its trials here or on Ray; drop "
                           f"--executor {cfg.executor}")
     protocol = cfg.resolved_protocol()
     if protocol.teacher is not None:
@@ -368,10 +368,14 @@ def run_tune(cfg: StudyConfig, opts: TuneOptions, progress: bool = True,
             folder.claim(name)
         storage = _storage(out)  # creates Optuna's tables first
         meta = _Meta(out / DB)
+        ray_trials = _RayTrials(cfg, protocol, out, say) if cfg.executor == "ray" else None
         try:
             return _tune(cfg, opts, protocol, space, optuna, storage, meta, device, out, say,
-                         progress, load_dataset, data_size_for, resolve_study_weights)
+                         progress, load_dataset, data_size_for, resolve_study_weights,
+                         ray_trials)
         finally:
+            if ray_trials is not None:
+                ray_trials.close()
             meta.close()
             storage.engine.dispose()
     finally:
@@ -381,7 +385,7 @@ def run_tune(cfg: StudyConfig, opts: TuneOptions, progress: bool = True,
 def _tune(cfg: StudyConfig, opts: TuneOptions, protocol: Protocol, space: dict[str, Space],
           optuna: Any, storage: Any, meta: _Meta, device: Any, out: Path,
           say: Callable[[str], None], progress: bool, load_dataset: Any, data_size_for: Any,
-          resolve_study_weights: Any) -> TuneOutcome:
+          resolve_study_weights: Any, ray_trials: _RayTrials | None) -> TuneOutcome:
     from optuna.trial import TrialState
 
     settings = _bound_settings(cfg, opts)
@@ -440,36 +444,58 @@ def _tune(cfg: StudyConfig, opts: TuneOptions, protocol: Protocol, space: dict[s
                                         states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
         failures = 0
+
+        def told(trial: Any, params: dict[str, Any], result: dict[str, Any],
+                 study: Any = study, model: str = model) -> None:
+            """Record one trial's outcome (this process is tune.db's only writer)."""
+            nonlocal failures
+            n = counted() + 1
+            if "pruned" in result:
+                study.tell(trial, state=TrialState.PRUNED)
+                say(f"{model} trial {n}/{opts.budget}: pruned ({_params_text(params)})")
+            elif "failure" in result:
+                study.tell(trial, state=TrialState.FAIL)
+                failures += 1
+                say(f"{model} trial {n}/{opts.budget}: failed ({result['failure']})")
+                if failures >= opts.budget:
+                    raise ConfigError(
+                        f"{model}: {failures} tuning trials failed (the last: "
+                        f"{shown(result['failure'], 120, quote=False)}); narrow the search "
+                        "(search: in the YAML)")
+            else:
+                trial.set_user_attr("fold_values", result["values"])
+                study.tell(trial, result["value"])
+                say(f"{model} trial {n}/{opts.budget}: {opts.objective} "
+                    f"{result['value']:.4f} ({_params_text(params)})")
+
+        if ray_trials is not None:
+            ray_trials.search(study, model, ds, space, opts, counted, told, weights.get(model))
+            continue
         while counted() < opts.budget:
             trial = study.ask()
             params = _suggest(trial, space)
-            n = counted() + 1
-            try:
-                value, values = _run_trial(cfg, opts, protocol, ds, folds, model, params,
-                                           trial, device, weights.get(model))
-            except _Pruned:
-                study.tell(trial, state=TrialState.PRUNED)
-                say(f"{model} trial {n}/{opts.budget}: pruned ({_params_text(params)})")
-                continue
-            except Exception as e:  # a diverging setting is a failed point, not the end
-                from lightlayers.train import TrialError
-
-                if isinstance(e, ConfigError) or not isinstance(
-                        e, TrialError | ValueError | RuntimeError):
-                    raise
-                study.tell(trial, state=TrialState.FAIL)
-                failures += 1
-                say(f"{model} trial {n}/{opts.budget}: failed ({e})")
-                if failures >= opts.budget:
-                    raise ConfigError(f"{model}: {failures} tuning trials failed (the last: "
-                                      f"{shown(str(e), 120, quote=False)}); narrow the search "
-                                      "(search: in the YAML)") from None
-                continue
-            trial.set_user_attr("fold_values", values)
-            study.tell(trial, value)
-            say(f"{model} trial {n}/{opts.budget}: {opts.objective} {value:.4f} "
-                f"({_params_text(params)})")
+            told(trial, params, _attempt(cfg, opts, protocol, ds, folds, model, params, trial,
+                                         device, weights.get(model)))
     return TuneOutcome(out, tune_summary(out)["models"])
+
+
+def _attempt(cfg: StudyConfig, opts: TuneOptions, protocol: Protocol, ds: Any,
+             folds: list[tuple[Any, Any]], model: str, params: dict[str, Any], trial: Any,
+             device: Any, weights: Any) -> dict[str, Any]:
+    """One trial's outcome: ``{"value", "values"}``, ``{"pruned"}`` or ``{"failure"}``."""
+    from lightlayers.train import TrialError
+
+    try:
+        value, values = _run_trial(cfg, opts, protocol, ds, folds, model, params, trial,
+                                   device, weights)
+    except _Pruned:
+        return {"pruned": True}
+    except ConfigError:
+        raise
+    except (TrialError, ValueError, RuntimeError) as e:
+        # A diverging setting (a non-finite loss) is a failed point, not the end.
+        return {"failure": str(e).splitlines()[0] if str(e) else type(e).__name__}
+    return {"value": value, "values": values}
 
 
 def _run_trial(cfg: StudyConfig, opts: TuneOptions, protocol: Protocol, ds: Any,
@@ -497,6 +523,96 @@ def _run_trial(cfg: StudyConfig, opts: TuneOptions, protocol: Protocol, ds: Any,
                              "fold holds one class only); use fewer --folds")
         values.append(v)
     return float(np.mean(values)), values
+
+
+# --- Ray ----------------------------------------------------------------------------------
+class _Recorder:
+    """What a Ray worker's trial reports: the per-epoch objective, kept for the driver (a
+    worker cannot reach tune.db, so no trial is pruned on Ray)."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, float]] = []
+
+    def report(self, value: float, step: int) -> None:
+        self.steps.append((step, value))
+
+    def should_prune(self) -> bool:
+        return False
+
+
+def _ray_trial(cfg_values: dict[str, Any], ds: Any, model: str, params: dict[str, Any],
+               opts_values: dict[str, Any], weights: Any) -> dict[str, Any]:
+    """The body of one Ray task: one trial on every fold; its outcome, never an exception."""
+    import torch
+
+    from lightlayers.config import config_from_dict
+    from lightlayers.runtime import resolve_device
+
+    try:
+        cfg = config_from_dict(cfg_values)
+        torch.set_num_threads(cfg.threads or 1)
+        opts = TuneOptions(**opts_values)
+        rec = _Recorder()
+        out = _attempt(cfg, opts, cfg.resolved_protocol(), ds,
+                       make_folds(ds, opts.folds, cfg.split_seed), model, params, rec,
+                       resolve_device(cfg.device), weights)
+    except Exception as e:  # the driver records it as a failed trial
+        return {"failure": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+    return {**out, "steps": rec.steps}
+
+
+class _RayTrials:
+    """Trials as Ray tasks on a local Ray instance or a cluster (the ray executor's settings):
+    this process asks Optuna for each trial's settings and tells it every outcome, as many in
+    flight as the cluster has room for."""
+
+    def __init__(self, cfg: StudyConfig, protocol: Protocol, out: Path,
+                 say: Callable[[str], None]) -> None:
+        from lightlayers.executors.ray import RayExecutor
+
+        self.executor = RayExecutor(cfg, protocol, out)
+        self.ray = self.executor.ray
+        self.cfg, self.say = self.executor.cfg, say
+        self.started = self.executor._connect()
+        self.slots = self.executor._slots(self.started)
+        o = self.executor.opts
+        self.task = self.ray.remote(_ray_trial).options(
+            num_cpus=o.cpus_per_trial or self.cfg.threads or 1, num_gpus=o.gpus_per_trial,
+            max_retries=o.max_retries)
+        self.pending: dict[Any, tuple[Any, dict[str, Any]]] = {}
+
+    def search(self, study: Any, model: str, ds: Any, space: dict[str, Space],
+               opts: TuneOptions, counted: Callable[[], int],
+               told: Callable[[Any, dict[str, Any], dict[str, Any]], None],
+               weights: Any) -> None:
+        data = self.ray.put(ds)
+        values = self.cfg.to_dict()
+        while True:
+            while len(self.pending) < self.slots and \
+                    counted() + len(self.pending) < opts.budget:
+                trial = study.ask()
+                params = _suggest(trial, space)
+                ref = self.task.remote(values, data, model, params, dataclasses.asdict(opts),
+                                       weights)
+                self.pending[ref] = (trial, params)
+            if not self.pending:
+                return
+            (ref,), _ = self.ray.wait(list(self.pending), num_returns=1)
+            trial, params = self.pending.pop(ref)
+            try:
+                result = self.ray.get(ref)
+            except Exception as e:  # the worker or its node died beyond max_retries
+                result = {"failure": f"{type(e).__name__} on Ray"}
+            for step, value in result.pop("steps", []):
+                trial.report(value, step)
+            told(trial, params, result)
+
+    def close(self) -> None:
+        # Trials still in flight (Ctrl-C) stay RUNNING in tune.db: the next run asks them again.
+        for ref in self.pending:
+            self.ray.cancel(ref, force=True)
+        if self.started:
+            self.ray.shutdown()
 
 
 def _fold_id(ds: Any, folds: int, k: int, train: Any, held: Any) -> str:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from lightlayers.commands._json import json_safe
 
-# Study settings a tuning has no use for (it trains one seed, records no test number, runs
-# in this process) or that belong to `lightlayers run`.
-_NOT_HERE = {"report", "deployment", "seeds", "tuned", "executor"}
+# Study settings a tuning has no use for (it trains one seed, records no test number) or that
+# belong to `lightlayers run`.
+_NOT_HERE = {"report", "deployment", "seeds", "tuned"}
 DEFAULT_OUT = "runs/tune"
 
 
@@ -24,10 +24,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?",
                    help="study YAML file (its `search:` narrows or widens the ranges), or a "
                         "tuning folder to show")
-    names = add_flags(p, StudyConfig, taken=set(_NOT_HERE))
+    from lightlayers.executors import EXECUTORS, load_plugins
+
+    taken = set(_NOT_HERE)
+    names = add_flags(p, StudyConfig, taken=taken)
+    load_plugins()
+    for info in EXECUTORS.values():
+        if info.options is not None:
+            group = p.add_argument_group(f"executor {info.name}", info.help)
+            names += add_flags(group, info.options, taken=taken)
     for action in p._actions:
         if action.dest == "out":
             action.help = f"tuning folder (default: {DEFAULT_OUT})"
+        if action.dest == "executor":
+            action.help = ("where tuning trials run: local (one after another, pruned) or ray "
+                           "(Ray tasks, as many at once as fit; not pruned)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override one protocol setting before tuning (repeatable)")
     group = p.add_argument_group("tuning")
