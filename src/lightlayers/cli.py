@@ -232,9 +232,10 @@ def _one_line(e: BaseException) -> str:
 
 @contextlib.contextmanager
 def _plain_warnings(debug: bool) -> Iterator[None]:
-    """lightlayers' own warnings as one ``lightlayers: warning: ...`` line each (no source
-    file and line, which say nothing to a user); others, and all under --debug, as usual.
-    Only the format changes: filters, and tools that record warnings, see them as before."""
+    """Every warning, lightlayers' own or a library's, as one ``lightlayers: warning: ...``
+    line (no source file, line number or source line: they say nothing to a user and make one
+    warning three lines); under --debug as Python shows them. Only the format changes: filters,
+    and tools that record warnings, see them as before."""
     if debug:
         yield
         return
@@ -242,15 +243,21 @@ def _plain_warnings(debug: bool) -> Iterator[None]:
 
     def one_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                  line: str | None = None) -> str:
-        if category.__module__.startswith("lightlayers"):
-            return f"lightlayers: warning: {message}\n"
-        return original(message, category, filename, lineno, line)
+        return plain_warning(message, category)
 
     warnings.formatwarning = one_line
     try:
         yield
     finally:
         warnings.formatwarning = original
+
+
+def plain_warning(message: Warning | str, category: type[Warning]) -> str:
+    """The one line a warning is shown as. A library's category is named (which library warns
+    matters when searching for it); lightlayers' own and plain UserWarnings are not."""
+    text = " ".join(str(message).split()) or category.__name__
+    own = category.__module__.startswith("lightlayers") or category in (UserWarning, Warning)
+    return f"lightlayers: warning: {text if own else f'{category.__name__}: {text}'}\n"
 
 
 if __name__ == "__main__":
