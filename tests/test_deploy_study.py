@@ -41,7 +41,7 @@ def test_every_trial_records_its_deployment_numbers(deployed: Path) -> None:
         assert values["ort_latency_p95_ms"] >= values["ort_latency_ms"]
         assert values["torch_cpu_latency_p95_ms"] >= values["torch_cpu_latency_ms"]
     table = (deployed / "report" / "table.md").read_text().splitlines()[0]
-    for header in ("| Size (MB) | int8 ONNX (MB) |", "ORT latency (ms)", "ORT int8 latency (ms)",
+    for header in ("| Size | int8 ONNX |", "ORT latency (ms)", "ORT int8 latency (ms)",
                    "PyTorch CPU latency (ms)"):
         assert header in table
 

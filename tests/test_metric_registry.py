@@ -48,7 +48,7 @@ CSV_BEFORE = [
     "best_epoch", "epochs_run", "attempts", "error",
 ]
 HEADERS_BEFORE = (
-    "Model", "Total params", "Trainable params", "Size (MB)", "Accuracy", "Total time (s)",
+    "Model", "Total params", "Trainable params", "Size", "Accuracy", "Total time (s)",
     "Time per epoch (s)", "AUC", "Sensitivity", "Specificity", "F1", "MACs", "Inference (img/s)",
     "ECE", "Seeds", "Collapsed runs")
 CRITERIA_BEFORE = (
@@ -120,7 +120,7 @@ def test_consumers_show_what_they_showed_before() -> None:
     # did gains their columns.
     assert table.headers([]) == HEADERS_BEFORE
     assert [h for h in table.headers() if h not in HEADERS_BEFORE] == [
-        "int8 ONNX (MB)", "ORT latency (ms)", "ORT int8 latency (ms)",
+        "int8 ONNX", "ORT latency (ms)", "ORT int8 latency (ms)",
         "PyTorch CPU latency (ms)"]
     assert figures.criteria() == CRITERIA_BEFORE
     assert table.ci_keys() == CI_BEFORE

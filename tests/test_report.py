@@ -27,7 +27,7 @@ from lightlayers.store import ResultsStore
 MODELS = ("linear-8x8", "linear-4x4")
 # Student t, 97.5% quantile, from printed tables: df -> t.
 T975 = {1: 12.706, 2: 4.303, 4: 2.776, 9: 2.262, 29: 2.045}
-STUDY_HEADERS = ("Model", "Total params", "Trainable params", "Size (MB)", "Accuracy",
+STUDY_HEADERS = ("Model", "Total params", "Trainable params", "Size", "Accuracy",
                  "Total time (s)", "Time per epoch (s)")
 
 
@@ -132,7 +132,7 @@ def test_console_table(tmp_path, capsys):
     run_dir = build_store(tmp_path / "run", seeds=(0,), epochs=2)
     write_report(run_dir, formats=("csv",))
     out = capsys.readouterr().out
-    assert "Trainable params" in out and "linear-8x8" in out and "linear-4x4" in out
+    assert "Params" in out and "linear-8x8" in out and "linear-4x4" in out
     # Only what was asked for is written.
     assert sorted(p.name for p in (run_dir / "report").iterdir()) == [
         MANIFEST, "comparisons.csv", "table.csv"]
@@ -142,28 +142,32 @@ def test_console_prints_the_confidence_interval_of_each_model(tmp_path, capsys):
     run_dir = build_store(tmp_path / "run", seeds=(0, 1, 2), epochs=2)
     write_report(run_dir, formats=("csv",))
     out = capsys.readouterr().out
-    assert "95% confidence interval" in out
+    assert "95% Student-t interval" in out
+    lines = out.splitlines()
     for row in _csv_rows(run_dir / "report" / "table.csv"):
-        line = next(x for x in out.splitlines() if x.strip().startswith(row["model"] + " ("))
-        assert f"({row['n_seeds']} seeds)" in line
+        at = lines.index(f"  {row['model']}, {row['n_seeds']} seeds")
         mean, std, low, high = (float(row[f"accuracy_{k}"])
                                 for k in ("mean", "std", "ci95_low", "ci95_high"))
-        low, high = max(0.0, low), min(1.0, high)  # the printed interval stays within [0, 1]
-        assert f"accuracy {mean:.4f} ± {std:.4f} [{low:.4f}, {high:.4f}]" in line
+        assert 0 <= low <= high <= 1  # table.csv's interval is the printed one, within [0, 1]
+        assert lines[at + 1].split() == ["accuracy", f"{mean:.4f}", "±", f"{std:.4f}",
+                                         f"[{low:.4f},", f"{high:.4f}]"]
 
 
 def test_printed_interval_stays_within_0_and_1():
-    from lightlayers.report.table import ci_keys, ci_lines
+    from lightlayers.metrics.registry import get_metric
+    from lightlayers.report.table import ci_keys, ci_lines, clipped
 
     CI_KEYS = ci_keys()
 
     # Two seeds far apart: the raw t-interval is about [-4.2, 5.4].
     scores = {key: summarize([0.2, 0.99]) for key, _ in CI_KEYS}
     assert scores["accuracy"].ci_low < -1 and scores["accuracy"].ci_high > 2
+    scores = {key: clipped(s, get_metric(key)) for key, s in scores.items()}
     group = Group("m", "m", "seed", done=[{"seed": 0}, {"seed": 1}])
-    (line,) = ci_lines([Row(group, scores, 0)])
-    assert line.startswith("m (2 seeds): accuracy 0.5950 ± 0.5586 [0.0000, 1.0000]")
-    assert line.count("[0.0000, 1.0000]") == len(CI_KEYS)
+    head, *lines = ci_lines([Row(group, scores, 0)])
+    assert head == "  m, 2 seeds (n=2: interval wide)"
+    assert lines[0].split() == ["accuracy", "0.5950", "±", "0.5586", "[0.0000,", "1.0000]"]
+    assert sum("[0.0000, 1.0000]" in line for line in lines) == len(CI_KEYS)
     # One seed: no spread, no interval, no line.
     assert ci_lines([Row(Group("n", "n", "seed", done=[{"seed": 0}]),
                          {key: summarize([0.5]) for key, _ in CI_KEYS}, 0)]) == []

@@ -23,11 +23,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "when pooling several folders)")
     p.add_argument("--format", dest="formats", default=",".join(FORMATS),
                    help=f"comma-separated outputs (default: all of {','.join(FORMATS)})")
-    p.add_argument("--quiet", action="store_true", help="do not print the table")
+    add_console_arguments(p)
+    p.add_argument("--quiet", action="store_true",
+                   help="do not print the table or the progress lines")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object to stdout instead of the table: per model its "
                         "seeds, collapsed runs and each metric's mean, std, 95%% CI and n; the "
                         "files written; the notes")
+
+
+def add_console_arguments(p: argparse.ArgumentParser) -> None:
+    """--columns and --console: what the table printed to the terminal shows (report and run
+    share them). Not --format, which names the files a report writes."""
+    from lightlayers.report.table import CONSOLE_DEFAULT
+
+    p.add_argument("--columns", metavar="all|NAME,...", default=None,
+                   help="columns of the printed table (default: "
+                        f"{','.join(CONSOLE_DEFAULT)}, means over seeds, fitting 80 columns); "
+                        "all: every column of table.md with ± std; or a comma list of metric "
+                        "names (e.g. accuracy,auc,total_time_s,seeds)")
+    p.add_argument("--console", choices=("table", "csv"), default="table",
+                   help="how the table is printed to stdout: table (plain text, also when "
+                        "piped) or csv (the chosen columns' mean, std, 95%% CI and n; notes go "
+                        "to stderr); the files written are chosen by --format")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -38,14 +56,22 @@ def main(args: argparse.Namespace) -> int:
         raise CliError(f"pooling {len(args.run_dirs)} run folders writes a report of its own: "
                        "pass --out DIR")
     try:
+        if not args.quiet and not args.json:
+            from lightlayers.report.table import console_columns
+
+            console_columns(args.columns, [])  # a mistyped column, before any work
         if len(args.run_dirs) > 1:
             from lightlayers.report.pool import pool_runs
 
+            if not args.quiet:
+                print(f"report: reading {len(args.run_dirs)} run folders ...", file=sys.stderr,
+                      flush=True)
             run: Any = pool_runs(args.run_dirs)
         else:
             run = args.run_dirs[0]
         result = write_report(run, formats=args.formats, out_dir=args.out,
-                              console=not args.quiet and not args.json)
+                              console=not args.quiet and not args.json, columns=args.columns,
+                              console_style=args.console, progress=not args.quiet)
     except ReportError as e:
         raise CliError(str(e)) from e
     where = result.html or result.out_dir

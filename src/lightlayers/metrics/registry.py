@@ -56,7 +56,11 @@ def fmt_f2(v: float) -> str:
 
 
 def fmt_size(v: float) -> str:
-    return f"{v:.4f}" if v < 10 else f"{v:.1f}"
+    """A size given in MB (10^6 bytes) with its unit: kB below 1 MB, where "0.0183 MB" hides
+    the number in its zeros."""
+    if abs(v) < 1:
+        return f"{v * 1e3:.1f} kB"
+    return f"{v:.2f} MB" if v < 10 else f"{v:.1f} MB"
 
 
 @dataclass(frozen=True)
@@ -237,7 +241,7 @@ for _m in (
            label="Trainable parameters", unit="count", header="Trainable params", chart=True,
            spread=False, order=2),
     Metric("size_mb", float, direction="lower", fmt=fmt_size, label="Model size",
-           unit="MB = 10⁶ bytes, float32 weights file", header="Size (MB)", chart=True,
+           unit="MB = 10⁶ bytes, float32 weights file", header="Size", chart=True,
            spread=False, order=3),
     Metric("macs", int, direction="lower", fmt=fmt_int, label="Multiply-accumulates",
            unit="count per image", header="MACs", spread=False, order=11),
@@ -288,7 +292,7 @@ for _m in (
     Metric("onnx_fp32_mb", float, direction="lower", fmt=fmt_size, label="ONNX fp32 file",
            unit="MB = 10⁶ bytes", spread=False, optional=True),
     Metric("onnx_int8_mb", float, direction="lower", fmt=fmt_size, label="ONNX int8 file",
-           unit="MB = 10⁶ bytes, static quantization", header="int8 ONNX (MB)", order=3,
+           unit="MB = 10⁶ bytes, static quantization", header="int8 ONNX", order=3,
            spread=False, optional=True),
     Metric("ort_latency_ms", float, direction="lower", fmt=fmt_f2,
            label="ONNX Runtime latency", unit="ms, fp32, CPU, batch 1, median",

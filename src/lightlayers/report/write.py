@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from lightlayers.report.load import ReportError, RunData, load_run
 from lightlayers.report.table import (
     Row,
     build_rows,
+    console_columns,
+    failure_notes,
     partial_notes,
     print_table,
     settings_sentence,
@@ -96,11 +99,20 @@ def write_report(
     formats: str | Sequence[str] = FORMATS,
     console: bool = True,
     out_dir: str | Path | None = None,
+    *,
+    columns: str | None = None,
+    console_style: str = "table",
+    failures_shown: bool = False,
+    progress: bool = False,
 ) -> ReportResult:
     """Write ``RUN_DIR/report/`` (or ``out_dir``): ``table.csv``, ``comparisons.csv`` (every
     pair of models: differences with 95% intervals), ``ensembles.csv`` (models with two or
     more seeds: their seeds' averaged predictions), ``table.md``, ``figures/*.png|svg`` and
-    ``report.html`` (those of ``formats``), and print the table when ``console``.
+    ``report.html`` (those of ``formats``), and print the table when ``console``: the
+    ``columns`` of :func:`lightlayers.report.table.console_columns`, as plain text or, with
+    ``console_style`` "csv", as CSV. ``failures_shown``: the caller printed each failed trial
+    already (``lightlayers run``'s progress), so the console leaves them out. ``progress``: one
+    line on stderr before each step that can take seconds (reading, bootstrap, figures).
 
     Safe on a partial run: failed and unfinished trials are listed, models with fewer seeds
     marked. Raises :class:`ReportError` when the folder holds no results. Re-running on an
@@ -115,13 +127,38 @@ def write_report(
         PosixPath('runs/study/report/report.html')
     """
     fmts = parse_formats(formats)
+    say = _step if progress else _silent
+    if console and console_style not in CONSOLE_STYLES:
+        raise ReportError(f"unknown console style {console_style!r}; choose "
+                          f"{' or '.join(CONSOLE_STYLES)}")
+    if not isinstance(run_dir, RunData):
+        say(f"reading {run_dir}")
     run = run_dir if isinstance(run_dir, RunData) else load_run(run_dir)
     rows = build_rows(run)
+    if console:
+        console_columns(columns, rows)  # a mistyped column fails before anything is written
     notes = (pooled_notes(run) + partial_notes(run) + skipped_notes(run) + ledger_notes(run)
              + [settings_sentence(run.meta)])
     out = Path(out_dir) if out_dir is not None else run.run_dir / "report"
     with report_folder(run, out, out_dir is None) as folder:
-        return _write(run, rows, notes, fmts, folder, console)
+        result = _write(run, rows, notes, fmts, folder, say)
+    if console:
+        where = f"{len(run.sources)} run folders pooled" if run.sources else str(run.run_dir)
+        shown = [n for n in result.notes if not (failures_shown and n in failure_notes(run))]
+        print_table(list(result.rows), shown, f"{where}: {len(rows)} model(s)",
+                    columns_spec=columns, style=console_style)
+    return result
+
+
+CONSOLE_STYLES = ("table", "csv")
+
+
+def _step(text: str) -> None:
+    print(f"report: {text} ...", file=sys.stderr, flush=True)
+
+
+def _silent(text: str) -> None:
+    pass
 
 
 def report_folder(run: RunData, out: Path, default: bool) -> OutputFolder:
@@ -158,7 +195,7 @@ _REPORT_FILES = ("table.csv", "table.md", "comparisons.csv", "ensembles.csv", "r
 
 
 def _write(run: RunData, rows: list[Row], notes: list[str], fmts: tuple[str, ...],
-           folder: OutputFolder, console: bool) -> ReportResult:
+           folder: OutputFolder, say: Callable[[str], None]) -> ReportResult:
     out = folder.path
     written: list[Path] = []
 
@@ -170,6 +207,7 @@ def _write(run: RunData, rows: list[Row], notes: list[str], fmts: tuple[str, ...
     if {"csv", "html"} & set(fmts):
         from lightlayers.report.compare import comparisons_csv, pairwise
 
+        say("bootstrap intervals of the differences between models")
         comparisons, compare_notes, n_boot = pairwise(run)
         notes += compare_notes
     page_comparisons = list(comparisons)
@@ -191,6 +229,7 @@ def _write(run: RunData, rows: list[Row], notes: list[str], fmts: tuple[str, ...
     if {"png", "svg", "html"} & set(fmts):
         from lightlayers.report import figures as F
 
+        say("drawing the figures")
         specs, figure_notes = F.build_figures(run, rows, seed_ensembles)
         fig_dir = out / "figures"
         png: dict[str, bytes] = {}
@@ -222,8 +261,5 @@ def _write(run: RunData, rows: list[Row], notes: list[str], fmts: tuple[str, ...
         put(out / "table.md", table_markdown(rows, all_notes))
     if "csv" in fmts and run.sources:
         put(out / "results.csv", pooled_results_csv(run))
-    if console:
-        where = f"{len(run.sources)} run folders pooled" if run.sources else str(run.run_dir)
-        print_table(rows, all_notes, f"{where}: {len(rows)} model(s)")
     return ReportResult(out, tuple(sorted(written)), html_path, tuple(rows), tuple(all_notes),
                         tuple(run.failed), tuple(comparisons), tuple(seed_ensembles))
