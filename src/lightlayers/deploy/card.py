@@ -20,6 +20,7 @@ last feature map.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -28,7 +29,7 @@ from typing import Any
 
 from lightlayers.deploy.errors import DeployError
 
-__all__ = ["CARD_FORMAT", "ModelCard"]
+__all__ = ["CARD_FORMAT", "ModelCard", "describe_preprocessing"]
 
 # Written as the "format" entry: a reader refuses a file of another format version.
 CARD_FORMAT = "lightlayers-classifier/1"
@@ -63,6 +64,11 @@ class ModelCard:
     cam: bool
     # Validation score the trial was chosen on: {"key": "val_acc", "value": ..., "epoch": ...}.
     chosen_on: dict[str, Any] = field(default_factory=dict)
+    # The whole way from a file to the model's input, in words a reader can check against
+    # their own pipeline: the cut the source itself made (a MedMNIST .npz holds the centre
+    # square of each image), the decode resize, scaling, normalisation and channels. The
+    # fields above are what predict executes; this says what they mean.
+    preprocessing: dict[str, Any] = field(default_factory=dict)
 
     def loader_options(self) -> dict[str, Any]:
         """Keyword arguments of :class:`lightlayers.data.DeviceLoader` for this model."""
@@ -89,7 +95,7 @@ class ModelCard:
     def to_props(self) -> dict[str, str]:
         """Every field as one string entry (JSON), plus the format."""
         props = {k: json.dumps(v, sort_keys=True) for k, v in dataclasses.asdict(self).items()}
-        return {"format": CARD_FORMAT, **props}
+        return {"format": json.dumps(CARD_FORMAT), **props}
 
     def replace(self, **changes: Any) -> ModelCard:
         return dataclasses.replace(self, **changes)
@@ -99,6 +105,10 @@ class ModelCard:
         """The card of a file's metadata; a :class:`DeployError` naming ``where`` when the file
         was not written by ``lightlayers export`` or by a newer format."""
         fmt = props.get("format")
+        if isinstance(fmt, str) and fmt.startswith('"'):
+            # JSON like every other entry; files written before that hold the bare name.
+            with contextlib.suppress(ValueError):
+                fmt = json.loads(fmt)
         if fmt is None:
             raise DeployError(
                 f"{where} holds no lightlayers metadata (not written by `lightlayers export`); "
@@ -122,6 +132,38 @@ class ModelCard:
         return cls(**values)
 
 
+def describe_preprocessing(*, source_kind: str, source_name: str, resize: str,
+                           image_size: int, image_chans: int, input_chans: int,
+                           crop: int | None, mean: list[float] | None,
+                           std: list[float] | None) -> dict[str, Any]:
+    """The card's ``preprocessing`` entry: each step from a source's image to the model's
+    input, as recorded with the data and the trial."""
+    from lightlayers.data.registry import MEDMNIST_LABELS
+
+    flag = source_name.split("_")[0].split(".")[0].lower()
+    if source_kind == "npz" and flag in MEDMNIST_LABELS:
+        cut = ("centre square of each image, resized by MedMNIST (the .npz's own "
+               "preprocessing); new images are cut the same way (resize: crop)")
+    elif source_kind in ("npz", "idx", "digits"):
+        cut = f"as stored in the source ({source_kind}); its own cut is not recorded"
+    else:
+        cut = "the whole image file, cut by the resize step"
+    steps = {"stretch": "whole image to the square side, aspect ratio ignored",
+             "crop": "centre square, then to the side"}
+    return {
+        "source_cut": cut,
+        "resize": f"{resize}: {steps.get(resize, 'central fractions W x H, then to the side')}"
+                  f" ({image_size} px)",
+        "center_crop": None if crop is None or crop == image_size else f"{crop} px",
+        "scaling": "uint8 0-255 to float 0-1 (x / 255)",
+        "normalisation": ("none" if mean is None
+                          else "(x - mean) / std per channel, after the scaling"),
+        "mean": mean, "std": std,
+        "channels": (f"{image_chans} decoded" + (f", repeated to {input_chans}"
+                                                  if input_chans != image_chans else "")),
+    }
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -132,7 +174,7 @@ def _is_number(v: Any) -> bool:
 
 _STR_FIELDS = ("model", "protocol", "trial", "resize", "resample", "data", "weights",
                "precision", "lightlayers_version")
-_DICT_FIELDS = ("data_fingerprint", "test_metrics", "chosen_on")
+_DICT_FIELDS = ("data_fingerprint", "test_metrics", "chosen_on", "preprocessing")
 
 
 def _check_values(v: dict[str, Any], where: str) -> None:

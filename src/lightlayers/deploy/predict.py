@@ -222,10 +222,15 @@ def csv_text(outcome: Outcome, card: ModelCard) -> str:
     # formula is written as text.
     w = csvsafe.writer(buf, lineterminator="\n")
     with_cam = any(p.cam for p in outcome.predictions)
+    # "path,predicted," stays the header's start: an earlier predictions file is recognised
+    # by it. Model, trial and threshold on every row: a file passed on alone still says
+    # which model decided and at which cut-off.
+    threshold = "argmax" if card.threshold is None else repr(float(card.threshold))
     w.writerow(["path", "predicted", *[f"prob_{c}" for c in card.classes],
-                *(["cam"] if with_cam else [])])
+                "model", "trial", "threshold", *(["cam"] if with_cam else [])])
     for p in outcome.predictions:
         w.writerow([p.path, p.predicted, *[f"{p.probabilities[c]:.6g}" for c in card.classes],
+                    card.model, card.trial, threshold,
                     *([p.cam or ""] if with_cam else [])])
     return buf.getvalue()
 

@@ -219,6 +219,23 @@ class Trial:
         if proto.get("threshold", "argmax") == "argmax":
             threshold = None
         from lightlayers.data.preprocess import RESAMPLE
+        from lightlayers.deploy.card import describe_preprocessing
+
+        data = self.meta.get("data") or {}
+        kind = str((data.get("identity") or {}).get("kind") or "")
+        resize = str(self.config.get("resize") or "stretch")
+        preprocessing = describe_preprocessing(
+            source_kind=kind, source_name=str(data.get("name") or ""), resize=resize,
+            image_size=image_size, image_chans=image_chans, input_chans=input_chans,
+            crop=None if crop is None else int(crop), mean=loader.get("mean"),
+            std=loader.get("std"))
+        if preprocessing["source_cut"].startswith("centre square") and resize == "stretch":
+            # The training images are the source's centre squares: a new X-ray must be cut
+            # the same way, or predict would squash it into a shape the model never saw.
+            resize = "crop"
+            preprocessing["resize"] = preprocessing["resize"].replace(
+                "stretch: whole image to the square side, aspect ratio ignored",
+                "crop: centre square, then to the side (as the source cut its images)")
 
         return ModelCard(
             model=self.model_name, seed=self.seed, protocol=str(self.row["protocol"]),
@@ -226,14 +243,14 @@ class Trial:
             positive_class=None if positive is None else int(positive),
             threshold=None if threshold is None else float(threshold),
             image_size=image_size, image_chans=image_chans,
-            resize=str(self.config.get("resize") or "stretch"), resample=RESAMPLE,
+            resize=resize, resample=RESAMPLE,
             crop=None if crop is None else int(crop), input_chans=input_chans,
             input_size=int(crop or image_size),
             mean=loader.get("mean"), std=loader.get("std"), data=str(self.row.get("data", "")),
             data_fingerprint=self.meta.get("data_fingerprint") or {},
             test_metrics=metrics, weights=str(self.extra.get("weights") or "none"),
             precision="fp32", lightlayers_version=lightlayers_version or __version__,
-            cam=False, chosen_on=self.chosen_on(),
+            cam=False, chosen_on=self.chosen_on(), preprocessing=preprocessing,
         )
 
     def check_test_scores(self, measured: dict[str, Any], what: str) -> str | None:
