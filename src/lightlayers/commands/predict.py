@@ -30,6 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cam", metavar="DIR",
                    help="write one Grad-CAM heatmap PNG per image into DIR (the predicted "
                         "class's map over the image as the model saw it)")
+    p.add_argument("--cam-min-side", type=_positive_int, default=None, metavar="N",
+                   help="draw no heatmap when the model's map is smaller than N x N "
+                        "(default: 7): a smaller map is a few blocks over the whole image")
     p.add_argument("--batch-size", type=_positive_int, default=64,
                    help="images per model call (default: 64)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
@@ -101,7 +104,8 @@ def _main(args: argparse.Namespace) -> int:
     cam_dir = (OutputFolder(args.cam, "heatmaps", inputs=inputs, what="--cam folder")
                if args.cam else None)
     try:
-        outcome = predict(run, card, items, args.batch_size, cam_dir, progress=not args.quiet)
+        outcome = predict(run, card, items, args.batch_size, cam_dir, progress=not args.quiet,
+                          cam_min_side=args.cam_min_side)
     finally:
         if cam_dir is not None:
             cam_dir.close()
@@ -113,6 +117,8 @@ def _main(args: argparse.Namespace) -> int:
     for f, reason in outcome.skipped:
         print(f"lightlayers predict: warning: skipped {f}: cannot decode it ({reason})",
               file=sys.stderr)
+    if outcome.cam_note:
+        print(f"lightlayers predict: {outcome.cam_note}", file=sys.stderr)
     text = (json.dumps(json_safe(json_object(outcome, card)), indent=2, allow_nan=False) + "\n"
             if args.json else csv_text(outcome, card))
     if args.out:
@@ -126,7 +132,7 @@ def _main(args: argparse.Namespace) -> int:
          + ", ".join(f"{c}: {counts[c]}" for c in card.classes if c in counts) + ")"
          + (f", skipped {len(outcome.skipped)} unreadable" if outcome.skipped else "")
          + (f"; wrote {args.out}" if args.out else "")
-         + (f"; heatmaps in {cam_dir.path}" if cam_dir else ""))
+         + (f"; heatmaps in {cam_dir.path}" if cam_dir and not outcome.cam_note else ""))
     return 0
 
 

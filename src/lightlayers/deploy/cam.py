@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ALPHA", "DISPLAY_MIN", "overlay", "peak", "upsample"]
+__all__ = ["ALPHA", "COLORMAP", "DISPLAY_MIN", "labelled_png", "overlay", "peak", "upsample"]
 
 ALPHA = 0.45  # weight of the heatmap over the image
+COLORMAP = "jet"
 DISPLAY_MIN = 224  # smaller inputs are shown enlarged to this side
 
 
@@ -50,7 +51,7 @@ def overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
     top = float(up.max())
     if top <= 0:
         return rgb.astype(np.uint8)
-    heat = colormaps["jet"](np.clip(up / top, 0, 1))[..., :3] * 255
+    heat = colormaps[COLORMAP](np.clip(up / top, 0, 1))[..., :3] * 255
     weight = ALPHA * np.clip(up / top, 0, 1)[..., None] ** 0.5  # cold areas stay readable
     return (rgb * (1 - weight) + heat * weight).round().astype(np.uint8)
 
@@ -63,4 +64,26 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def labelled_png(rgb: np.ndarray, title: str, map_side: int) -> bytes:
+    """``rgb`` (an :func:`overlay`) as a PNG with ``title`` (the predicted class and its
+    probability) above it and the heatmap's colour scale beside it."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    from lightlayers.deploy.examples import colorbar
+
+    fig = Figure(figsize=(3.6, 3.3), layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(rgb)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(f"Grad-CAM, {map_side}x{map_side} map", fontsize=8)
+    colorbar(fig, ax)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     return buf.getvalue()

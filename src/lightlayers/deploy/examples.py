@@ -30,6 +30,9 @@ class CamExample:
     predicted: str
     probability: float  # of the predicted class
     overlay: np.ndarray  # uint8 RGB (S, S, 3): the map over the image
+    layer: str = ""  # which layer's map, and its side (graph.CamLayer.label)
+    # No position raised the class score: the panel shows the image alone, and says so.
+    overlay_blank: bool = False
 
 
 def _choose(probs: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
@@ -53,9 +56,12 @@ def _choose(probs: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
 
 
 def cam_examples(run_dir: str | Path, model: str | None = None, seed: int | None = None,
-                 per_kind: int = 3, data: str | None = None) -> dict[str, list[CamExample]]:
+                 per_kind: int = 3, data: str | None = None,
+                 cam_min_side: int | None = None) -> dict[str, list[CamExample]]:
     """Up to ``per_kind`` examples of each kind for the trial of ``run_dir`` that
-    ``lightlayers export`` would choose (``model``/``seed`` pin it)."""
+    ``lightlayers export`` would choose (``model``/``seed`` pin it), on the last layer whose
+    map is at least ``cam_min_side`` (default :data:`~lightlayers.deploy.graph.CAM_MIN_SIDE`)
+    on each side; a :class:`DeployError` saying "map too coarse: ..." when no layer is."""
     import torch
 
     from lightlayers.data import Split
@@ -76,6 +82,13 @@ def cam_examples(run_dir: str | Path, model: str | None = None, seed: int | None
     deployable, _ = deployable_for(net, card)
     if not deployable.with_cam:
         raise DeployError(f"{trial.label} has no global average pooling: no Grad-CAM maps")
+    from lightlayers.deploy.graph import CAM_MIN_SIDE, choose_cam_layer, layer_cam
+
+    layer = choose_cam_layer(deployable, torch.zeros(1, card.input_chans, card.input_size,
+                                                      card.input_size),
+                             CAM_MIN_SIDE if cam_min_side is None else cam_min_side)
+    if isinstance(layer, str):
+        raise DeployError(layer)
     probs, labels = recorded["probs"], recorded["labels"]
     predicted = card.predicted(probs)
     chosen = _choose(probs, labels, predicted, card.positive_class, per_kind)
@@ -88,17 +101,18 @@ def cam_examples(run_dir: str | Path, model: str | None = None, seed: int | None
         return {kind: [] for kind in chosen}
     images = np.ascontiguousarray(np.asarray(test.images)[wanted])
     x = next(batches(Split(images, labels[wanted], None), card, batch_size=len(wanted)))[0]
-    with torch.no_grad():
-        _, cams = deployable(torch.from_numpy(x))
+    cams = layer_cam(deployable, layer, torch.from_numpy(x),
+                     torch.from_numpy(np.asarray(predicted[wanted], dtype=np.int64)))
     row = {i: n for n, i in enumerate(wanted)}
     out: dict[str, list[CamExample]] = {}
     for kind, idx in chosen.items():
         out[kind] = []
         for i in idx:
             pred = int(predicted[i])
-            heat = overlay(_crop(images[row[i]], card), cams[row[i], pred].numpy())
+            heat = overlay(_crop(images[row[i]], card), cams[row[i]].numpy())
             out[kind].append(CamExample(kind, i, card.classes[int(labels[i])],
-                                        card.classes[pred], float(probs[i, pred]), heat))
+                                        card.classes[pred], float(probs[i, pred]), heat,
+                                        layer.label, float(cams[row[i]].max()) <= 0))
     return out
 
 
@@ -109,8 +123,12 @@ def cam_figure(examples: dict[str, list[CamExample]], title: str = "") -> Any:
 
     kinds = list(examples)
     cols = max(1, max((len(v) for v in examples.values()), default=1))
-    fig = Figure(figsize=(2.4 * cols, 2.6 * len(kinds)), layout="constrained")
+    fig = Figure(figsize=(2.4 * cols + 1.0, 2.6 * len(kinds) + 0.3), layout="constrained")
     axes = fig.subplots(len(kinds), cols, squeeze=False)
+    colorbar(fig, axes.ravel().tolist())
+    layers = sorted({e.layer for v in examples.values() for e in v if e.layer})
+    if layers:
+        title = f"{title}\nGrad-CAM of the predicted class on {'; '.join(layers)}".strip()
     for r, kind in enumerate(kinds):
         for c in range(cols):
             ax: Any = axes[r][c]
@@ -121,7 +139,8 @@ def cam_figure(examples: dict[str, list[CamExample]], title: str = "") -> Any:
             if c < len(examples[kind]):
                 e = examples[kind][c]
                 ax.imshow(e.overlay)
-                ax.set_title(f"true {e.label}\npred {e.predicted} {e.probability:.2f}",
+                flat = " (map all 0)" if e.overlay_blank else ""
+                ax.set_title(f"true {e.label}\npred {e.predicted} {e.probability:.2f}{flat}",
                              fontsize=8)
             elif c == 0:
                 ax.text(0.5, 0.5, "none", ha="center", va="center", fontsize=9)
@@ -129,6 +148,21 @@ def cam_figure(examples: dict[str, list[CamExample]], title: str = "") -> Any:
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+def colorbar(fig: Any, axes: Any) -> Any:
+    """The heatmaps' scale beside ``axes``: each map is drawn relative to its own maximum."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    from lightlayers.deploy.cam import COLORMAP
+
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), colormaps[COLORMAP]), ax=axes,
+                       shrink=0.8)
+    bar.set_label("Grad-CAM, share of its maximum", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    return bar
 
 
 def write_cam_figure(examples: dict[str, list[CamExample]], path: str | Path,

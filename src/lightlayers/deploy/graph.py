@@ -24,6 +24,7 @@ A :class:`~torch.overrides.TorchFunctionMode` routes that input through an ident
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,7 +32,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["Deployable", "count_global_pools", "head_matrix", "reference_cam"]
+__all__ = ["CAM_MIN_SIDE", "CamLayer", "Deployable", "choose_cam_layer", "count_global_pools",
+           "head_matrix", "layer_cam", "reference_cam"]
+
+# A Grad-CAM map smaller than this per side is a few blocks blown up over the image: it shows
+# where the model looked no better than a uniform wash, so it is not drawn.
+CAM_MIN_SIDE = 7
 
 
 def _is_global_pool(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -128,3 +134,119 @@ def reference_cam(deployable: Deployable, x: torch.Tensor, target: torch.Tensor)
     with torch.enable_grad():
         attr = gc.attribute(x, target=target.tolist(), relu_attributions=True)
     return attr.detach()[:, 0]
+
+
+@dataclass(frozen=True)
+class CamLayer:
+    """The layer whose Grad-CAM map is drawn: its name, the side of its map at the model's
+    input size, and the module (None: the last feature map, the one the exported file
+    carries and :class:`Deployable` computes without gradients)."""
+
+    name: str
+    side: int  # of the map's part over the image (a padded input's border left out)
+    input_size: int
+    module: nn.Module | None = None
+    # The side the model pads a small input to (zeros all round, centred), else input_size.
+    padded: int = 0
+    # The map is the module's input (what a downsampling layer receives), not its output.
+    on_input: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}, {self.side}x{self.side} map at {self.input_size} px"
+
+
+def coarse_note(last_side: int, input_size: int, min_side: int = CAM_MIN_SIDE) -> str:
+    """The one line said instead of a heatmap when no layer's map reaches ``min_side``."""
+    return (f"map too coarse: the last layer with a map is {last_side}x{last_side} at "
+            f"{input_size} px; no layer reaches {min_side}x{min_side}, so no heatmap is drawn "
+            "(a larger input size gives larger maps)")
+
+
+@torch.no_grad()
+def choose_cam_layer(deployable: Deployable, example: torch.Tensor,
+                     min_side: int = CAM_MIN_SIDE) -> CamLayer | str:
+    """The last layer whose map is at least ``min_side`` on each side at ``example``'s size:
+    the last feature map when it is that large, else the last earlier layer or block that is
+    (a module's 4-d output, in the order the modules return). A string (:func:`coarse_note`)
+    when none is."""
+    size = int(example.shape[-1])
+    # (name, module, side, on_input) in the order the forward pass makes them: a module's
+    # input when it is called, its output when it returns. Inputs count because the last
+    # full-resolution map is often one no module returns: a residual block's sum, handed
+    # straight to its pooling.
+    outputs: list[tuple[str, nn.Module, int, bool]] = []
+
+    def side(t: Any) -> int | None:
+        return int(min(t.shape[-2:])) if isinstance(t, torch.Tensor) and t.dim() == 4 else None
+
+    def pre(name: str, module: nn.Module) -> Any:
+        def record(_m: nn.Module, inputs: Any) -> None:
+            if inputs and (s := side(inputs[0])) is not None:
+                outputs.append((name, module, s, True))
+        return record
+
+    def post(name: str, module: nn.Module) -> Any:
+        def record(_m: nn.Module, _i: Any, out: Any) -> None:
+            if (s := side(out)) is not None:
+                outputs.append((name, module, s, False))
+        return record
+
+    # An in-place activation hands Captum a tensor it cannot take gradients at.
+    modules = [(n, m) for n, m in deployable.model.named_modules()
+               if n and not getattr(m, "inplace", False)]
+    handles = [m.register_forward_pre_hook(pre(n, m)) for n, m in modules]
+    handles += [m.register_forward_hook(post(n, m)) for n, m in modules]
+    try:
+        out = deployable(example[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    # A model that zero-pads a small input (study-conv below 50 px) maps the padding too:
+    # only the part of a map over the image counts.
+    # The valid-padded topologies pad a smaller input with zeros up to min_input_size.
+    padded = max(size, int(getattr(deployable.model, "min_input_size", 0) or 0))
+
+    def over_image(s: int) -> int:
+        return s * size // padded
+
+    if deployable.with_cam:
+        last = over_image(int(min(out[1].shape[-2:])))
+        if last >= min_side:
+            return CamLayer("last feature map", last, size, None, padded)
+    else:
+        last = over_image(outputs[-1][2]) if outputs else 0
+    wide = [o for o in outputs if over_image(o[2]) >= min_side]
+    if not wide or not deployable.with_cam:
+        return coarse_note(max(last, 1), size, min_side)
+    name, module, s, on_input = wide[-1]
+    return CamLayer(f"input of {name}" if on_input else name, over_image(s), size, module,
+                    padded, on_input)
+
+
+def layer_cam(deployable: Deployable, layer: CamLayer, x: torch.Tensor,
+              target: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM of class ``target[i]`` for image ``x[i]`` on ``layer``: (batch, h, w). The
+    last feature map by the exported module's own forward computation (the file's maps);
+    an earlier layer by Captum's LayerGradCam (real gradients, in PyTorch only: ONNX
+    Runtime has none)."""
+    if layer.module is None:
+        with torch.no_grad():
+            _, cams = deployable(x)
+        maps = cams[torch.arange(len(x)), target]
+    else:
+        from lightlayers.deploy.errors import require
+
+        LayerGradCam = require("captum.attr").LayerGradCam
+        gc = LayerGradCam(deployable.logits, layer.module)
+        with torch.enable_grad():
+            attr = gc.attribute(x, target=target.tolist(), relu_attributions=True,
+                                attribute_to_layer_input=layer.on_input)
+        maps = attr.detach()[:, 0]
+    if layer.padded > layer.input_size:
+        # Over the padded input, then the image's own square out of its middle.
+        up = F.interpolate(maps[:, None], size=(layer.padded, layer.padded), mode="bilinear",
+                           align_corners=False)[:, 0]
+        top = (layer.padded - layer.input_size) // 2
+        maps = up[:, top:top + layer.input_size, top:top + layer.input_size]
+    return maps

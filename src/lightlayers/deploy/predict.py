@@ -47,6 +47,8 @@ class Prediction:
 class Outcome:
     predictions: list[Prediction] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    # Why no heatmap was drawn although one was asked for ("map too coarse: ..."), else None.
+    cam_note: str | None = None
 
 
 def _walk_images(root: Path) -> Iterator[str]:
@@ -144,10 +146,17 @@ def _crop(u8: np.ndarray, card: ModelCard) -> np.ndarray:
 
 def predict(run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]],
             card: ModelCard, items: list[Item], batch_size: int = 64,
-            cam_dir: OutputFolder | None = None, progress: bool = True) -> Outcome:
+            cam_dir: OutputFolder | None = None, progress: bool = True,
+            cam_min_side: int | None = None) -> Outcome:
     """Predict every item; with ``cam_dir``, write one Grad-CAM PNG per image there (heatmaps
     an earlier prediction wrote there and this one does not are removed, so every heatmap in
-    the folder belongs to these predictions)."""
+    the folder belongs to these predictions), labelled with the predicted class and its
+    probability. The file's map smaller than ``cam_min_side`` (default
+    :data:`~lightlayers.deploy.graph.CAM_MIN_SIDE`) on a side draws nothing: the outcome's
+    ``cam_note`` says so in one line."""
+    from lightlayers.deploy.graph import CAM_MIN_SIDE, coarse_note
+
+    min_side = CAM_MIN_SIDE if cam_min_side is None else cam_min_side
     from lightlayers.data import DeviceLoader, Split
     from lightlayers.data.preprocess import _decode_job, _progress, _to_nchw, parallel_map
 
@@ -174,8 +183,14 @@ def predict(run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]],
             row = Prediction(it.path, card.classes[int(pred[i])],
                              {c: float(probs[i, j]) for j, c in enumerate(card.classes)})
             if cam_dir is not None and cams is not None:
-                row.cam = str(_write_cam(cam_dir, it, names, _crop(u8[i], card),
-                                         cams[i, int(pred[i])]))
+                side = int(min(cams.shape[-2:]))
+                if side < min_side:
+                    out.cam_note = coarse_note(side, card.input_size, min_side)
+                else:
+                    j = int(pred[i])
+                    title = f"predicted {card.classes[j]} ({float(probs[i, j]):.2f})"
+                    row.cam = str(_write_cam(cam_dir, it, names, _crop(u8[i], card),
+                                             cams[i, j], title))
             out.predictions.append(row)
         advance(len(pending))
         pending.clear()
@@ -200,8 +215,8 @@ def predict(run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]],
 
 
 def _write_cam(cam_dir: OutputFolder, item: Item, taken: set[str], image: np.ndarray,
-               cam: np.ndarray) -> Path:
-    from lightlayers.deploy.cam import overlay, png_bytes
+               cam: np.ndarray, title: str) -> Path:
+    from lightlayers.deploy.cam import labelled_png, overlay
 
     base = _slug(item.rel)
     name, n = base, 1
@@ -209,7 +224,8 @@ def _write_cam(cam_dir: OutputFolder, item: Item, taken: set[str], image: np.nda
         n += 1
         name = f"{base}-{n}"
     taken.add(name)
-    return cam_dir.write(f"{name}.png", png_bytes(overlay(image, cam)))
+    side = int(min(cam.shape[-2:]))
+    return cam_dir.write(f"{name}.png", labelled_png(overlay(image, cam), title, side))
 
 
 def csv_text(outcome: Outcome, card: ModelCard) -> str:

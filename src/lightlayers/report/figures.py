@@ -410,7 +410,8 @@ def reliability_figure(run: RunData) -> Figure | None:
 
 
 # --- Grad-CAM --------------------------------------------------------------------------------
-def cam_figure(run: RunData, model: str) -> tuple[Figure | None, str | None]:
+def cam_figure(run: RunData, model: str, cam_min_side: int | None = None
+               ) -> tuple[Figure | None, str | None]:
     """The heatmaps of a few test images of ``model`` (lightlayers.deploy.examples: the trial
     `lightlayers export` would choose, its recorded predictions, its checkpoint), or None and
     why not. Models that never had a checkpoint (no registered model) are passed over."""
@@ -425,7 +426,7 @@ def cam_figure(run: RunData, model: str) -> tuple[Figure | None, str | None]:
     except ImportError as e:  # pragma: no cover - the deploy package is part of lightlayers
         return None, str(e)
     try:
-        examples = cam_examples(run.run_dir, model, per_kind=3)
+        examples = cam_examples(run.run_dir, model, per_kind=3, cam_min_side=cam_min_side)
     except DeployError as e:
         return None, str(e)
     except ImportError as e:  # Captum, with lightlayers[onnx]
@@ -478,15 +479,16 @@ def _class_names(group: Group, run: RunData, k: int) -> list[str]:
 
 
 # --- all of them ------------------------------------------------------------------------------
-def build_figures(run: RunData, rows: Sequence[Row], ensembles: Sequence[Ensemble] = ()
-                  ) -> tuple[list[FigureSpec], list[str]]:
-    """Every figure the run allows, and a note for each one it does not."""
+def build_figures(run: RunData, rows: Sequence[Row], ensembles: Sequence[Ensemble] = (),
+                  cam_min_side: int | None = None) -> tuple[list[FigureSpec], list[str]]:
+    """Every figure the run allows, and a note for each one it does not. ``cam_min_side``:
+    the smallest Grad-CAM map drawn (default lightlayers.deploy.graph.CAM_MIN_SIDE)."""
     with matplotlib.rc_context(RC):  # font sizes are read when the text is created
-        return _build_figures(run, rows, ensembles)
+        return _build_figures(run, rows, ensembles, cam_min_side)
 
 
-def _build_figures(run: RunData, rows: Sequence[Row], ensembles: Sequence[Ensemble]
-                   ) -> tuple[list[FigureSpec], list[str]]:
+def _build_figures(run: RunData, rows: Sequence[Row], ensembles: Sequence[Ensemble],
+                   cam_min_side: int | None = None) -> tuple[list[FigureSpec], list[str]]:
     specs: list[FigureSpec] = []
     notes: list[str] = []
     names: set[str] = set()
@@ -540,12 +542,16 @@ def _build_figures(run: RunData, rows: Sequence[Row], ensembles: Sequence[Ensemb
             "model (ECE: expected calibration error, mean |accuracy - confidence| over "
             "images); below, the images in each confidence bin.", "calibration", fig)
     for model in dict.fromkeys(g.model for g in run.groups if g.done):
-        fig, why = cam_figure(run, model)
+        fig, why = cam_figure(run, model, cam_min_side)
         if fig is not None:
             add(f"cam_{slug(model)}",
                 f"{model}: where it looked (Grad-CAM of the predicted class over the image, "
-                "the seed chosen on validation), on its most confident true positives, false "
-                "positives and false negatives of the test split.", "cam", fig)
+                "the seed chosen on validation, on the last layer whose map is at least 7x7 "
+                "over the image; the colour is each map's share of its own maximum), on its "
+                "most confident true positives, false positives and false negatives of the "
+                "test split.", "cam", fig)
+        elif why and why.startswith("map too coarse"):
+            notes.append(f"{model}: no Grad-CAM figure: {why}")
         elif why:
             notes.append(f"{model}: Grad-CAM figure skipped ({why})")
     for g in run.groups:
