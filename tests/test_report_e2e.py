@@ -38,7 +38,8 @@ def test_report_of_a_real_run(tmp_path):
 
     figures = {p.name for p in (report / "figures").iterdir()}
     stems = ["criterion_params_total", "criterion_params_trainable", "criterion_size_mb",
-             "criterion_accuracy", "criterion_sensitivity", "criterion_specificity", "criterion_total_time_s", "criterion_epoch_time_s",
+             "criterion_accuracy", "criterion_sensitivity", "criterion_specificity",
+             "criterion_total_time_s", "criterion_epoch_time_s",
              "accuracy_vs_params", "roc",
              *(f"history_{m}" for m in MODELS), *(f"confusion_{m}" for m in MODELS)]
     assert {f"{s}.{ext}" for s in stems for ext in ("png", "svg")} <= figures
