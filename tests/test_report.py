@@ -393,3 +393,15 @@ def test_random_backbone_weights_are_labelled(tmp_path):
                   (json.dumps({"weights": "none"}),))
     labels = [g.label for g in load_run(run).groups]
     assert labels == ["linear-8x8", "linear-4x4 (weights: none)"]
+
+
+def test_a_long_error_and_a_long_model_name_stay_within_1280_px(tmp_path):
+    """A traceback line without spaces (a path, a tensor shape dump) and a long model label
+    wrap instead of widening the page."""
+    long_error = "RuntimeError: " + "/very/long/path/segment" * 80 + "\n" + "x" * 3000
+    run_dir = build_store(tmp_path / "run", models=("linear-8x8", "linear-4x4"), seeds=(0, 1),
+                          epochs=2, failed={("linear-4x4", 1): long_error})
+    result = write_report(run_dir, formats=("html",), console=False)
+    attrs = browser_check(result.html, tmp_path)
+    assert int(attrs["data-scroll-width"]) <= int(attrs["data-window-width"]) == 1280
+    assert attrs["data-first-section"] == "summary"
