@@ -62,11 +62,14 @@ def main(args: argparse.Namespace) -> int:
             console_columns(args.columns, [])  # a mistyped column, before any work
         if len(args.run_dirs) > 1:
             from lightlayers.report.pool import pool_runs
+            from lightlayers.report.write import Steps
 
-            if not args.quiet:
-                print(f"report: reading {len(args.run_dirs)} run folders ...", file=sys.stderr,
-                      flush=True)
-            run: Any = pool_runs(args.run_dirs)
+            say = Steps(not args.quiet)
+            say(f"reading {len(args.run_dirs)} run folders")
+            try:
+                run: Any = pool_runs(args.run_dirs)
+            finally:
+                say(None)
         else:
             run = args.run_dirs[0]
         result = write_report(run, formats=args.formats, out_dir=args.out,

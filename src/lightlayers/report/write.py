@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +113,7 @@ def write_report(
     ``columns`` of :func:`lightlayers.report.table.console_columns`, as plain text or, with
     ``console_style`` "csv", as CSV. ``failures_shown``: the caller printed each failed trial
     already (``lightlayers run``'s progress), so the console leaves them out. ``progress``: one
-    line on stderr before each step that can take seconds (reading, bootstrap, figures).
+    line on stderr for each step that takes seconds (reading, bootstrap, figures).
 
     Safe on a partial run: failed and unfinished trials are listed, models with fewer seeds
     marked. Raises :class:`ReportError` when the folder holds no results. Re-running on an
@@ -127,13 +128,16 @@ def write_report(
         PosixPath('runs/study/report/report.html')
     """
     fmts = parse_formats(formats)
-    say = _step if progress else _silent
+    say = Steps(progress)
     if console and console_style not in CONSOLE_STYLES:
         raise ReportError(f"unknown console style {console_style!r}; choose "
                           f"{' or '.join(CONSOLE_STYLES)}")
     if not isinstance(run_dir, RunData):
         say(f"reading {run_dir}")
-    run = run_dir if isinstance(run_dir, RunData) else load_run(run_dir)
+    try:
+        run = run_dir if isinstance(run_dir, RunData) else load_run(run_dir)
+    finally:
+        say(None)
     rows = build_rows(run)
     if console:
         console_columns(columns, rows)  # a mistyped column fails before anything is written
@@ -141,7 +145,10 @@ def write_report(
              + [settings_sentence(run.meta)])
     out = Path(out_dir) if out_dir is not None else run.run_dir / "report"
     with report_folder(run, out, out_dir is None) as folder:
-        result = _write(run, rows, notes, fmts, folder, say)
+        try:
+            result = _write(run, rows, notes, fmts, folder, say)
+        finally:
+            say(None)
     if console:
         where = f"{len(run.sources)} run folders pooled" if run.sources else str(run.run_dir)
         shown = [n for n in result.notes if not (failures_shown and n in failure_notes(run))]
@@ -153,12 +160,31 @@ def write_report(
 CONSOLE_STYLES = ("table", "csv")
 
 
-def _step(text: str) -> None:
+# A step that ends sooner says nothing: a quick report, or a quick error, stays quiet.
+STEP_DELAY_S = 1.5
+
+
+class Steps:
+    """``say(text)``: the step ``text`` begins (and the one before ends); ``say(None)``: the
+    last one ended. A step still running after :data:`STEP_DELAY_S` gets one line on stderr,
+    so that a report never sits silent for seconds."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._timer: threading.Timer | None = None
+
+    def __call__(self, text: str | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.enabled and text:
+            self._timer = threading.Timer(STEP_DELAY_S, _announce, (text,))
+            self._timer.daemon = True
+            self._timer.start()
+
+
+def _announce(text: str) -> None:
     print(f"report: {text} ...", file=sys.stderr, flush=True)
-
-
-def _silent(text: str) -> None:
-    pass
 
 
 def report_folder(run: RunData, out: Path, default: bool) -> OutputFolder:
@@ -195,7 +221,7 @@ _REPORT_FILES = ("table.csv", "table.md", "comparisons.csv", "ensembles.csv", "r
 
 
 def _write(run: RunData, rows: list[Row], notes: list[str], fmts: tuple[str, ...],
-           folder: OutputFolder, say: Callable[[str], None]) -> ReportResult:
+           folder: OutputFolder, say: Callable[[str | None], None]) -> ReportResult:
     out = folder.path
     written: list[Path] = []
 
