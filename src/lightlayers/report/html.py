@@ -275,14 +275,21 @@ def failures_table(run: RunData) -> str:
            "</table>"
 
 
+# The report's note for a model whose Grad-CAM maps are all too coarse to draw
+# (report.figures): shown in the Grad-CAM section, where the figure would be.
+CAM_NOTE = ": no Grad-CAM figure: "
+
+
 def figures_html(figures: Sequence[FigureSpec], png: dict[str, bytes],
-                 svg_written: bool) -> str:
+                 svg_written: bool, cam_notes: Sequence[str] = ()) -> str:
     parts = []
     for section, title in SECTIONS:
         members = [f for f in figures if f.section == section]
-        if not members:
+        said = list(cam_notes) if section == "cam" else []
+        if not members and not said:
             continue
         parts.append(f"<h3>{_e(title)}</h3>")
+        parts += [f"<p class='cam-note'>{_e(n)}</p>" for n in said]
         for f in members:
             data = base64.b64encode(png[f.name]).decode("ascii")
             link = (f" <a href='figures/{_e(f.name)}.svg'>SVG</a>" if svg_written else "")
@@ -434,7 +441,8 @@ def page(run: RunData, rows: Sequence[Row], notes: Sequence[str],
 
     # Said under the title: how the models were trained, not a partial result.
     settings = settings_sentence(meta)
-    notes = [n for n in notes if n not in (ledger, settings)]
+    cam_notes = [n for n in notes if CAM_NOTE in n]
+    notes = [n for n in notes if n not in (ledger, settings) and CAM_NOTE not in n]
     notes_html = ("<div class='notes'><strong>Partial results</strong><ul>"
                   + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul></div>") if notes else ""
     marked = any(r.group.incomplete for r in rows)
@@ -468,7 +476,7 @@ split; times are wall clock; MACs per image; size of the float32 weights file (M
 <h2 id="failures">Failed and unfinished trials</h2>
 {failures_table(run)}
 <h2 id="figures">Figures</h2>
-{figures_html(figures, png, svg_written)}
+{figures_html(figures, png, svg_written, cam_notes)}
 {glossary_html()}
 <h2 id="data">Data</h2>
 {data_html(meta.get("data") or {})}
