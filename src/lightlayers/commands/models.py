@@ -95,7 +95,23 @@ def table_source(rows: list[tuple[str, int, int, str]]) -> str:
     return "\n".join(lines)
 
 
+def no_match(pattern: str) -> str:
+    """The error for a pattern that names no model, with the closest names."""
+    import difflib
+
+    from lightlayers.commands._models_table import TABLE
+
+    names = [r[0] for r in TABLE]
+    close = difflib.get_close_matches(pattern.strip("*?"), names, n=3, cutoff=0.6)
+    hint = f"close matches: {', '.join(close)}" if close else "`lightlayers models` lists them all"
+    return f"no model matches {pattern!r}; {hint} (patterns are fnmatch, e.g. 'study-*')"
+
+
 def main(args: argparse.Namespace) -> int:
+    from lightlayers.cli import CliError
+
+    if args.pattern is not None and not stored_rows(args.pattern):
+        raise CliError(no_match(args.pattern))
     if args.json:
         from lightlayers.models import list_models
 
