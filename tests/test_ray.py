@@ -42,7 +42,7 @@ def small_npz(tmp_path_factory) -> Path:
 
 def _args(data: Path, out: Path, *extra: str) -> list[str]:
     return ["run", "--data", str(data), "--size", "28", "--epochs", "1", "--quiet",
-            "--no-report", "--out", str(out), *extra]
+            "--no-report", "--protocol", "seed", "--out", str(out), *extra]
 
 
 @pytest.fixture(scope="module")

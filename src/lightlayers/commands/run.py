@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from lightlayers.commands._json import json_safe
@@ -16,18 +17,25 @@ from lightlayers.commands._json import json_safe
 # Settings declared in StudyConfig that have a flag of another spelling here.
 _SPECIAL = {"report"}
 
+# The protocol a command line without one trains with. Not the published study's (`seed`,
+# StudyConfig's default and what the shipped study configs pin): its Keras BatchNorm momentum
+# leaves validation at chance for the first epochs, a trap for a first short run.
+CLI_PROTOCOL = "improved"
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from lightlayers.config import StudyConfig
     from lightlayers.executors import EXECUTORS, load_plugins
     from lightlayers.schema import add_flags
 
+    p.formatter_class = argparse.RawDescriptionHelpFormatter  # keeps the key list's lines
+    p.epilog = set_keys_help()
     p.add_argument("config", nargs="?", help="study YAML file (configs/*.yaml); flags override it")
     taken = set(_SPECIAL)
     names = add_flags(p, StudyConfig, taken=taken)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override one protocol setting, e.g. --set class_weighting=false or "
-                        "--set augment.rotate_deg=0 (repeatable; see protocol_overrides)")
+                        "--set augment.rotate_deg=0 (repeatable; every KEY is listed below)")
     load_plugins()
     for info in EXECUTORS.values():
         if info.options is None:
@@ -36,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         names += add_flags(group, info.options, taken=taken)
     p.set_defaults(_setting_names=names)
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    from lightlayers.commands.report import add_console_arguments
+
+    add_console_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object to stdout at the end: the run folder, the counts "
@@ -44,6 +55,51 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for action in p._actions:  # the executor's choices are the registry's, listed in its help
         if action.dest == "executor":
             action.help = f"where trials run; {executors}"
+        if action.dest == "protocol":
+            action.help = (f"{action.help.partition(' (default')[0]} (default: {CLI_PROTOCOL}, "
+                           "unless the YAML or --tuned says otherwise)")
+
+
+def set_keys_help() -> str:
+    """The keys ``--set`` takes, with each protocol's default and the help, made from the
+    declarations of :class:`lightlayers.config.Protocol` and its augmentation's dataclass."""
+    import dataclasses
+    import re
+    import textwrap
+
+    from lightlayers.config import IMPROVED, Protocol
+    from lightlayers.data.augment import AugmentConfig
+
+    seed = Protocol()
+
+    def default(a: Any, b: Any) -> str:
+        def text(v: Any) -> str:
+            return "none" if v is None else str(v).lower() if isinstance(v, bool) else f"{v:g}" \
+                if isinstance(v, float) else str(v)
+
+        return (f"default {text(a)}" if a == b
+                else f"default {text(a)} (seed), {text(b)} (improved)")
+
+    entries: list[tuple[str, str]] = []
+    for f in dataclasses.fields(Protocol):
+        if f.name in ("name", "augment"):
+            continue
+        entries.append((f.name, f"{f.metadata.get('help', '')}; "
+                                f"{default(getattr(seed, f.name), getattr(IMPROVED, f.name))}"))
+    # The augmentation's settings are documented in its docstring's Args section.
+    doc = dict(re.findall(r"^\s+(\w+): (.+?)(?=\n\s+\w+: |\n\s*\n|$)",
+                          AugmentConfig.__doc__ or "", re.M | re.S))
+    for f in dataclasses.fields(AugmentConfig):
+        what = " ".join(doc.get(f.name, "").split()).rstrip(".")
+        pair = getattr(seed.augment, f.name), getattr(IMPROVED.augment, f.name)
+        entries.append((f"augment.{f.name}", f"{what}; {default(*pair)}"))
+    lines = ["--set KEY=VALUE keys (protocol settings; VALUE is read as YAML):"]
+    for key, text in entries:
+        lines += textwrap.wrap(text, 78, initial_indent=f"  {key:<22s}",
+                               subsequent_indent=" " * 24)
+    lines += ["", "--protocol defaults to improved; the study configs in configs/ pin "
+              "`protocol: seed`", "to reproduce the published study."]
+    return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -57,6 +113,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         overrides = parse_overrides(args.overrides)
         values = flag_values(args, args._setting_names)
+        if "protocol" not in values and "tuned" not in values \
+                and not _yaml_sets(args.config, ("protocol", "tuned")):
+            values["protocol"] = CLI_PROTOCOL
         if args.no_report:
             values["report"] = False
         cfg = load_config(args.config, protocol_overrides=overrides or None, **values)
@@ -71,7 +130,11 @@ def main(args: argparse.Namespace) -> int:
         from lightlayers.report import ReportError, write_report
 
         try:
-            result = write_report(outcome.out_dir, console=not args.quiet and not args.json)
+            shown = not args.quiet and not args.json
+            # The progress printed each failed trial as it failed: the table does not repeat it.
+            result = write_report(outcome.out_dir, console=shown, columns=args.columns,
+                                  console_style=args.console, failures_shown=shown,
+                                  progress=shown)
         except ReportError as e:
             # The trials are recorded already; a report problem must not hide that.
             print(f"lightlayers run: the report could not be written: {e}; the results are in "
@@ -84,6 +147,20 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(json_safe(result_object(outcome, report, code)), indent=2,
                          allow_nan=False))
     return code
+
+
+def _yaml_sets(path: str | None, keys: tuple[str, ...]) -> bool:
+    """Whether the study YAML at ``path`` gives any of ``keys`` (read with the same limits as
+    load_config, which reports any problem with the file)."""
+    if path is None:
+        return False
+    from lightlayers.yamlio import read_yaml_file
+
+    try:
+        loaded = read_yaml_file(Path(path))
+    except Exception:
+        return False  # load_config reads it again and says what is wrong with it
+    return isinstance(loaded, dict) and any(k in loaded for k in keys)
 
 
 def result_object(outcome: Any, report: str | None, exit_code: int) -> dict[str, Any]:
