@@ -32,7 +32,7 @@ LIGHTLAYERS = [sys.executable, "-m", "lightlayers.cli"]
 # A finished study every case that needs a run folder gets a private copy of: two models, two
 # seeds, one epoch on scikit-learn's digits (about 7 s, once per test session).
 RUN_ARGS = ["run", "--data", "digits", "--models", "paper-light-k1,paper-conv", "--seeds",
-            "0,1", "--epochs", "1", "--quiet", "--no-report"]
+            "0,1", "--epochs", "1", "--protocol", "seed", "--quiet", "--no-report"]
 
 
 @dataclass
