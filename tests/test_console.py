@@ -79,10 +79,19 @@ def test_columns_all_and_a_list(run):
     assert " kB" in done.stdout and " ± " in done.stdout
     done = run_cli(["report", str(run), "--format", "csv", "--columns", "accuracy,auc,seeds"])
     assert _table_lines(done.stdout)[0].split() == ["Model", "Accuracy", "AUC", "Seeds"]
+    done = run_cli(["report", str(run), "--format", "csv", "--columns", "acc,sens"])
+    assert _table_lines(done.stdout)[0].split() == ["Model", "Accuracy", "Sensitivity"]
     done = run_cli(["report", str(run), "--format", "csv", "--columns", "acuracy"])
     assert done.returncode == 2
     assert "unknown column 'acuracy'; did you mean accuracy" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_run_refuses_a_mistyped_column_before_training(tmp_path):
+    done = run_cli(["run", "--data", "digits", "--columns", "acuracy",
+                    "--out", str(tmp_path / "r")])
+    assert done.returncode == 2 and "unknown column 'acuracy'" in done.stderr
+    assert not (tmp_path / "r").exists()
 
 
 def test_console_csv_is_one_csv_on_stdout(run):

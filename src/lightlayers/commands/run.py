@@ -106,11 +106,16 @@ def main(args: argparse.Namespace) -> int:
     from lightlayers.cli import CliError
     from lightlayers.config import ConfigError, load_config, parse_overrides
     from lightlayers.data import DataError
+    from lightlayers.report.load import ReportError
     from lightlayers.schema import flag_values
     from lightlayers.store import StoreError
     from lightlayers.study import run_study
 
     try:
+        if not args.quiet and not args.json and not args.no_report:
+            from lightlayers.report.table import console_columns
+
+            console_columns(args.columns, [])  # a mistyped column, before hours of training
         overrides = parse_overrides(args.overrides)
         values = flag_values(args, args._setting_names)
         if "protocol" not in values and "tuned" not in values \
@@ -120,7 +125,7 @@ def main(args: argparse.Namespace) -> int:
             values["report"] = False
         cfg = load_config(args.config, protocol_overrides=overrides or None, **values)
         outcome = run_study(cfg, progress=not args.quiet and not args.json)
-    except (ConfigError, DataError, StoreError) as e:
+    except (ConfigError, DataError, StoreError, ReportError) as e:
         raise CliError(str(e)) from e
     c = outcome.counts
     print(f"{outcome.out_dir}: {c['done']} done, {c['failed']} failed "

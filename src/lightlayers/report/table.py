@@ -307,7 +307,9 @@ def console_columns(spec: str | None, rows: Sequence[Row]) -> list[ConsoleColumn
             metrics.insert(at, get_metric("balanced_accuracy"))
         keys = [m.name for m in metrics] + ["seeds", "collapsed"]
     else:
-        keys = [k.strip() for k in text.split(",") if k.strip()]
+        # The default table's short headers name their columns too (acc, sens, coll).
+        alias = {h.lower().rstrip("."): k for k, h in CONSOLE_HEADERS.items()}
+        keys = [alias.get(k.strip(), k.strip()) for k in text.split(",") if k.strip()]
         valid = console_keys(rows)
         for k in keys:
             if k not in valid:
