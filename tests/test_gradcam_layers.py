@@ -100,9 +100,10 @@ def test_predict_heatmaps_are_labelled(small_run, tmp_path, capsys):
     run_dir, images = small_run
     cams = tmp_path / "cams"
     out = tmp_path / "p.csv"
-    # paper-light-k1's file carries its 3x3 last map: drawn only when asked to.
+    # paper-light-k1's last map is 3x3 at 28 px: its file carries the 7x7 map of an earlier
+    # layer instead, the gradients traced into the graph.
     assert cli(["predict", f"{run_dir}:paper-light-k1", *map(str, images), "--cam", str(cams),
-                "--cam-min-side", "3", "--out", str(out), "--quiet"]) == 0
+                "--out", str(out), "--quiet"]) == 0
     assert "map too coarse" not in capsys.readouterr().err
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     for r in rows:
@@ -161,3 +162,35 @@ def test_report_says_in_its_grad_cam_section_when_no_map_is_fine_enough(small_ru
                 "layer with a map is") in section
     assert "id='fig-cam_" not in html
     assert "no Grad-CAM figure" not in html.split("Where the models looked")[0]
+
+
+def test_export_carries_the_finer_layers_map_checked_against_captum(small_run, tmp_path):
+    from lightlayers.data import Split
+    from lightlayers.deploy import export as ex
+    from lightlayers.deploy.graph import LayerCamDeployable, reference_cam
+    from lightlayers.deploy.trial import choose_trial
+
+    run_dir, _ = small_run
+    trial, _, _ = choose_trial(run_dir, "paper-light-k1")
+    net = trial.build_model()
+    card = trial.card(net)
+    deployable, example = ex.deployable_for(net, card)
+    assert isinstance(deployable, LayerCamDeployable)
+    assert deployable.cam_layer.label == "input of stages.20, 7x7 map at 28 px"
+    blob = ex.to_onnx(deployable, example, card)
+    run = ex.run_model(blob)
+    images = np.random.default_rng(0).integers(0, 256, (5, 1, 28, 28), dtype=np.uint8)
+    x = next(ex.batches(Split(images, np.zeros(5, np.int64), None), card))[0]
+    probs, cams = run(x)
+    assert cams.shape == (5, 2, 7, 7)  # the batch axis stays dynamic: 5, traced with 2
+    target = torch.from_numpy(probs.argmax(1))
+    want = reference_cam(deployable, torch.from_numpy(x), target).numpy()
+    got = cams[np.arange(5), target.numpy()]
+    np.testing.assert_allclose(got, want, atol=1e-5 * max(1.0, float(np.abs(want).max())))
+    check = ex.verify(run, deployable, Split(images, np.zeros(5, np.int64), None), card)
+    assert check.cam_rel_diff is not None and check.cam_rel_diff <= ex.CAM_TOLERANCE
+    # study-conv pads a 28 px input to 50: its file keeps the last map, which predict
+    # declines to draw (above).
+    trial, _, _ = choose_trial(run_dir, "study-conv")
+    net = trial.build_model()
+    assert not isinstance(ex.deployable_for(net, trial.card(net))[0], LayerCamDeployable)

@@ -100,7 +100,11 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
         "looked at)")
     model = trial.build_model()
     card = trial.card(model)
-    deployable, example = ex.deployable_for(model, card)
+    # The last map for TorchScript, whose tracer fixes the batch size of a traced backward
+    # pass, and for int8, where the backward pass's transposed convolutions stay float and
+    # would double the weights the file holds.
+    deployable, example = ex.deployable_for(
+        model, card, finer_cam=args.format == "onnx" and not args.int8)
     card = card.replace(cam=deployable.with_cam)
     ds = trial.load_data(args.data)
     if list(ds.classes) != list(card.classes):

@@ -15,7 +15,8 @@ channel to ``input_chans`` channels, scale to [0, 1] and normalise with ``mean``
 (``None``: [0, 1] only). The model's input is then ``(batch, input_chans, input_size,
 input_size)`` float32; its outputs are ``probabilities`` ``(batch, classes)`` and, when
 ``cam`` is true, ``cam`` ``(batch, classes, h, w)``: the Grad-CAM map of every class on the
-last feature map.
+last layer whose map is at least 7x7 (the last feature map when it is that large; see
+:func:`lightlayers.deploy.export.deployable_for`).
 """
 
 from __future__ import annotations

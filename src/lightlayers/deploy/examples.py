@@ -79,7 +79,8 @@ def cam_examples(run_dir: str | Path, model: str | None = None, seed: int | None
                           "with `lightlayers run` into a new folder")
     net = trial.build_model()
     card = trial.card(net)
-    deployable, _ = deployable_for(net, card)
+    # The plain module: the figure draws its own choice of layer, by Captum where earlier.
+    deployable, _ = deployable_for(net, card, finer_cam=False)
     if not deployable.with_cam:
         raise DeployError(f"{trial.label} has no global average pooling: no Grad-CAM maps")
     from lightlayers.deploy.graph import CAM_MIN_SIDE, choose_cam_layer, layer_cam

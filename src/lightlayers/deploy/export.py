@@ -40,10 +40,30 @@ CAM_TOLERANCE = 1e-4
 # softmax and the Grad-CAM maps stay float), and one weight scale per output channel.
 INT8_OPS = ("Conv", "Gemm", "MatMul", "Relu", "Add", "MaxPool")
 PER_CHANNEL = True
-def deployable_for(model: torch.nn.Module, card: ModelCard) -> tuple[Deployable, torch.Tensor]:
-    """The module to export, and an example input batch (two zero images)."""
+def deployable_for(model: torch.nn.Module, card: ModelCard, finer_cam: bool = True,
+                   cam_min_side: int | None = None) -> tuple[Any, torch.Tensor]:
+    """The module to export, and an example input batch (two zero images). Its Grad-CAM
+    output is the last feature map's, or with ``finer_cam``, when that map is smaller than
+    ``cam_min_side`` (default graph.CAM_MIN_SIDE) on a side, the last earlier layer's that is
+    at least that large (graph.LayerCamDeployable: the gradients traced into the graph)."""
+    from lightlayers.deploy.graph import CAM_MIN_SIDE, LayerCamDeployable, choose_cam_layer
+
     example = torch.zeros(2, card.input_chans, card.input_size, card.input_size)
-    return Deployable(model, example).eval(), example
+    plain = Deployable(model, example).eval()
+    if not (finer_cam and plain.with_cam):
+        return plain, example
+    layer = choose_cam_layer(plain, example,
+                             CAM_MIN_SIDE if cam_min_side is None else cam_min_side)
+    # A padded input's map covers the padding too: the file keeps the last map (and predict
+    # says when it is too coarse) rather than a map that does not line up with the image.
+    if isinstance(layer, str) or layer.module is None or layer.padded > layer.input_size:
+        return plain, example
+    try:
+        return LayerCamDeployable(plain, layer, torch.rand_like(example)).eval(), example
+    except Exception:  # the tracer's errors have no common base class
+        # A model the tracer cannot follow keeps its last map; predict says when that map is
+        # too coarse to draw.
+        return plain, example
 
 
 @contextlib.contextmanager

@@ -20,6 +20,11 @@ model's last global average pooling (``adaptive_avg_pool2d`` to 1x1, as a module
 function; squeeze-and-excitation blocks pool too, so it is the last such call of a forward).
 A :class:`~torch.overrides.TorchFunctionMode` routes that input through an identity module,
 ``pool_input``, which is what Captum attributes to and what the export reads.
+
+A last feature map of a few cells (3x3 for a light model at 28 px) says little about where the
+model looked, so :func:`choose_cam_layer` picks the last layer whose map is at least 7x7, and
+:class:`LayerCamDeployable` exports Grad-CAM there: an earlier layer's gradients are no plain
+forward computation, so its backward pass is traced once into plain operations.
 """
 
 from __future__ import annotations
@@ -32,8 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["CAM_MIN_SIDE", "CamLayer", "Deployable", "choose_cam_layer", "count_global_pools",
-           "head_matrix", "layer_cam", "reference_cam"]
+__all__ = ["CAM_MIN_SIDE", "CamLayer", "Deployable", "LayerCamDeployable", "choose_cam_layer",
+           "count_global_pools", "head_matrix", "layer_cam", "reference_cam"]
 
 # A Grad-CAM map smaller than this per side is a few blocks blown up over the image: it shows
 # where the model looked no better than a uniform wash, so it is not drawn.
@@ -121,13 +126,21 @@ class Deployable(nn.Module):
         return probs, cam
 
 
-def reference_cam(deployable: Deployable, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def reference_cam(deployable: Deployable | LayerCamDeployable, x: torch.Tensor,
+                  target: torch.Tensor) -> torch.Tensor:
     """Grad-CAM of class ``target[i]`` for image ``x[i]`` computed by Captum's LayerGradCam on
     the same feature map (real gradients): (batch, h, w)."""
     from lightlayers.deploy.errors import require
 
     LayerGradCam = require("captum.attr").LayerGradCam
 
+    if isinstance(deployable, LayerCamDeployable):
+        layer = deployable.cam_layer
+        gc = LayerGradCam(deployable.base.logits, layer.module)
+        with torch.enable_grad():
+            attr = gc.attribute(x, target=target.tolist(), relu_attributions=True,
+                                attribute_to_layer_input=layer.on_input)
+        return attr.detach()[:, 0]
     if not deployable.with_cam:
         raise ValueError("the model has no global average pooling: no Grad-CAM layer")
     gc = LayerGradCam(deployable.logits, deployable.pool_input)
@@ -250,3 +263,90 @@ def layer_cam(deployable: Deployable, layer: CamLayer, x: torch.Tensor,
         top = (layer.padded - layer.input_size) // 2
         maps = up[:, top:top + layer.input_size, top:top + layer.input_size]
     return maps
+
+
+def _max_pool_backward(grad_output: torch.Tensor, self: torch.Tensor, kernel_size: Any,
+                       stride: Any, padding: Any, dilation: Any, ceil_mode: bool,
+                       indices: torch.Tensor) -> torch.Tensor:
+    """The gradient of a max pooling as plain operations (ONNX has no such backward op):
+    each output's gradient added at the input position it took its maximum from."""
+    n, c, h, w = self.shape
+    flat = torch.zeros(n, c, h * w, dtype=grad_output.dtype, device=grad_output.device)
+    return flat.scatter_add(2, indices.reshape(n, c, -1),
+                            grad_output.reshape(n, c, -1)).reshape(n, c, h, w)
+
+
+class _GradCamAt(nn.Module):
+    """``images -> (probabilities, cam)`` with ``cam`` the Grad-CAM of every class on
+    ``layer`` of ``base``, by autograd (to be traced into plain operations)."""
+
+    def __init__(self, base: Deployable, layer: CamLayer, classes: int) -> None:
+        super().__init__()
+        self.base, self.layer, self.classes = base, layer, classes
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seen: list[torch.Tensor] = []
+        module = self.layer.module
+        assert module is not None
+        if self.layer.on_input:
+            handle = module.register_forward_pre_hook(lambda m, i: seen.append(i[0]))
+        else:
+            handle = module.register_forward_hook(lambda m, i, o: seen.append(o))
+        try:
+            logits = self.base.logits(x)
+        finally:
+            handle.remove()
+        a = seen[-1]
+        maps = []
+        for c in range(self.classes):
+            # Each image's score depends on its own image only: the gradient of the batch's
+            # sum is every image's own gradient.
+            (g,) = torch.autograd.grad(logits[:, c].sum(), a, retain_graph=True)
+            maps.append(F.relu((g.mean((2, 3), keepdim=True) * a).sum(1)))
+        return torch.softmax(logits.float(), dim=1), torch.stack(maps, 1)
+
+
+class LayerCamDeployable(nn.Module):
+    """``images -> (probabilities, cam)`` like :class:`Deployable`, ``cam`` being Grad-CAM on an
+    earlier layer than the last feature map (:func:`choose_cam_layer`), its gradients written
+    out as forward operations: the backward pass is traced once (``make_fx``, PyTorch's core
+    decompositions, a max pooling's backward as a scatter), so ONNX Runtime, which has no
+    gradients, computes the same maps. Checked against Captum by ``lightlayers export``."""
+
+    def __init__(self, base: Deployable, layer: CamLayer, example: torch.Tensor) -> None:
+        super().__init__()
+        from torch._decomp import core_aten_decompositions
+        from torch.func import functional_call
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        self.base, self.cam_layer, self.model = base, layer, base.model
+        self.with_cam, self.which = True, base.which
+        classes = int(base.cam_weight.shape[0])
+        inner = _GradCamAt(base, layer, classes)
+        params = dict(inner.named_parameters())
+        state = {**params, **dict(inner.named_buffers())}
+        self._names = list(state)
+
+        def run(x: torch.Tensor, *tensors: torch.Tensor) -> Any:
+            return functional_call(inner, dict(zip(self._names, tensors, strict=True)), (x,))
+
+        table = dict(core_aten_decompositions())
+        table[torch.ops.aten.max_pool2d_with_indices_backward.default] = _max_pool_backward
+        tensors = [t.detach().requires_grad_(k in params) for k, t in state.items()]
+        with torch.enable_grad():
+            self.graph = make_fx(run, decomposition_table=table, tracing_mode="symbolic")(
+                example, *tensors)
+        # A backward operation PyTorch could not decompose (some convolutions of the
+        # torchvision backbones) has no ONNX form: refused here, before an export fails.
+        left = sorted({str(n.target) for n in self.graph.graph.nodes
+                       if n.op == "call_function" and "backward" in str(n.target)})
+        if left:
+            raise ValueError(f"backward operations left in the traced graph: {left}")
+        for i, t in enumerate(tensors):
+            self.register_buffer(f"state_{i}", t.detach().clone(), persistent=False)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base.logits(x)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.graph(x, *(getattr(self, f"state_{i}") for i in range(len(self._names))))
