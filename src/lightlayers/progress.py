@@ -86,7 +86,15 @@ class ProgressReporter:
         room = min(p.console.width, 200) - desc - 12 - counts - 3 - 1
         if len(text) <= room:
             return text
-        return text[:max(0, room - 1)] + "…" if room > 1 else ""
+        # Whole "name value" pairs only: a number cut to "0.8…" would read as another number.
+        words = text.split(" ")
+        kept = ""
+        for i in range(0, len(words) - 1, 2):
+            pair = " ".join(words[i:i + 2])
+            if len(kept) + len(pair) + 3 > room:
+                break
+            kept = f"{kept} {pair}" if kept else pair
+        return kept.removesuffix(" |") + " …" if kept else ""
 
     def log(self, text: str) -> None:
         if not self.enabled:
@@ -111,8 +119,8 @@ class ProgressReporter:
 
     def epoch(self, row: dict[str, Any], epochs: int) -> None:
         if self._progress is not None:
-            stats = (f"val acc {row['val_acc']:.3f} loss {row['val_loss']:.3g} | "
-                     f"train acc {row['train_acc']:.3f} loss {row['train_loss']:.3g}")
+            stats = (f"val_acc {row['val_acc']:.3f} val_loss {row['val_loss']:.3g} "
+                     f"acc {row['train_acc']:.3f} loss {row['train_loss']:.3g}")
             self._progress.update(self._task, advance=1, stats=self._fit(stats))
             self._progress.update(self._study, stats=self._study_stats())
         else:
