@@ -102,9 +102,11 @@ TABLE_GROUPS = (
 )
 
 
-def _short(label: str) -> str:
+def _short(label: str, unit: str = "") -> str:
+    """A column heading from a metric's label, with its unit when that is a time unit."""
     text = label.removeprefix("Test ")
-    return text[:1].upper() + text[1:]
+    first = unit.split(",")[0].strip()
+    return text[:1].upper() + text[1:] + (f" ({first})" if first in ("ms", "s") else "")
 
 
 def _stat(r: Row, name: str) -> Summary:
@@ -112,7 +114,7 @@ def _stat(r: Row, name: str) -> Summary:
     return r.stats.get(name) or summarize(t.get(name) for t in r.group.done)
 
 
-def results_table(rows: Sequence[Row]) -> str:
+def results_table(rows: Sequence[Row], after_first: str = "") -> str:
     """The results as one table per group of :data:`TABLE_GROUPS`; the first keeps the
     seeds and collapsed runs, and the id ``results`` (the render check counts its rows)."""
     out = []
@@ -126,7 +128,7 @@ def results_table(rows: Sequence[Row]) -> str:
         if not metrics:
             continue
         head = "<th scope='col'>Model</th>" + "".join(
-            f"<th scope='col'>{_e(m.header or _short(m.label))}</th>"
+            f"<th scope='col'>{_e(m.header or _short(m.label, m.unit))}</th>"
             for m in metrics) + ("<th scope='col'>Seeds</th><th scope='col'>Collapsed runs"
                                  "</th>" if i == 0 else "")
         body = []
@@ -141,6 +143,8 @@ def results_table(rows: Sequence[Row]) -> str:
             body.append(f"<tr{cls} data-model='{_e(r.label)}'>{tds}</tr>")
         out.append(f"<h3>{_e(title)}</h3><div class='scroll'><table id='{table_id}'><thead>"
                    f"<tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
+        if i == 0 and after_first:
+            out.append(after_first)  # the diagnoses behind its collapsed-runs flags
     return "\n".join(out)
 
 
@@ -178,6 +182,9 @@ def summary_html(rows: Sequence[Row], comparisons: Sequence[Comparison],
         else:
             ci = f"{st.n} seed, no interval"
         text = f"Best {name}: <strong>{_e(best.label)}</strong> {st.mean:.3f} ({ci})."
+        if majority is not None and key in majority[1] and st.mean <= majority[1][key] + 1e-9:
+            text += (f" No better than always answering {_e(majority[0])}, the test split's "
+                     "majority class: no model has learnt this score.")
         pairs = [c for c in comparisons if c.metric == key
                  and best.label in (c.model_a, c.model_b)]
         if pairs:
@@ -463,8 +470,7 @@ def page(run: RunData, rows: Sequence[Row], notes: Sequence[str],
 <p id="settings-source">{_e(settings)}</p>
 {notes_html}
 <h2 id="table">Results</h2>
-{results_table(rows)}
-{diagnoses_html(rows)}
+{results_table(rows, diagnoses_html(rows))}
 <p>Metrics: mean ± sample standard deviation over seeds (95% t-intervals in
 <a href="table.csv">table.csv</a>). Accuracy, AUC, sensitivity, specificity and F1 on the test
 split; times are wall clock; MACs per image; size of the float32 weights file (MB = 10⁶ bytes).
