@@ -391,7 +391,7 @@ def print_table(rows: list[Row], notes: list[str], title: str, *, columns_spec: 
         print(title, file=out)
         for line in plain_table(["Model", *(c.header for c in cols)], body):
             print(line, file=out)
-        if columns_spec in (None, "default"):
+        if (columns_spec or "default").strip().lower() == "default":
             for line in textwrap.wrap(CONSOLE_LEGEND, CONSOLE_WIDTH):
                 print(line, file=out)
         if any(r.group.incomplete for r in rows):
