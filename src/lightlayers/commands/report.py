@@ -39,7 +39,7 @@ def add_console_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--columns", metavar="all|NAME,...", default=None,
                    help="columns of the printed table (default: "
-                        f"{','.join(CONSOLE_DEFAULT)}, means over seeds, fitting 80 columns); "
+                        f"{', '.join(CONSOLE_DEFAULT)}: means over seeds, fitting 80 columns); "
                         "all: every column of table.md with ± std; or a comma list of metric "
                         "names (e.g. accuracy,auc,total_time_s,seeds)")
     p.add_argument("--console", choices=("table", "csv"), default="table",
