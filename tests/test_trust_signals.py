@@ -5,6 +5,7 @@ done once. Scratch folders of processes killed outright are removed by the next 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -279,7 +280,11 @@ def test_sigterm_stops_every_command_cleanly(tmp_path, hostile_run) -> None:
             where = f"{name} in round {delay:g}"
             if signalled[name]:
                 assert p.returncode == 143, (where, p.returncode, err[-2000:])
-                assert [s for s in err.splitlines() if s.strip()] == [MESSAGE], (where, err)
+                # Progress lines of the steps begun ("report: drawing the figures ..."), then
+                # the one line that says why it stopped.
+                lines = [s for s in err.splitlines() if s.strip()]
+                assert lines[-1:] == [MESSAGE], (where, err)
+                assert all(re.fullmatch(r"report: .+ \.\.\.", s) for s in lines[:-1]), (where, err)
             else:
                 assert p.returncode == 0, (where, err[-2000:])
             assert list(tmpdir.iterdir()) == [], (where, list(tmpdir.iterdir()))
