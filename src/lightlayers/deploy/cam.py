@@ -8,6 +8,8 @@ against Captum's ``LayerGradCam`` when the file was written); upsampling is Capt
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 __all__ = ["ALPHA", "COLORMAP", "DISPLAY_MIN", "labelled_png", "overlay", "peak", "upsample"]
@@ -74,8 +76,6 @@ def labelled_png(rgb: np.ndarray, title: str, map_side: int) -> bytes:
 
     from matplotlib.figure import Figure
 
-    from lightlayers.deploy.examples import colorbar
-
     fig = Figure(figsize=(3.6, 3.3), layout="constrained")
     ax = fig.subplots()
     ax.imshow(rgb)
@@ -87,3 +87,16 @@ def labelled_png(rgb: np.ndarray, title: str, map_side: int) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     return buf.getvalue()
+
+
+def colorbar(fig: Any, axes: Any) -> Any:
+    """The heatmaps' scale beside ``axes``: each map is drawn relative to its own maximum."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), colormaps[COLORMAP]), ax=axes,
+                       shrink=0.8)
+    bar.set_label("Grad-CAM, share of its maximum", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    return bar

@@ -122,6 +122,8 @@ def cam_figure(examples: dict[str, list[CamExample]], title: str = "") -> Any:
     class, probability); a kind without examples says so."""
     from matplotlib.figure import Figure
 
+    from lightlayers.deploy.cam import colorbar
+
     kinds = list(examples)
     cols = max(1, max((len(v) for v in examples.values()), default=1))
     fig = Figure(figsize=(2.4 * cols + 1.0, 2.6 * len(kinds) + 0.3), layout="constrained")
@@ -149,21 +151,6 @@ def cam_figure(examples: dict[str, list[CamExample]], title: str = "") -> Any:
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
-
-
-def colorbar(fig: Any, axes: Any) -> Any:
-    """The heatmaps' scale beside ``axes``: each map is drawn relative to its own maximum."""
-    from matplotlib import colormaps
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-
-    from lightlayers.deploy.cam import COLORMAP
-
-    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), colormaps[COLORMAP]), ax=axes,
-                       shrink=0.8)
-    bar.set_label("Grad-CAM, share of its maximum", fontsize=8)
-    bar.ax.tick_params(labelsize=7)
-    return bar
 
 
 def write_cam_figure(examples: dict[str, list[CamExample]], path: str | Path,
