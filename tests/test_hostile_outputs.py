@@ -186,6 +186,17 @@ def predict_cam_link(tmp: Path, run: Path | None, model: Path) -> Planted:
                    protect=[victim, imgs])
 
 
+def tune_through_link(tmp: Path, run: Path | None) -> Planted:
+    """A tuning folder with a link planted where its store goes."""
+    victim = _victim(tmp)
+    out = tmp / "tuning"
+    out.mkdir()
+    (out / MANIFEST).write_text('{"kind": "tune", "files": []}')
+    (out / "tune.db").symlink_to(victim)
+    return Planted(["tune", "--data", "digits", "--models", "paper-light-k1", "--budget", "1",
+                    "--epochs", "1", "--folds", "1", "--out", str(out)], protect=[victim])
+
+
 CASES = [
     Case("report-out-user-site", report_into_user_site, message=r"not made by lightlayers",
          needs_run=True),
@@ -208,6 +219,7 @@ CASES = [
     Case("report-file-link", report_through_link, message=r"symbolic link", needs_run=True),
     Case("report-figures-link", report_figures_link, message=r"symbolic link",
          needs_run=True),
+    Case("tune-store-link", tune_through_link, message=r"symbolic link"),
 ]
 
 MODEL_CASES = [
