@@ -91,3 +91,14 @@ def test_an_unwritable_ledger_warns_once_and_the_study_goes_on(tmp_path: Path) -
     with pytest.raises(ledger.LedgerError, match="cannot read the test-split ledger"):
         split_uses()
     assert main(["data", "ledger"]) == 2  # one line, exit 2 (the CLI's bad-input code)
+
+
+def test_an_exports_own_test_check_is_one_more_score_under_the_trials_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*RUN, "--no-report", "--out", str(tmp_path / "a")]) == 0
+    assert (_ledger_json(capsys)["settings"], _ledger_json(capsys)["scores"]) == (1, 1)
+    assert main(["export", str(tmp_path / "a"), "--out", str(tmp_path / "m.onnx")]) == 0
+    r = _ledger_json(capsys)
+    # The export looked at the test split once more; the trial's settings are the same ones.
+    assert (r["settings"], r["scores"]) == (1, 2)

@@ -171,6 +171,21 @@ def ledger_sentence(fingerprint: dict[str, Any] | None) -> str | None:
             "split, the more optimistic the best of them.")
 
 
+def record_rescore(trial: Any, ds: Dataset) -> bool:
+    """A finished trial (:class:`lightlayers.deploy.trial.Trial`) scored on the test split
+    again, by an export's own check: appended under the settings it was trained with. A run
+    folder whose recorded config this lightlayers cannot rebuild is passed over."""
+    from lightlayers.config import ConfigError, config_from_dict
+
+    try:
+        cfg = config_from_dict(dict(trial.meta.get("config") or {}))
+        protocol = cfg.resolved_protocol()
+    except (ConfigError, TypeError, ValueError):
+        return False
+    return StudyLedger(cfg, protocol, trial.run_dir).scored(
+        trial.model_name, trial.seed, ds, str(trial.row.get("data", "")))
+
+
 class StudyLedger:
     """What ``run_study`` appends to the ledger as each trial's test score is recorded."""
 

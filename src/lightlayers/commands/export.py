@@ -133,6 +133,9 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
             "head is not global pooling + affine; nothing written. Report it")
     test = ds.splits["test"]
     fp32 = ex.evaluate(run, test, card)
+    from lightlayers.ledger import record_rescore
+
+    record_rescore(trial, ds)  # one more look at the test split, under the trial's settings
     # Before any file is written: an fp32 file scoring otherwise than the trial recorded is
     # not that trial's model (int8 is expected to differ and is only shown).
     not_compared = trial.check_test_scores(fp32, f"fp32 {args.format} export")
