@@ -177,13 +177,14 @@ def predict_cam_link(tmp: Path, run: Path | None, model: Path) -> Planted:
     """A heatmap folder of an earlier prediction, with a link planted at a heatmap's name."""
     imgs = _images(tmp / "imgs")
     cams = tmp / "cams"
-    done = run_cli(["predict", str(model), str(imgs), "--cam", str(cams), "--quiet"])
+    # Digits are 8 px: any map is coarse, so the smallest side is allowed.
+    cam = ["--cam", str(cams), "--cam-min-side", "1", "--quiet"]
+    done = run_cli(["predict", str(model), str(imgs), *cam])
     assert done.returncode == 0, done.stderr
     victim = _victim(tmp)
     (cams / "x0.png").unlink()
     (cams / "x0.png").symlink_to(victim)
-    return Planted(["predict", str(model), str(imgs), "--cam", str(cams), "--quiet"],
-                   protect=[victim, imgs])
+    return Planted(["predict", str(model), str(imgs), *cam], protect=[victim, imgs])
 
 
 def tune_through_link(tmp: Path, run: Path | None) -> Planted:
