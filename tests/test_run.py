@@ -312,3 +312,15 @@ def test_second_process_on_same_folder_is_refused(tmp_path, capsys):
     assert rc == 2
     assert "another `lightlayers run` is using" in capsys.readouterr().err
     assert not (out / "results.db").exists()
+
+
+def test_a_rerun_with_other_settings_names_both_values(tmp_path, capsys):
+    base = ["run", "--data", "digits", "--models", "paper-light-k1", "--epochs", "1", "--size",
+            "8", "--quiet", "--no-report", "--out", str(tmp_path / "r")]
+    assert cli([*base, "--protocol", "seed"]) == 0
+    capsys.readouterr()
+    # The default protocol is improved: the folder's seed study is not resumed by it.
+    assert cli(base) == 2
+    err = capsys.readouterr().err
+    assert "other settings (protocol: 'seed' there, 'improved' now)" in err
+    assert len(err.strip().splitlines()) == 1

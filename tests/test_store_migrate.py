@@ -27,7 +27,7 @@ from lightlayers.study import results_csv_text
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "run-v1"
 MODELS = ("paper-light-k1", "study-light-k1")
 RUN = ["run", "--data", "digits", "--models", ",".join(MODELS), "--epochs", "2", "--size", "8",
-       "--no-report", "--quiet"]
+       "--protocol", "seed", "--no-report", "--quiet"]
 V1_EPOCH_FIELDS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "time_s")
 
 

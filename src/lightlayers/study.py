@@ -138,11 +138,19 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
     reporter = ProgressReporter(len(cfg.models) * len(cfg.seeds), enabled=progress)
     try:
         previous = store.meta().get("settings")
-        diff = settings_diff(previous, _settings(cfg))
+        now = _settings(cfg)
+        diff = settings_diff(previous, now)
         if diff:
+            from lightlayers.schema import shown
+
+            # The folder's value beside this run's, for a few plain settings: `protocol: seed
+            # there, improved now` says at once which flag resumes it.
+            shown_diff = [f"{k}: {shown(previous.get(k), 20)} there, {shown(now.get(k), 20)} now"
+                          if not isinstance(now.get(k), dict | list) else k for k in diff[:3]]
             raise ConfigError(
-                f"{out} holds a study with other settings ({', '.join(diff)} differ); "
-                "use another --out folder, or the same settings to resume or extend it"
+                f"{out} holds a study with other settings ({'; '.join(shown_diff)}"
+                f"{'; ...' if len(diff) > 3 else ''}); use another --out folder, or the same "
+                "settings to resume or extend it"
             )
         # Weights first: a transfer model that cannot have its weights is known (and said) before
         # any data is decoded or any model trains.
