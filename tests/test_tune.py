@@ -365,3 +365,20 @@ def test_ray_runs_tuning_trials_as_tasks_with_the_same_budget(tmp_path: Path) ->
     finally:
         con.close()
     assert steps == 3 * 2
+
+
+def test_tuned_and_untuned_folders_do_not_pool(tuned: tuple[Path, dict], tmp_path: Path) -> None:
+    folder, _ = tuned
+    common = ["--data", "digits", "--epochs", "2", "--threads", "1", "--quiet", "--no-report"]
+    code, _, err = cli(["run", "--tuned", str(folder), "--seeds", "0", "--out",
+                        str(tmp_path / "tuned"), *common])
+    assert code == 0, err
+    # The same models, protocol and data under the fixed recipe, another seed.
+    code, _, err = cli(["run", "--models", "paper-light-k1,paper-light-k2", "--protocol", "seed",
+                        "--seeds", "1", "--out", str(tmp_path / "fixed"), *common])
+    assert code == 0, err
+    code, _, err = cli(["report", str(tmp_path / "tuned"), str(tmp_path / "fixed"), "--out",
+                        str(tmp_path / "pooled"), "--quiet"])
+    assert code == 2
+    assert "model_protocols" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "pooled").exists()
