@@ -9,7 +9,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from fuzzing import fuzz
+from hypothesis import given
 from hypothesis import strategies as st
 from model_files import tiny_card, tiny_onnx
 
@@ -17,13 +18,7 @@ from lightlayers.deploy import DeployError
 from lightlayers.deploy.card import ModelCard
 from lightlayers.deploy.export import read_card
 
-FUZZ = settings(
-    max_examples=150,
-    deadline=None,
-    derandomize=True,  # the same examples on every run: a failure here is reproducible
-    database=None,  # nothing written to .hypothesis/ in the working tree
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+FUZZ = fuzz(150)
 
 # Protobuf strings are UTF-8: no lone surrogates.
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)

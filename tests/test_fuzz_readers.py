@@ -21,19 +21,14 @@ import numpy as np
 import pytest
 import yaml
 from data_fixtures import image_bytes
-from hypothesis import HealthCheck, given, settings
+from fuzzing import fuzz
+from hypothesis import given
 from hypothesis import strategies as st
 
 from lightlayers.config import ConfigError, StudyConfig, load_config
 from lightlayers.data import DataError, Dataset, load_dataset
 
-FUZZ = settings(
-    max_examples=100,
-    deadline=None,
-    derandomize=True,  # the same examples on every run: a failure here is reproducible
-    database=None,  # nothing written to .hypothesis/ in the working tree
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+FUZZ = fuzz(100)
 
 
 @contextmanager

@@ -17,8 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fuzzing import fuzz
 from hostile import LIGHTLAYERS, Case, Planted, run_case
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from lightlayers.config import ConfigError, StudyConfig, load_config, parse_overrides
@@ -232,13 +233,7 @@ def test_alias_bomb_costs_no_more_than_an_ordinary_failing_start(setting: str,
 
 
 # --- the loader, fuzzed ------------------------------------------------------------------------
-FUZZ = settings(
-    max_examples=150,
-    deadline=None,
-    derandomize=True,  # the same examples on every run: a failure here is reproducible
-    database=None,  # nothing written to .hypothesis/ in the working tree
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+FUZZ = fuzz(150)
 # Pieces that make YAML expensive, ambiguous or odd, put together at random.
 _PIECES = [
     "epochs", "lr", "data", "sizes", "protocol_overrides", "augment", "teacher", "models",
