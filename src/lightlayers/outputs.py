@@ -271,9 +271,6 @@ class OutputFolder:
             {"kind": self.kind, "files": sorted(files)}, indent=1) + "\n", root=self.path)
 
     # --- writing --------------------------------------------------------------------------
-    def owns(self, rel: str) -> bool:
-        return rel in self.files
-
     def claim(self, rel: str) -> Path:
         """Record ``rel`` as this tool's before it is written by other means (a SQLite store);
         refused when a file not written by lightlayers is there."""
