@@ -19,7 +19,13 @@ from pathlib import Path
 
 
 def main() -> int:
-    from lightlayers.report.compare import comparisons_csv, merge_runs, pairwise
+    from lightlayers.report.compare import (
+        comparisons_csv,
+        distinguishable_sentence,
+        merge_runs,
+        pairwise,
+        with_holm,
+    )
     from lightlayers.report.load import ReportError, load_run
     from lightlayers.report.pool import pool_runs
 
@@ -42,19 +48,22 @@ def main() -> int:
         return 1
     labels = {g.label: g.model for g in merged.groups}
     if args.same_model:
-        comps = [c for c in comps if labels[c.model_a] == labels[c.model_b]]
+        # Holm's family is the pairs written, not every pair of the merged runs.
+        comps = with_holm([c for c in comps if labels[c.model_a] == labels[c.model_b]])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".csv").write_text(comparisons_csv(comps, n_boot))
-    lines = ["| A | B | metric | A | B | A - B [95% interval] |",
-             "| --- | --- | --- | ---: | ---: | --- |"]
+    lines = ["| A | B | metric | A | B | A - B [95% interval] | p, Holm-adjusted |",
+             "| --- | --- | --- | ---: | ---: | --- | ---: |"]
     for c in comps:
         diff = f"{c.difference:+.3f} [{c.low:+.3f}, {c.high:+.3f}]"
         lines.append(f"| {c.model_a} | {c.model_b} | {c.metric} | {c.mean_a:.3f} | "
-                     f"{c.mean_b:.3f} | {f'**{diff}**' if c.real else diff} |")
+                     f"{c.mean_b:.3f} | {f'**{diff}**' if c.real else diff} | {c.p_holm:.3f} |")
     lines += ["", f"Paired bootstrap, {n_boot} replicates: the test images drawn with "
               "replacement (the same draw for both models) and each model's seeds drawn with "
-              "replacement. Bold: the interval excludes 0."]
+              "replacement. Bold: the interval excludes 0 (that pair alone). p, Holm-adjusted: "
+              "the bootstrap p-value adjusted across the pairs of the same score above.",
+              "", distinguishable_sentence(comps)]
     lines += [f"- {n}" for n in notes]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(out.with_suffix(".md").read_text(), end="")

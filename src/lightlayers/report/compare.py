@@ -15,6 +15,12 @@ Accuracy uses each trial's own decision rule (its recorded threshold, else argma
 recorded accuracy does; AUC is the positive class's when binary, else the one-vs-rest macro
 mean. Both come from the test probabilities stored with every trial; the draws come from a
 generator seeded by the pair's names, so a report of an unchanged run is byte-identical.
+
+Many pairs are compared at once (21 for 7 models, per score), so some intervals would exclude
+0 by chance alone. Each pair therefore also gets a two-sided bootstrap p-value and that
+p-value adjusted by Holm's step-down method across the pairs shown for the same score and
+protocol (:func:`holm`); "distinguishable at the 95% level" means a Holm-adjusted p below
+0.05, which holds the chance of any false claim among those pairs at 5%.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import io
 import itertools
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -63,11 +69,65 @@ class Comparison:
     n_images: int
     seeds_a: int
     seeds_b: int
+    # Two-sided bootstrap p-value of "no difference", and the same adjusted by Holm's method
+    # across the pairs of its family (same protocol and score; see with_holm).
+    p_value: float = float("nan")
+    p_holm: float = float("nan")
 
     @property
     def real(self) -> bool:
-        """The interval excludes 0: the difference is unlikely to be noise."""
+        """The interval excludes 0: the difference is unlikely to be noise (this pair alone,
+        not adjusted for the other pairs)."""
         return self.low > 0 or self.high < 0
+
+    @property
+    def distinguishable(self) -> bool:
+        """Holm-adjusted p below 0.05: the difference holds with the other pairs counted."""
+        return bool(self.p_holm < 1 - LEVEL)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of ``p_values`` (same order out as in): the i-th smallest
+    p (from 1) is multiplied by ``m - i + 1``, then made non-decreasing along that order and
+    capped at 1. NaN stays NaN and does not count in ``m``.
+
+    Example:
+        >>> [round(p, 3) for p in holm([0.01, 0.04, 0.03, 0.005])]
+        [0.03, 0.06, 0.06, 0.02]
+    """
+    finite = sorted((p, i) for i, p in enumerate(p_values) if np.isfinite(p))
+    m = len(finite)
+    out = [float("nan")] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(finite):
+        running = max(running, min(1.0, (m - rank) * float(p)))
+        out[i] = running
+    return out
+
+
+def with_holm(comps: Sequence[Comparison]) -> list[Comparison]:
+    """``comps`` with ``p_holm`` computed over each family: the pairs of one protocol and one
+    score among ``comps``. Call it on the pairs that are shown (after any filtering): the
+    family is what the reader sees."""
+    out = list(comps)
+    families: dict[tuple[str, str], list[int]] = {}
+    for i, c in enumerate(out):
+        families.setdefault((c.protocol, c.metric), []).append(i)
+    for idx in families.values():
+        for i, p in zip(idx, holm([out[i].p_value for i in idx]), strict=True):
+            out[i] = replace(out[i], p_holm=p)
+    return out
+
+
+def bootstrap_p(d: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of a difference of 0 from its replicates ``d``: twice the
+    smaller share of replicates on either side of 0, each count plus one (so that a finite
+    number of replicates never claims p = 0), capped at 1."""
+    d = d[np.isfinite(d)]
+    if len(d) == 0:
+        return float("nan")
+    tail = min(int((d <= 0).sum()), int((d >= 0).sum()))
+    return min(1.0, 2 * (tail + 1) / (len(d) + 1))
 
 
 def members(run: RunData, group: Group) -> list[Member]:
@@ -199,13 +259,14 @@ def pairwise(run: RunData, n_boot: int | None = None, which: Sequence[str] = MET
                 low, high = _interval(ra - rb)
                 mean_a, mean_b = point[id(ga), k], point[id(gb), k]
                 out.append(Comparison(protocol, ga.label, gb.label, k, mean_a, mean_b,
-                                      mean_a - mean_b, low, high, n, len(a), len(b)))
-    return out, notes, used
+                                      mean_a - mean_b, low, high, n, len(a), len(b),
+                                      bootstrap_p(ra - rb)))
+    return with_holm(out), notes, used
 
 
 CSV_FIELDS = ("protocol", "model_a", "model_b", "metric", "mean_a", "mean_b", "difference",
               "ci95_low", "ci95_high", "interval_excludes_zero", "n_images", "seeds_a", "seeds_b",
-              "bootstrap_replicates")
+              "bootstrap_replicates", "p_bootstrap", "p_holm", "distinguishable_holm")
 
 
 def comparisons_csv(comps: Sequence[Comparison], n_boot: int = N_BOOT) -> str:
@@ -215,8 +276,36 @@ def comparisons_csv(comps: Sequence[Comparison], n_boot: int = N_BOOT) -> str:
     for c in comps:
         w.writerow([c.protocol, c.model_a, c.model_b, c.metric, repr(c.mean_a), repr(c.mean_b),
                     repr(c.difference), repr(c.low), repr(c.high), int(c.real), c.n_images,
-                    c.seeds_a, c.seeds_b, n_boot])
+                    c.seeds_a, c.seeds_b, n_boot, repr(c.p_value), repr(c.p_holm),
+                    int(c.distinguishable)])
     return buf.getvalue()
+
+
+def distinguishable_sentence(comps: Sequence[Comparison], names: dict[str, str] | None = None
+                             ) -> str:
+    """One sentence per score: which pairs are distinguishable at the 95% level after Holm's
+    correction across the pairs shown (the better model named first), or that none is."""
+    names = names or {"accuracy": "accuracy", "auc": "AUC",
+                      "balanced_accuracy": "balanced accuracy"}
+    parts = []
+    families: dict[tuple[str, str], list[Comparison]] = {}
+    for c in comps:
+        families.setdefault((c.protocol, c.metric), []).append(c)
+    several = len({p for p, _ in families}) > 1
+    for (protocol, metric), cs in families.items():
+        what = names.get(metric, metric) + (f" ({protocol})" if several else "")
+        won = [f"{c.model_a} > {c.model_b}" if c.difference > 0 else f"{c.model_b} > {c.model_a}"
+               for c in cs if c.distinguishable]
+        if not any(np.isfinite(c.p_holm) for c in cs):
+            parts.append(f"{what}: no p-values recorded")
+        elif won:
+            parts.append(f"{what}: {', '.join(won)} (of {len(cs)} pairs)")
+        else:
+            parts.append(f"{what}: none of the {len(cs)} pairs")
+    if not parts:
+        return ""
+    return ("Distinguishable at the 95% level after Holm's correction across the pairs shown: "
+            + "; ".join(parts) + ".")
 
 
 def merge_runs(runs: Sequence[tuple[RunData, str]]) -> RunData:

@@ -14,7 +14,7 @@ from html import escape
 from typing import Any
 
 from lightlayers.metrics.registry import all_metrics, get_metric
-from lightlayers.report.compare import Comparison
+from lightlayers.report.compare import Comparison, distinguishable_sentence
 from lightlayers.report.ensemble import Ensemble
 from lightlayers.report.figures import FigureSpec, majority_scores
 from lightlayers.report.load import RunData
@@ -343,7 +343,7 @@ def comparisons_html(comps: Sequence[Comparison], n_boot: int) -> str:
     for c in comps:
         pairs.setdefault((c.model_a, c.model_b), {})[c.metric] = c
     head = "".join(f"<th scope='col'>Δ {_e(names.get(m, m))} (A − B) [95% interval]</th>"
-                   for m in metrics)
+                   f"<th scope='col'>p, Holm-adjusted</th>" for m in metrics)
     body = []
     first = metrics[0]
 
@@ -357,10 +357,11 @@ def comparisons_html(comps: Sequence[Comparison], n_boot: int) -> str:
         for m in metrics:
             c = by_metric.get(m)
             if c is None:
-                cells.append("<td class='num'>—</td>")
+                cells.append("<td class='num'>—</td><td class='num'>—</td>")
                 continue
             text = _e(f"{c.difference:+.4f} [{c.low:+.4f}, {c.high:+.4f}]")
-            cells.append(f"<td class='num'>{f'<strong>{text}</strong>' if c.real else text}</td>")
+            cells.append(f"<td class='num'>{f'<strong>{text}</strong>' if c.real else text}</td>"
+                         f"<td class='num'>{c.p_holm:.3f}</td>")
         body.append(f"<tr><th scope='row'>{_e(a)}</th><td>{_e(b)}</td>{''.join(cells)}</tr>")
     return (f"<div class='scroll'><table id='comparisons'><thead><tr><th scope='col'>Model A"
             f"</th><th scope='col'>Model B</th>{head}</tr></thead><tbody>{''.join(body)}"
@@ -368,7 +369,9 @@ def comparisons_html(comps: Sequence[Comparison], n_boot: int) -> str:
             "replicates, the same images for both models, each model's seeds drawn with "
             "replacement), sorted by the size of the first difference. "
             "<strong>Bold</strong>: the interval excludes 0, so the difference "
-            "is unlikely to be noise of the test sample or of the seeds. All numbers in "
+            "is unlikely to be noise of the test sample or of the seeds, for that pair alone. "
+            f"p, Holm-adjusted: the bootstrap p-value adjusted across the {len(pairs)} pairs "
+            f"of each score. {_e(distinguishable_sentence(comps))} All numbers in "
             "<a href='comparisons.csv'>comparisons.csv</a>.</p>")
 
 
