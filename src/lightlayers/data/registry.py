@@ -11,22 +11,18 @@ import difflib
 from dataclasses import dataclass
 
 from lightlayers.data.errors import DataError
+from lightlayers.data.medmnist_table import MEDMNIST, REFUSED
 
-__all__ = ["MEDMNIST_LABELS", "NamedSource", "get_named_source", "list_named_sources"]
-
-# MedMNIST+ release (Zenodo record 10519652); MD5s as published in medmnist/info.py
-# (INFO["pneumoniamnist"]: MD5, MD5_64, MD5_128, MD5_224).
-_ZENODO = "https://zenodo.org/records/10519652/files"
-_PNEUMONIAMNIST_MD5 = {
-    28: "28209eda62fecd6e6a2d98b1501bb15f",
-    64: "8f4eceb4ccffa70c672198ea285246c6",
-    128: "05b46931834c231683c68f40c47b2971",
-    224: "d6a3c71de1b945ea11211b03746c1fe1",
-}
+__all__ = [
+    "MEDMNIST_LABELS", "MEDMNIST_SIZES", "NamedSource", "get_named_source", "list_named_sources",
+]
 
 # Class names of MedMNIST files, by the flag their file name starts with; used for short names
 # and for local .npz files named like the official ones (e.g. pneumoniamnist_28_*.npz).
-MEDMNIST_LABELS: dict[str, tuple[str, ...]] = {"pneumoniamnist": ("normal", "pneumonia")}
+MEDMNIST_LABELS: dict[str, tuple[str, ...]] = {
+    flag: tuple(row["labels"]) for flag, row in MEDMNIST.items()
+}
+MEDMNIST_SIZES = (28, 64, 128, 224)
 
 
 @dataclass(frozen=True)
@@ -44,25 +40,29 @@ class NamedSource:
     filename: str | None = None  # name of the downloaded file in the cache
 
 
-def _pneumoniamnist(size: int) -> NamedSource:
-    filename = "pneumoniamnist.npz" if size == 28 else f"pneumoniamnist_{size}.npz"
+def _medmnist(flag: str, size: int) -> NamedSource:
+    row = MEDMNIST[flag]
+    url, md5 = row["files"][size]
     return NamedSource(
-        name="pneumoniamnist" if size == 28 else f"pneumoniamnist-{size}",
+        name=flag if size == 28 else f"{flag}-{size}",
         kind="medmnist",
-        description=f"PneumoniaMNIST {size}x{size} (MedMNIST v2/+), pediatric chest X-rays",
-        license="CC BY 4.0",
-        classes=MEDMNIST_LABELS["pneumoniamnist"],
-        n_samples={"train": 4708, "val": 524, "test": 624},
-        url=f"{_ZENODO}/{filename}?download=1",
-        md5=_PNEUMONIAMNIST_MD5[size],
-        filename=filename,
+        description=f"{row['python_class']} {size}x{size} (MedMNIST v2/+), {row['description']}",
+        license=row["license"],
+        classes=MEDMNIST_LABELS[flag],
+        n_samples=dict(row["n_samples"]),
+        url=url,
+        md5=md5,
+        filename=f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz",
     )
 
+
+# PneumoniaMNIST first (the study's data), then the other MedMNIST+ sets by name, then digits.
+_FLAGS = ("pneumoniamnist", *sorted(f for f in MEDMNIST if f != "pneumoniamnist"))
 
 NAMED_SOURCES: dict[str, NamedSource] = {
     s.name: s
     for s in (
-        *(_pneumoniamnist(size) for size in (28, 64, 128, 224)),
+        *(_medmnist(flag, size) for flag in _FLAGS for size in MEDMNIST_SIZES),
         NamedSource(
             name="digits",
             kind="digits",
@@ -84,9 +84,16 @@ def get_named_source(name: str) -> NamedSource:
     try:
         return NAMED_SOURCES[name]
     except KeyError:
+        flag = name.lower().rsplit("-", 1)[0] if name.lower()[-1:].isdigit() else name.lower()
+        if flag in REFUSED:
+            raise DataError(
+                f"{name!r} is not supported: {REFUSED[flag]}. The 2D single-label MedMNIST "
+                "sets are listed by `lightlayers data list`."
+            ) from None
         close = difflib.get_close_matches(name, NAMED_SOURCES, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise DataError(
             f"{name!r} is neither an existing path nor a dataset short name.{hint} "
-            f"Short names: {', '.join(NAMED_SOURCES)} (see `lightlayers data list`)."
+            f"Short names: {', '.join(_FLAGS)} (each also -64, -128, -224), digits "
+            "(see `lightlayers data list`)."
         ) from None
