@@ -73,24 +73,39 @@ def small_run(tmp_path_factory):
     return out, paths
 
 
-def test_study_conv_at_28_px_says_its_map_is_too_coarse(small_run, tmp_path, capsys):
-    run_dir, images = small_run
-    cams = tmp_path / "cams"
-    out = tmp_path / "p.csv"
-    assert cli(["predict", f"{run_dir}:study-conv", *map(str, images), "--cam", str(cams),
-                "--out", str(out), "--quiet"]) == 0
-    err = capsys.readouterr().err
-    assert ("map too coarse: the last layer with a map is 1x1 at 28 px; no layer reaches "
-            "7x7") in err
-    assert len([ln for ln in err.splitlines() if "map too coarse" in ln]) == 1
-    assert not [p for p in cams.glob("*.png")]  # no uniform wash drawn
-    rows = list(csv.DictReader(io.StringIO(out.read_text())))
-    assert len(rows) == 3 and all(not r.get("cam") for r in rows)
-    # The report's figure draws an earlier layer when one is fine enough, else says why.
+def test_study_conv_at_28_px_draws_its_8x8_layer_or_says_the_map_is_too_coarse(
+        small_run, tmp_path, capsys):
+    """study-conv pads a 28 px input to 50: its last map is 1x1, the last layer of at least
+    7x7 over the image is 8x8. The report and the exported file draw that one alike; asked
+    for a finer map than any layer has, both say so in one line instead of a wash."""
     from lightlayers.deploy.examples import cam_examples
 
+    run_dir, images = small_run
+    examples = cam_examples(run_dir, "study-conv", per_kind=1)
+    assert {e.layer for v in examples.values() for e in v} == {
+        "input of stages.19, 8x8 map at 28 px"}
     with pytest.raises(DeployError, match=r"^map too coarse: the last layer with a map is"):
         cam_examples(run_dir, "study-conv", cam_min_side=29)
+
+    cams, out = tmp_path / "cams", tmp_path / "p.csv"
+    assert cli(["predict", f"{run_dir}:study-conv", *map(str, images), "--cam", str(cams),
+                "--out", str(out), "--quiet"]) == 0
+    assert "map too coarse" not in capsys.readouterr().err
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert len(rows) == 3 and all(r["cam"] for r in rows)
+    heat = np.asarray(Image.open(rows[0]["cam"]).convert("RGB"), dtype=np.int16)
+    assert heat.std(axis=(0, 1)).max() > 10  # not a uniform wash
+
+    cams9, out9 = tmp_path / "cams9", tmp_path / "p9.csv"
+    assert cli(["predict", f"{run_dir}:study-conv", *map(str, images), "--cam", str(cams9),
+                "--out", str(out9), "--quiet", "--cam-min-side", "9"]) == 0
+    err = capsys.readouterr().err
+    assert ("map too coarse: the last layer with a map is 8x8 at 28 px; no layer reaches "
+            "9x9") in err
+    assert len([ln for ln in err.splitlines() if "map too coarse" in ln]) == 1
+    assert not list(cams9.glob("*.png"))
+    rows = list(csv.DictReader(io.StringIO(out9.read_text())))
+    assert len(rows) == 3 and all(not r.get("cam") for r in rows)
     examples = cam_examples(run_dir, "paper-light-k1", per_kind=1)
     layers = {e.layer for v in examples.values() for e in v}
     assert layers == {"input of stages.20, 7x7 map at 28 px"}
@@ -189,8 +204,20 @@ def test_export_carries_the_finer_layers_map_checked_against_captum(small_run, t
     np.testing.assert_allclose(got, want, atol=1e-5 * max(1.0, float(np.abs(want).max())))
     check = ex.verify(run, deployable, Split(images, np.zeros(5, np.int64), None), card)
     assert check.cam_rel_diff is not None and check.cam_rel_diff <= ex.CAM_TOLERANCE
-    # study-conv pads a 28 px input to 50: its file keeps the last map, which predict
-    # declines to draw (above).
+    # study-conv pads a 28 px input to 50: the file's map is its 8x8 layer's, stretched over
+    # the padded input with the image's square cut out, as Captum's maps are; the card says 8.
     trial, _, _ = choose_trial(run_dir, "study-conv")
     net = trial.build_model()
-    assert not isinstance(ex.deployable_for(net, trial.card(net))[0], LayerCamDeployable)
+    card = trial.card(net)
+    deployable, example = ex.deployable_for(net, card)
+    assert isinstance(deployable, LayerCamDeployable)
+    assert deployable.cam_layer.padded == 50
+    blob = ex.to_onnx(deployable, example, card)
+    (tmp_path / "study-conv.onnx").write_bytes(blob)
+    assert ex.read_card(tmp_path / "study-conv.onnx").cam_side == 8
+    run = ex.run_model(blob)
+    split = Split(images, np.zeros(5, np.int64), None)
+    probs, cams = run(next(ex.batches(split, card))[0])
+    assert cams.shape == (5, 2, 28, 28)
+    check = ex.verify(run, deployable, split, card)
+    assert check.cam_rel_diff is not None and check.cam_rel_diff <= ex.CAM_TOLERANCE

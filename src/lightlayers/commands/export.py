@@ -105,7 +105,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     # would double the weights the file holds.
     deployable, example = ex.deployable_for(
         model, card, finer_cam=args.format == "onnx" and not args.int8)
-    card = card.replace(cam=deployable.with_cam)
+    card = card.replace(**ex.cam_fields(deployable))
     ds = trial.load_data(args.data)
     if list(ds.classes) != list(card.classes):
         raise DeployError(f"the data's classes {list(ds.classes)} differ from the checkpoint's "

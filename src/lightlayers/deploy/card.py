@@ -16,7 +16,8 @@ channel to ``input_chans`` channels, scale to [0, 1] and normalise with ``mean``
 input_size)`` float32; its outputs are ``probabilities`` ``(batch, classes)`` and, when
 ``cam`` is true, ``cam`` ``(batch, classes, h, w)``: the Grad-CAM map of every class on the
 last layer whose map is at least 7x7 (the last feature map when it is that large; see
-:func:`lightlayers.deploy.export.deployable_for`).
+:func:`lightlayers.deploy.export.deployable_for`); ``cam_side`` is the map's own
+resolution when it was stretched over the image.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ class ModelCard:
     # square of each image), the decode resize, scaling, normalisation and channels. The
     # fields above are what predict executes; this says what they mean.
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    # The Grad-CAM map's own resolution over the image when the ``cam`` output is finer than
+    # the layer it comes from (a model that pads a small input: its map is stretched over the
+    # padded input and the image's square cut out); None: the output's own side.
+    cam_side: int | None = None
 
     def loader_options(self) -> dict[str, Any]:
         """Keyword arguments of :class:`lightlayers.data.DeviceLoader` for this model."""
@@ -226,6 +231,9 @@ def _check_values(v: dict[str, Any], where: str) -> None:
     for name in ("image_size", "input_size"):
         if not (_is_int(v[name]) and v[name] >= 1 and v[name] ** 2 <= limit):
             raise bad(name, f"a side in pixels from 1 to {math.isqrt(limit)}")
+    side = v.get("cam_side")
+    if side is not None and not (_is_int(side) and 1 <= side <= v["input_size"]):
+        raise bad("cam_side", f"null or a side from 1 to input_size ({v['input_size']})")
     try:
         center_fractions(v["resize"])
     except ValueError as e:

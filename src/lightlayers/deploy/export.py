@@ -54,9 +54,7 @@ def deployable_for(model: torch.nn.Module, card: ModelCard, finer_cam: bool = Tr
         return plain, example
     layer = choose_cam_layer(plain, example,
                              CAM_MIN_SIDE if cam_min_side is None else cam_min_side)
-    # A padded input's map covers the padding too: the file keeps the last map (and predict
-    # says when it is too coarse) rather than a map that does not line up with the image.
-    if isinstance(layer, str) or layer.module is None or layer.padded > layer.input_size:
+    if isinstance(layer, str) or layer.module is None:
         return plain, example
     try:
         return LayerCamDeployable(plain, layer, torch.rand_like(example)).eval(), example
@@ -64,6 +62,15 @@ def deployable_for(model: torch.nn.Module, card: ModelCard, finer_cam: bool = Tr
         # A model the tracer cannot follow keeps its last map; predict says when that map is
         # too coarse to draw.
         return plain, example
+
+
+def cam_fields(deployable: Any) -> dict[str, Any]:
+    """The card's ``cam`` and ``cam_side`` for what ``deployable`` outputs."""
+    from lightlayers.deploy.graph import LayerCamDeployable
+
+    layer = deployable.cam_layer if isinstance(deployable, LayerCamDeployable) else None
+    stretched = layer is not None and layer.padded > layer.input_size
+    return {"cam": deployable.with_cam, "cam_side": layer.side if stretched else None}
 
 
 @contextlib.contextmanager
@@ -90,7 +97,7 @@ def to_onnx(deployable: Deployable, example: torch.Tensor, card: ModelCard) -> b
         raise DeployError(f"{card.model} cannot be exported to ONNX by this PyTorch "
                           f"({torch.__version__}): {first}; try --format torchscript") from e
     proto = compact(program.model_proto)
-    set_card(proto, card.replace(cam=deployable.with_cam))
+    set_card(proto, card.replace(**cam_fields(deployable)))
     return proto.SerializeToString()
 
 
@@ -207,7 +214,7 @@ def to_torchscript(deployable: Deployable, example: torch.Tensor, card: ModelCar
     with _quiet(), torch.no_grad():
         traced = torch.jit.trace(deployable, example, check_trace=False)
     buf = io.BytesIO()
-    card = card.replace(cam=deployable.with_cam)
+    card = card.replace(**cam_fields(deployable))
     torch.jit.save(traced, buf, _extra_files={"lightlayers.json": json.dumps(card.to_props())})
     return buf.getvalue()
 

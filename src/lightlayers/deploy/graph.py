@@ -38,7 +38,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 __all__ = ["CAM_MIN_SIDE", "CamLayer", "Deployable", "LayerCamDeployable", "choose_cam_layer",
-           "count_global_pools", "head_matrix", "layer_cam", "reference_cam"]
+           "count_global_pools", "head_matrix", "layer_cam", "over_image", "reference_cam"]
 
 # A Grad-CAM map smaller than this per side is a few blocks blown up over the image: it shows
 # where the model looked no better than a uniform wash, so it is not drawn.
@@ -140,7 +140,7 @@ def reference_cam(deployable: Deployable | LayerCamDeployable, x: torch.Tensor,
         with torch.enable_grad():
             attr = gc.attribute(x, target=target.tolist(), relu_attributions=True,
                                 attribute_to_layer_input=layer.on_input)
-        return attr.detach()[:, 0]
+        return over_image(attr.detach(), layer)[:, 0]
     if not deployable.with_cam:
         raise ValueError("the model has no global average pooling: no Grad-CAM layer")
     gc = LayerGradCam(deployable.logits, deployable.pool_input)
@@ -256,13 +256,19 @@ def layer_cam(deployable: Deployable, layer: CamLayer, x: torch.Tensor,
             attr = gc.attribute(x, target=target.tolist(), relu_attributions=True,
                                 attribute_to_layer_input=layer.on_input)
         maps = attr.detach()[:, 0]
-    if layer.padded > layer.input_size:
-        # Over the padded input, then the image's own square out of its middle.
-        up = F.interpolate(maps[:, None], size=(layer.padded, layer.padded), mode="bilinear",
-                           align_corners=False)[:, 0]
-        top = (layer.padded - layer.input_size) // 2
-        maps = up[:, top:top + layer.input_size, top:top + layer.input_size]
-    return maps
+    return over_image(maps[:, None], layer)[:, 0]
+
+
+def over_image(maps: torch.Tensor, layer: CamLayer) -> torch.Tensor:
+    """``maps`` (batch, classes, h, w) of ``layer`` as they lie over the image: a model that
+    zero-pads a small input maps the padding too, so its maps are stretched over the padded
+    input and the image's own square is cut out of their middle (input_size on a side)."""
+    if layer.padded <= layer.input_size:
+        return maps
+    up = F.interpolate(maps, size=(layer.padded, layer.padded), mode="bilinear",
+                       align_corners=False)
+    top = (layer.padded - layer.input_size) // 2
+    return up[..., top:top + layer.input_size, top:top + layer.input_size]
 
 
 def _max_pool_backward(grad_output: torch.Tensor, self: torch.Tensor, kernel_size: Any,
@@ -274,6 +280,26 @@ def _max_pool_backward(grad_output: torch.Tensor, self: torch.Tensor, kernel_siz
     flat = torch.zeros(n, c, h * w, dtype=grad_output.dtype, device=grad_output.device)
     return flat.scatter_add(2, indices.reshape(n, c, -1),
                             grad_output.reshape(n, c, -1)).reshape(n, c, h, w)
+
+
+def _convolution_backward(grad_output: torch.Tensor, input: torch.Tensor,
+                          weight: torch.Tensor, bias_sizes: Any, stride: Any, padding: Any,
+                          dilation: Any, transposed: bool, output_padding: Any, groups: int,
+                          output_mask: Any) -> tuple[Any, Any, Any]:
+    """A convolution's gradient with respect to its input as a transposed convolution (ONNX
+    has no backward op; PyTorch leaves this one undecomposed). Grad-CAM needs no weight or
+    bias gradient: those are left out, and asking for them leaves the op as it is."""
+    if transposed or output_mask[1] or output_mask[2]:
+        return NotImplemented
+    dims = len(input.shape) - 2
+    # The input side the forward convolution's output maps back to; a strided convolution
+    # whose input had rows it never reached gets them back as output padding.
+    back = [(grad_output.shape[2 + i] - 1) * stride[i] - 2 * padding[i]
+            + dilation[i] * (weight.shape[2 + i] - 1) + 1 for i in range(dims)]
+    extra = [input.shape[2 + i] - back[i] for i in range(dims)]
+    grad_input = torch.ops.aten.convolution.default(
+        grad_output, weight, None, stride, padding, dilation, True, extra, groups)
+    return grad_input, None, None
 
 
 class _GradCamAt(nn.Module):
@@ -289,7 +315,14 @@ class _GradCamAt(nn.Module):
         module = self.layer.module
         assert module is not None
         if self.layer.on_input:
-            handle = module.register_forward_pre_hook(lambda m, i: seen.append(i[0]))
+            def own_copy(_m: nn.Module, inputs: Any) -> Any:
+                # The layer's own copy of its input, as Captum attributes to: a tensor that
+                # also feeds another branch (a residual block's input) has its gradient
+                # through this layer only.
+                seen.append(inputs[0].clone())
+                return (seen[-1], *inputs[1:])
+
+            handle = module.register_forward_pre_hook(own_copy)
         else:
             handle = module.register_forward_hook(lambda m, i, o: seen.append(o))
         try:
@@ -303,7 +336,8 @@ class _GradCamAt(nn.Module):
             # sum is every image's own gradient.
             (g,) = torch.autograd.grad(logits[:, c].sum(), a, retain_graph=True)
             maps.append(F.relu((g.mean((2, 3), keepdim=True) * a).sum(1)))
-        return torch.softmax(logits.float(), dim=1), torch.stack(maps, 1)
+        return torch.softmax(logits.float(), dim=1), over_image(torch.stack(maps, 1),
+                                                                 self.layer)
 
 
 class LayerCamDeployable(nn.Module):
@@ -332,6 +366,7 @@ class LayerCamDeployable(nn.Module):
 
         table = dict(core_aten_decompositions())
         table[torch.ops.aten.max_pool2d_with_indices_backward.default] = _max_pool_backward
+        table[torch.ops.aten.convolution_backward.default] = _convolution_backward
         tensors = [t.detach().requires_grad_(k in params) for k, t in state.items()]
         with torch.enable_grad():
             self.graph = make_fx(run, decomposition_table=table, tracing_mode="symbolic")(

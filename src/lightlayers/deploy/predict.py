@@ -183,14 +183,14 @@ def predict(run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]],
             row = Prediction(it.path, card.classes[int(pred[i])],
                              {c: float(probs[i, j]) for j, c in enumerate(card.classes)})
             if cam_dir is not None and cams is not None:
-                side = int(min(cams.shape[-2:]))
+                side = card.cam_side or int(min(cams.shape[-2:]))
                 if side < min_side:
                     out.cam_note = coarse_note(side, card.input_size, min_side)
                 else:
                     j = int(pred[i])
                     title = f"predicted {card.classes[j]} ({float(probs[i, j]):.2f})"
                     row.cam = str(_write_cam(cam_dir, it, names, _crop(u8[i], card),
-                                             cams[i, j], title))
+                                             cams[i, j], title, side))
             out.predictions.append(row)
         advance(len(pending))
         pending.clear()
@@ -215,7 +215,7 @@ def predict(run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]],
 
 
 def _write_cam(cam_dir: OutputFolder, item: Item, taken: set[str], image: np.ndarray,
-               cam: np.ndarray, title: str) -> Path:
+               cam: np.ndarray, title: str, side: int) -> Path:
     from lightlayers.deploy.cam import labelled_png, overlay
 
     base = _slug(item.rel)
@@ -224,7 +224,6 @@ def _write_cam(cam_dir: OutputFolder, item: Item, taken: set[str], image: np.nda
         n += 1
         name = f"{base}-{n}"
     taken.add(name)
-    side = int(min(cam.shape[-2:]))
     return cam_dir.write(f"{name}.png", labelled_png(overlay(image, cam), title, side))
 
 
