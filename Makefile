@@ -8,7 +8,7 @@ SHARED ?= ../shared/data
 DATA ?= pneumoniamnist
 RUN_ARGS ?=
 
-.PHONY: install test lint run bench clean
+.PHONY: install test lint run bench clean results
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ chromium:
 
 run: $(STAMP)
 	$(VENV)/bin/lightlayers run configs/cpu-study.yaml --data $(DATA) $(RUN_ARGS)
+
+# The Results tables of docs/results.md, rebuilt from the committed files in results/;
+# `make results RESULTS_ARGS=--check` only checks that they match.
+RESULTS_ARGS ?=
+results: $(STAMP)
+	$(PY) scripts/results.py build $(RESULTS_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_cpu.py

@@ -1,0 +1,462 @@
+"""The Results tables of docs/results.md, rebuilt from the committed files in results/; and the
+per-image test predictions of a run folder, exported for committing.
+
+    python scripts/results.py build            # rewrite the generated tables (make results)
+    python scripts/results.py build --check    # exit 1, naming the file, if one would change
+    python scripts/results.py export RUN_DIR [RUN_DIR ...] --out results/NAME/predictions.csv.gz
+    python scripts/results.py targets results/study-npz/improved   # or a run folder
+
+docs/results.md marks each generated table with ``<!-- results.py: NAME -->`` and
+``<!-- /results.py -->``; ``build`` replaces what lies between with the table NAME computes
+from results/ (per-trial rows, ``results.csv``; a report's ``ensembles.csv``,
+``comparisons.csv`` and ``ablation.csv`` where the rows alone cannot give the numbers) and
+leaves every other line as it is. Where a folder holds ``predictions.csv.gz``, its seed
+ensembles and pairwise differences (with Holm-adjusted p-values) are recomputed from the
+per-image probabilities, and each trial's accuracy, AUC and ECE recomputed from them must
+match its row. Means and standard deviations are computed from the rows and rounded once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = Path("docs/results.md")
+START = re.compile(r"^<!-- results\.py: ([\w-]+) -->$")
+END = "<!-- /results.py -->"
+PREDICTIONS = "predictions.csv.gz"
+# The chest X-rays' positive class (PNEUMONIA) is class index 1 in every run in results/.
+META = {"data": {"positive_class": 1}}
+TOLERANCE = 1e-6  # probabilities are stored with 9 decimals
+
+
+class BuildError(Exception):
+    """What is wrong, where, and how to fix it, in one line."""
+
+
+# --- reading results/ -------------------------------------------------------------------------
+def load(root: Path, folder: str):  # -> RunData
+    from lightlayers.report.load import ReportError
+    from lightlayers.report.predictions import run_from_files
+
+    where = root / folder
+    preds = where / PREDICTIONS
+    try:
+        run = run_from_files(where / "results.csv", preds if preds.is_file() else None, META)
+    except ReportError as e:
+        raise BuildError(str(e)) from None
+    if run.predictions:
+        check_rows(run, preds)
+    return run
+
+
+def check_rows(run, path: Path) -> None:
+    """Each trial's accuracy, AUC and ECE, recomputed from its probabilities, match its row:
+    the two committed files describe the same trials."""
+    from lightlayers.metrics import classification_metrics
+    from lightlayers.metrics.calibration import ece
+
+    for g in run.groups:
+        for t in g.done:
+            p = run.predictions[t["id"]]
+            got = classification_metrics(p["labels"], p["probs"], 1, t.get("threshold"))
+            got["ece"] = ece(p["labels"], p["probs"])
+            for k in ("accuracy", "auc", "ece"):
+                want = t.get(k)
+                if want is not None and abs(float(got[k]) - float(want)) > TOLERANCE:
+                    raise BuildError(
+                        f"{path}: {t['model']} seed {t['seed']} gives {k} {got[k]:.6f} from its "
+                        f"probabilities, its row in results.csv says {want:.6f}; export both "
+                        "files from the same run folder")
+
+
+def summary(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    from lightlayers.report.stats import summarize
+
+    s = summarize(values)
+    return s.mean, s.std
+
+
+def mean_std(trials: Sequence[dict], key: str) -> str:
+    mean, std = summary([t.get(key) for t in trials])
+    if mean is None:
+        return "—"
+    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
+
+
+def mean_only(trials: Sequence[dict], key: str) -> str:
+    mean, _ = summary([t.get(key) for t in trials])
+    return "—" if mean is None else f"{mean:.3f}"
+
+
+def group(run, model: str) -> list[dict]:
+    for g in run.groups:
+        if g.model == model:
+            return g.done
+    raise BuildError(f"{run.run_dir}/results.csv holds no finished trial of {model}; "
+                     "name a model it holds in scripts/results.py")
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise BuildError(f"{path} does not exist; restore it from git or rerun what wrote it")
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def table(header: Sequence[str], align: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# --- the tables -------------------------------------------------------------------------------
+TARGET_SOURCES = (
+    ("PneumoniaMNIST's images, 28 px, `improved`, 5 seeds", "results/study-npz/improved"),
+    ("the same images, study-light-k3 with test-time augmentation (`tta: 4`), 5 seeds",
+     "results/tta/npz"),
+    ("the study's JPEGs, 28 px, `improved`, 5 seeds", "results/improved"),
+)
+
+
+def targets_block(root: Path) -> str:
+    from lightlayers.report.targets import candidates, evaluate, targets_markdown
+
+    parts = []
+    for title, folder in TARGET_SOURCES:
+        run = load(root, folder)
+        ens = root / folder / "ensembles.csv"
+        cands = candidates(run, ens if ens.is_file() else None)
+        parts.append(f"**{title}** (`{folder}`):\n\n" + targets_markdown(evaluate(cands)))
+    return "\n".join(parts).rstrip("\n")
+
+
+# Published numbers as their sources state them: (source, model, resolution, recipe, runs,
+# accuracy, AUC, what differs from our rows).
+MEDMNIST = "MedMNIST v2, PneumoniaMNIST (Yang et al. 2023)"
+MEDMNIST_RECIPE = "the benchmark's own training"
+PUBLISHED = (
+    (MEDMNIST, "ResNet-18", "28 px", MEDMNIST_RECIPE, "as published", "0.854", "0.944",
+     "11M parameters; same images and split"),
+    (MEDMNIST, "ResNet-50", "28 px", MEDMNIST_RECIPE, "as published", "0.854", "0.948",
+     "23M parameters; same images and split"),
+    (MEDMNIST, "auto-sklearn", "28 px", "AutoML search", "as published", "0.855", "0.942",
+     "searched model; same images and split"),
+    (MEDMNIST, "AutoKeras", "28 px", "AutoML search", "as published", "0.878", "0.947",
+     "searched model; same images and split"),
+    (MEDMNIST, "Google AutoML Vision", "28 px", "AutoML search", "as published", "0.946",
+     "0.991", "searched model of unpublished size; same images and split"),
+    (MEDMNIST, "ResNet-18", "\"224\": the 28 px images upsampled", MEDMNIST_RECIPE,
+     "as published", "0.864", "0.956", "11M parameters; no more detail than 28 px"),
+    (MEDMNIST, "ResNet-50", "\"224\": the 28 px images upsampled", MEDMNIST_RECIPE,
+     "as published", "0.884", "0.962", "23M parameters; no more detail than 28 px"),
+    ("Kermany et al. 2018", "InceptionV3, ImageNet-pretrained", "full size", "transfer learning",
+     "single run", "0.928", "0.968", "full-size images; checkpoint chosen on test"),
+    ("the original study (`../shared/DESIGN.md` §4)", "Conv2D CNN", "224 px",
+     "batch 64, 20 epochs, Adam 1e-3, best checkpoint on a 16-image validation set",
+     "3 runs of one notebook", "0.62-0.86", "—", "runs disagree; two runs hold collapsed models"),
+    ("the original study (`../shared/DESIGN.md` §4)", "LightLayers k=1", "224 px",
+     "the same", "3 runs of one notebook", "0.375-0.81", "—",
+     "0.375 = every image called NORMAL"),
+    ("the original study (`../shared/DESIGN.md` §4)", "InceptionV3, frozen", "224 px",
+     "the same", "3 runs of one notebook", "~0.80", "—", "as stated there"),
+)
+# Our rows: (folder, model, resolution, recipe, what differs).
+OURS = (
+    ("results/study-npz/improved", "study-light-k3", "28 px, PneumoniaMNIST's images",
+     "`improved`, 20 epochs", "6,447 parameters; selection on validation AUC"),
+    ("results/study-npz/improved", "study-light-k5", "28 px, PneumoniaMNIST's images",
+     "`improved`, 20 epochs", "10,141 parameters"),
+    ("results/study-npz/improved", "study-residual-conv", "28 px, PneumoniaMNIST's images",
+     "`improved`, 20 epochs", "19,642 parameters"),
+    ("results/tta/npz", "study-light-k3", "28 px, PneumoniaMNIST's images",
+     "`improved` + `tta: 4`", "the same weights as the first row, 5 views averaged"),
+    ("results/improved", "study-light-k3", "28 px, the study's JPEGs stretched",
+     "`improved`, 20 epochs", "the original study's images at 28 px"),
+    ("results/seed", "study-conv", "28 px, the study's JPEGs stretched",
+     "`seed` (the study's), 20 epochs", "524-image validation split, 28 px not 224"),
+)
+
+
+def anchors_block(root: Path) -> str:
+    rows = [list(r) for r in PUBLISHED]
+    for folder, model, res, recipe, differs in OURS:
+        trials = group(load(root, folder), model)
+        rows.append([f"this repository (`{folder}`)", model, res, recipe,
+                     f"{len(trials)} seeds, mean ± std", mean_std(trials, "accuracy"),
+                     mean_std(trials, "auc"), differs])
+    return table(("source", "model", "resolution", "recipe", "single run or seeds", "accuracy",
+                  "AUC", "what differs"),
+                 ("---", "---", "---", "---", "---", "---:", "---:", "---"), rows)
+
+
+PROTOCOL_SCORES = (("accuracy", "accuracy"), ("auc", "AUC"), ("sensitivity", "sens."),
+                   ("specificity", "spec."))
+
+
+def protocols_block(folders: Sequence[str]) -> Callable[[Path], str]:
+    def build(root: Path) -> str:
+        runs = [load(root, f) for f in folders]
+        names = [" / ".join(sorted({g.protocol for g in r.groups})) for r in runs]
+        models = list(dict.fromkeys(g.model for r in runs for g in r.groups))
+        header = ["model", "params"]
+        for n in names:
+            header += [f"{label} ({n})" for _, label in PROTOCOL_SCORES] + [f"collapsed ({n})"]
+        rows = []
+        for m in models:
+            done = [next((g.done for g in r.groups if g.model == m), []) for r in runs]
+            params = next(t["params_total"] for d in done for t in d)
+            cells = [m, f"{int(params):,}"]
+            for d in done:
+                cells += [mean_std(d, k) for k, _ in PROTOCOL_SCORES]
+                cells.append(f"{sum(bool(t.get('collapsed')) for t in d)}/{len(d)}")
+            rows.append(cells)
+        return table(header, ["---", "---:", *["---:"] * (len(header) - 2)], rows)
+
+    return build
+
+
+def ensembles_block(folder: str) -> Callable[[Path], str]:
+    def build(root: Path) -> str:
+        run = load(root, folder)
+        if run.predictions:
+            from lightlayers.report.ensemble import ensembles
+
+            items = [(e.group.model, e.params_total, e.metrics["accuracy"], e.metrics["auc"],
+                      e.metrics.get("ece"), len(e.seeds), e.member_accuracy)
+                     for e in ensembles(run)[0]]
+        else:
+            items = [(r["model"], int(r["params_total"]), float(r["accuracy"]), float(r["auc"]),
+                      float(r["ece"]) if r.get("ece") else None, int(r["members"]),
+                      float(r["member_mean_accuracy"]))
+                     for r in read_csv(root / folder / "ensembles.csv")]
+        n = sorted({i[5] for i in items})
+        rows = [[m, f"{p:,}", f"{a:.3f}", f"{u:.3f}", "—" if e is None else f"{e:.3f}",
+                 f"{ma:.3f}"] for m, p, a, u, e, _, ma in items]
+        return table((f"ensemble of {'/'.join(map(str, n))}", "parameters", "accuracy", "AUC",
+                      "ECE", "members' mean accuracy"),
+                     ("---", "---:", "---:", "---:", "---:", "---:"), rows)
+
+    return build
+
+
+def pairs_block(folder: str) -> Callable[[Path], str]:
+    def build(root: Path) -> str:
+        from lightlayers.report.compare import Comparison, distinguishable_sentence, pairwise
+
+        run = load(root, folder)
+        if run.predictions:
+            comps, _, n_boot = pairwise(run)
+            source = f"recomputed from `{folder}/{PREDICTIONS}`"
+        else:
+            comps = [Comparison(r["protocol"], r["model_a"], r["model_b"], r["metric"],
+                                float(r["mean_a"]), float(r["mean_b"]), float(r["difference"]),
+                                float(r["ci95_low"]), float(r["ci95_high"]), int(r["n_images"]),
+                                int(r["seeds_a"]), int(r["seeds_b"]),
+                                float(r.get("p_bootstrap") or "nan"),
+                                float(r.get("p_holm") or "nan"))
+                     for r in read_csv(root / folder / "comparisons.csv")]
+            n_boot = int(read_csv(root / folder / "comparisons.csv")[0]["bootstrap_replicates"])
+            source = f"`{folder}/comparisons.csv`"
+        pairs: dict[tuple[str, str], dict[str, Comparison]] = {}
+        for c in comps:
+            pairs.setdefault((c.model_a, c.model_b), {})[c.metric] = c
+        rows = []
+        for (a, b), by in pairs.items():
+            cells = [a, b]
+            for k in ("accuracy", "auc"):
+                c = by[k]
+                diff = f"{c.difference:+.3f} [{c.low:+.3f}, {c.high:+.3f}]"
+                cells += [f"**{diff}**" if c.real else diff,
+                          "—" if math.isnan(c.p_holm) else f"{c.p_holm:.3f}"]
+            rows.append(cells)
+        out = table(("A", "B", "accuracy A - B [95% interval]", "p, Holm-adjusted",
+                     "AUC A - B [95% interval]", "p, Holm-adjusted"),
+                    ("---", "---", "---", "---:", "---", "---:"), rows)
+        note = (f"\n\n{source}: paired bootstrap over the test images, {n_boot:,} replicates, "
+                "seeds resampled; bold: the interval excludes 0 for that pair alone. ")
+        if all(math.isnan(c.p_holm) for c in comps):
+            note += (f"These {len(pairs)} pairs per score carry no Holm-adjusted p-value: that "
+                     "needs the per-image test probabilities, which this folder does not hold "
+                     f"({PREDICTIONS}). Unadjusted, about {len(pairs) * 0.05:.0f} of "
+                     f"{len(pairs)} intervals per score would exclude 0 by chance if no model "
+                     "differed, so a bold entry here is not yet a finding.")
+        else:
+            note += distinguishable_sentence(comps)
+        return out + note
+
+    return build
+
+
+ABLATION_SCORES = ("accuracy", "auc", "sensitivity", "specificity")
+
+
+def ablation_block(root: Path) -> str:
+    rows = []
+    for r in read_csv(root / "results/ablation.csv"):
+        cells = [r["variant"]]
+        for k in ABLATION_SCORES:
+            text = f"{float(r[f'{k}_mean']):.3f} ± {float(r[f'{k}_std']):.3f}"
+            if r["variant"] != "improved":
+                text += f" ({float(r[f'{k}_delta']):+.3f})"
+            cells.append(text)
+        cells.append(r["collapsed"])
+        rows.append(cells)
+    return table(("variant", "accuracy", "AUC", "sensitivity", "specificity", "collapsed"),
+                 ("---", "---", "---", "---", "---", "---:"), rows)
+
+
+PREPROCESSING = (
+    ("the study's JPEGs, stretched", "28", "results/improved"),
+    ("the JPEGs, central 70% of the width (`--resize center:0.7x1`)", "28",
+     "results/preprocessing/center07"),
+    ("PneumoniaMNIST's (center square of each original, then resized)", "28",
+     "results/preprocessing/npz"),
+    ("the JPEGs, stretched (an AMD EPYC CPU)", "64", "results/improved-64"),
+    ("the JPEGs, central 70% of the width", "64", "results/preprocessing/center07-64"),
+    ("the JPEGs, stretched", "128", "results/preprocessing/stretch-128"),
+    ("the JPEGs, central 70% of the width", "128", "results/preprocessing/center07-128"),
+)
+
+
+def preprocessing_block(root: Path) -> str:
+    rows = []
+    for label, px, folder in PREPROCESSING:
+        trials = group(load(root, folder), "study-light-k3")
+        rows.append([label, px, mean_std(trials, "accuracy"), mean_std(trials, "auc"),
+                     mean_only(trials, "sensitivity"), mean_only(trials, "specificity")])
+    return table(("images, cut", "px", "accuracy", "AUC", "sensitivity", "specificity"),
+                 ("---", "---:", "---", "---", "---:", "---:"), rows)
+
+
+BLOCKS: dict[str, Callable[[Path], str]] = {
+    "targets": targets_block,
+    "anchors": anchors_block,
+    "protocols-npz": protocols_block(("results/study-npz/seed", "results/study-npz/improved")),
+    "ensembles-npz": ensembles_block("results/study-npz/improved"),
+    "pairs-npz": pairs_block("results/study-npz/improved"),
+    "protocols-jpeg": protocols_block(("results/seed", "results/improved")),
+    "ablation": ablation_block,
+    "preprocessing": preprocessing_block,
+}
+
+
+# --- build ------------------------------------------------------------------------------------
+def rebuild(text: str, root: Path, where: str) -> str:
+    """``text`` with every generated block recomputed from ``root``'s results/."""
+    lines = text.split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        out.append(lines[i])
+        m = START.match(lines[i])
+        i += 1
+        if not m:
+            continue
+        name = m.group(1)
+        if name not in BLOCKS:
+            raise BuildError(f"{where} line {i}: unknown table {name!r}; name one of "
+                             f"{', '.join(BLOCKS)} or add it to scripts/results.py")
+        try:
+            end = lines.index(END, i)
+        except ValueError:
+            raise BuildError(f"{where} line {i}: table {name!r} has no closing line {END!r}; "
+                             "add it after the table") from None
+        out += BLOCKS[name](root).split("\n")
+        out.append(END)
+        i = end + 1
+    return "\n".join(out)
+
+
+def first_difference(a: str, b: str) -> int:
+    for n, (x, y) in enumerate(zip(a.split("\n"), b.split("\n"), strict=False), start=1):
+        if x != y:
+            return n
+    return min(a.count("\n"), b.count("\n")) + 1
+
+
+def build(root: Path, check: bool) -> int:
+    path = root / DOC
+    if not path.is_file():
+        raise BuildError(f"{path} does not exist; run from the repository or give --root")
+    old = path.read_text()
+    new = rebuild(old, root, str(DOC))
+    if new == old:
+        print(f"results: {DOC} is what results/ gives")
+        return 0
+    if check:
+        print(f"results: {DOC} differs from what the committed files in results/ give (first "
+              f"at line {first_difference(old, new)}); run `make results` and commit both",
+              file=sys.stderr)
+        return 1
+    path.write_text(new)
+    print(f"results: rewrote {DOC}")
+    return 0
+
+
+# --- export and targets -----------------------------------------------------------------------
+def export(run_dirs: Sequence[str], out: Path) -> int:
+    from lightlayers.report.load import load_run
+    from lightlayers.report.pool import pool_runs
+    from lightlayers.report.predictions import predictions_csv_gz
+
+    run = pool_runs(run_dirs) if len(run_dirs) > 1 else load_run(run_dirs[0])
+    data = predictions_csv_gz(run)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    trials = sum(len(g.done) for g in run.groups)
+    print(f"results: {trials} trials' test predictions -> {out} ({len(data):,} bytes)")
+    return 0
+
+
+def targets(path: Path) -> int:
+    from lightlayers.report.load import load_run
+    from lightlayers.report.predictions import run_from_files
+    from lightlayers.report.targets import candidates, evaluate, targets_markdown
+
+    if (path / "results.db").is_file():
+        run, ens = load_run(path), None
+    else:
+        preds = path / PREDICTIONS
+        run = run_from_files(path / "results.csv", preds if preds.is_file() else None, META)
+        ens = path / "ensembles.csv" if (path / "ensembles.csv").is_file() else None
+    print(targets_markdown(evaluate(candidates(run, ens))), end="")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from lightlayers.report.load import ReportError
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="rebuild the generated tables of docs/results.md")
+    b.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 naming the file if a rebuilt one differs")
+    b.add_argument("--root", type=Path, default=ROOT,
+                   help="the folder holding docs/ and results/ (default: this repository)")
+    e = sub.add_parser("export", help="a run folder's per-image test predictions")
+    e.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                   help="one run folder, or several of one study to pool")
+    e.add_argument("--out", type=Path, required=True, help="the .csv.gz written")
+    t = sub.add_parser("targets", help="the targets, met or missed, of a run or results folder")
+    t.add_argument("path", type=Path)
+    args = p.parse_args(argv)
+    try:
+        if args.command == "build":
+            return build(args.root, args.check)
+        if args.command == "export":
+            return export(args.runs, args.out)
+        return targets(args.path)
+    except (BuildError, ReportError) as err:
+        print(f"results: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
