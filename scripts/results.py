@@ -335,7 +335,25 @@ def preprocessing_block(root: Path) -> str:
                  ("---", "---:", "---", "---", "---:", "---:"), rows)
 
 
+def predictions_block(root: Path) -> str:
+    """Which committed runs carry their per-image test predictions, and which do not."""
+    folders = sorted(p.parent.relative_to(root).as_posix()
+                     for p in (root / "results").rglob("results.csv"))
+    have = [f for f in folders if (root / f / PREDICTIONS).is_file()]
+    lack = [f for f in folders if f not in have]
+    lines = [f"- with `{PREDICTIONS}`: " + (", ".join(f"`{f}`" for f in have) or "none"),
+             "- without (per-trial rows only): " + (", ".join(f"`{f}`" for f in lack) or "none")]
+    summaries = sorted(p.relative_to(root).as_posix()
+                       for p in [*(root / "results").glob("ablation*.csv"),
+                                 *(root / "results").glob("ablation*/*.csv")])
+    if summaries:
+        lines.append("- per-variant summaries only, no per-trial rows: "
+                     + ", ".join(f"`{f}`" for f in summaries))
+    return "\n".join(lines)
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
+    "predictions": predictions_block,
     "targets": targets_block,
     "anchors": anchors_block,
     "protocols-npz": protocols_block(("results/study-npz/seed", "results/study-npz/improved")),

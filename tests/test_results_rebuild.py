@@ -204,3 +204,27 @@ def test_targets_met_and_missed_at_their_edges() -> None:
     assert "k3 ensemble of 5 (100,000 parameters)" in v[1].sentence
     over = _cand("k3", 100_001, 5, 0.99, 0.99, 0.999, ensemble=True)
     assert [x.status for x in evaluate([edge, over])][1:] == ["missed", "missed"]
+
+
+def test_blocks_recompute_from_predictions_when_a_folder_has_them(tmp_path: Path) -> None:
+    run_dir = _run_with_csv(tmp_path / "run")
+    root = tmp_path / "root"
+    folder = root / "results" / "digits"
+    folder.mkdir(parents=True)
+    shutil.copy2(run_dir / "results.csv", folder / "results.csv")
+    assert _script("export", str(run_dir), "--out",
+                   str(folder / "predictions.csv.gz")).returncode == 0
+    script = _module()
+    pairs = script.pairs_block("results/digits")(root)
+    assert "recomputed from `results/digits/predictions.csv.gz`" in pairs
+    assert "after Holm's correction across the pairs shown" in pairs
+    comps = pairwise(load_run(run_dir))[0]
+    by_pair = {(c.model_a, c.model_b, c.metric): c for c in comps}
+    row = next(ln for ln in pairs.splitlines() if ln.startswith("| linear-8x8 | linear-2x2 |"))
+    acc = by_pair["linear-8x8", "linear-2x2", "accuracy"]
+    assert row.split(" | ")[3] == f"{acc.p_holm:.3f}"  # the store's own comparison
+    ens = script.ensembles_block("results/digits")(root)
+    want = {e.group.model: e for e in ensembles(load_run(run_dir))[0]}
+    assert f"| linear-8x8 | 195 | {want['linear-8x8'].metrics['accuracy']:.3f} |" in ens
+    status = script.predictions_block(root)
+    assert "with `predictions.csv.gz`: `results/digits`" in status
