@@ -104,13 +104,16 @@ def test_console_csv_is_one_csv_on_stdout(run):
 
 
 def test_intervals_from_two_seeds_are_marked_and_clipped_alike(run):
-    done = run_cli(["report", str(run), "--format", "csv,md", "--json"])
+    done = run_cli(["report", str(run), "--format", "csv,md,html", "--json"])
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     table = {r["model"]: r for r in csv.DictReader((run / "report" / "table.csv").open())}
     printed = run_cli(["report", str(run), "--format", "csv"]).stdout
     assert "paper-conv, 2 seeds (n=2: interval wide)" in printed
     assert "n < 3" in (run / "report" / "table.md").read_text()
+    html = (run / "report" / "report.html").read_text()
+    assert "id='few-seeds'>With 2 seeds (n &lt; 3) the 95% intervals are wide" in html
+    assert "over 2 seeds, too few for a narrow one" in html  # the summary's intervals too
     for model in data["models"]:
         for key, name in (("accuracy", "accuracy"), ("auc", "AUC")):
             st = model["metrics"][key]

@@ -159,18 +159,16 @@ def test_card_records_the_cut_scaling_and_csv_names_model_and_threshold(small_ru
     assert {r["threshold"] for r in rows} == {want}
 
 
-def test_report_says_in_its_grad_cam_section_when_no_map_is_fine_enough(small_run, tmp_path,
-                                                                         monkeypatch):
+def test_report_says_in_its_grad_cam_section_when_no_map_is_fine_enough(small_run, tmp_path):
     import shutil
-
-    from lightlayers.deploy import graph
-    from lightlayers.report import write_report
 
     run_dir, _ = small_run
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
-    monkeypatch.setattr(graph, "CAM_MIN_SIDE", 29)  # finer than any map at 28 px
-    html = write_report(copy, formats=("html",), console=False).html.read_text()
+    # Finer than any map at 28 px.
+    assert cli(["report", str(copy), "--format", "html", "--quiet", "--cam-min-side",
+                "29"]) == 0
+    html = (copy / "report" / "report.html").read_text()
     section = html.split("Where the models looked (Grad-CAM)")[1].split("<h3>")[0]
     for model in ("study-conv", "paper-light-k1"):
         assert (f"<p class='cam-note'>{model}: no Grad-CAM figure: map too coarse: the last "

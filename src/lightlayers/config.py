@@ -234,6 +234,9 @@ class StudyConfig:
     sizes: dict[str, int] = setting(factory=dict, flag=False, help="per-model image side")
     out: str = setting("runs/study", "run folder")
     report: bool = setting(True, "write the report at the end")
+    cam_min_side: int = setting(
+        7, "Grad-CAM: the report draws the last layer whose map is at least N x N over the "
+        "image, and says so in one line when none is", check=at_least(1), metavar="N")
     # Recorded beside the trial's numbers, never changing them (lightlayers.deploy.bench).
     deployment: bool = setting(
         False, "export each trained model to ONNX (fp32 and int8) and time it with ONNX "
@@ -293,7 +296,8 @@ class StudyConfig:
 # Settings that change a trial's numbers: a run folder holds one value of each. Where trials
 # run is not one of them, so a study can be resumed with another executor; nor is the spelling
 # of the data's path: the data is compared by content (data_fingerprint).
-SETTINGS_EXCLUDED = ("models", "seeds", "out", "report", "deployment", "device", "threads",
+SETTINGS_EXCLUDED = ("models", "seeds", "out", "report", "cam_min_side", "deployment",
+                     "device", "threads",
                      "executor", "executor_options", "data",
                      # A tuned run's settings are its model_protocols (compared); where they
                      # were read is spelling, and the search ranges are tune's alone.

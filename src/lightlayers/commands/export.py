@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from lightlayers.commands._args import positive_int
 from lightlayers.commands._json import json_safe
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -34,20 +35,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8", action="store_true",
                    help="static int8 quantization (ONNX only), calibrated on training images; "
                         "prints int8 and fp32 test accuracy, AUC and file sizes")
-    p.add_argument("--calibration", type=_positive_int, default=256, metavar="N",
+    p.add_argument("--calibration", type=positive_int, default=256, metavar="N",
                    help="training images drawn to calibrate --int8 (default: 256)")
     p.add_argument("--out", help="file to write (default: RUN_DIR/exports/"
                    "MODEL__seedS[.int8].onnx)")
     p.add_argument("--data", help="where the run's data is now, when it moved (checked to be "
                    "the same data by content)")
+    p.add_argument("--cam-min-side", type=positive_int, default=None, metavar="N",
+                   help="Grad-CAM output on the last layer whose map is at least N x N over "
+                        "the image (default: 7)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (choice, verification, metrics, sizes)")
 
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return int(text)
 
 
 def _kb(n: int) -> str:
@@ -104,7 +103,8 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     # pass, and for int8, where the backward pass's transposed convolutions stay float and
     # would double the weights the file holds.
     deployable, example = ex.deployable_for(
-        model, card, finer_cam=args.format == "onnx" and not args.int8)
+        model, card, finer_cam=args.format == "onnx" and not args.int8,
+        cam_min_side=args.cam_min_side)
     card = card.replace(**ex.cam_fields(deployable))
     ds = trial.load_data(args.data)
     if list(ds.classes) != list(card.classes):

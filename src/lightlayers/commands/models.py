@@ -16,22 +16,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lightlayers.commands._args import positive_int
+
 TABLE_FILE = Path(__file__).with_name("_models_table.py")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pattern", nargs="?", help="fnmatch pattern, e.g. 'study-*'")
-    p.add_argument("--num-classes", type=_positive_int, default=None,
+    p.add_argument("--num-classes", type=positive_int, default=None,
                    help="count the parameters for this many classes (default: each model's)")
     p.add_argument("--json", action="store_true",
                    help="a JSON list instead of the table: per model its counts, description "
                         "and registry defaults")
 
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return int(text)
 
 
 def table_rows(pattern: str | None = None, num_classes: int | None = None

@@ -14,6 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from lightlayers.commands._args import positive_int
 from lightlayers.commands._json import json_safe
 from lightlayers.outputs import OutputFolder, check_output_file, write_output_file
 
@@ -30,18 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cam", metavar="DIR",
                    help="write one Grad-CAM heatmap PNG per image into DIR (the predicted "
                         "class's map over the image as the model saw it)")
-    p.add_argument("--cam-min-side", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--cam-min-side", type=positive_int, default=None, metavar="N",
                    help="draw no heatmap when the model's map is smaller than N x N "
                         "(default: 7): a smaller map is a few blocks over the whole image")
-    p.add_argument("--batch-size", type=_positive_int, default=64,
+    p.add_argument("--batch-size", type=positive_int, default=64,
                    help="images per model call (default: 64)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
 
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return int(text)
 
 
 def main(args: argparse.Namespace) -> int:

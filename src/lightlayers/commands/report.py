@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Any
 
+from lightlayers.commands._args import positive_int
 from lightlayers.commands._json import json_safe
 
 
@@ -24,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", dest="formats", default=",".join(FORMATS),
                    help=f"comma-separated outputs (default: all of {','.join(FORMATS)})")
     add_console_arguments(p)
+    p.add_argument("--cam-min-side", type=positive_int, default=None, metavar="N",
+                   help="Grad-CAM figures draw the last layer whose map is at least N x N "
+                        "over the image, else say so in one line (default: 7)")
     p.add_argument("--quiet", action="store_true",
                    help="do not print the table or the progress lines")
     p.add_argument("--json", action="store_true",
@@ -74,7 +78,8 @@ def main(args: argparse.Namespace) -> int:
             run = args.run_dirs[0]
         result = write_report(run, formats=args.formats, out_dir=args.out,
                               console=not args.quiet and not args.json, columns=args.columns,
-                              console_style=args.console, progress=not args.quiet)
+                              console_style=args.console, progress=not args.quiet,
+                              cam_min_side=args.cam_min_side)
     except ReportError as e:
         raise CliError(str(e)) from e
     where = result.html or result.out_dir

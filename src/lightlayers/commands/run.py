@@ -139,7 +139,7 @@ def main(args: argparse.Namespace) -> int:
             # The progress printed each failed trial as it failed: the table does not repeat it.
             result = write_report(outcome.out_dir, console=shown, columns=args.columns,
                                   console_style=args.console, failures_shown=shown,
-                                  progress=shown)
+                                  progress=shown, cam_min_side=cfg.cam_min_side)
         except ReportError as e:
             # The trials are recorded already; a report problem must not hide that.
             print(f"lightlayers run: the report could not be written: {e}; the results are in "

@@ -19,7 +19,14 @@ from lightlayers.report.ensemble import Ensemble
 from lightlayers.report.figures import FigureSpec, majority_scores
 from lightlayers.report.load import RunData
 from lightlayers.report.stats import Summary, summarize
-from lightlayers.report.table import DIAGNOSED, Row, columns, diagnosis_lines, format_cell
+from lightlayers.report.table import (
+    DIAGNOSED,
+    FEW_SEEDS,
+    Row,
+    columns,
+    diagnosis_lines,
+    format_cell,
+)
 
 SECTIONS = (
     ("criteria", "One chart per criterion"),
@@ -178,7 +185,7 @@ def summary_html(rows: Sequence[Row], comparisons: Sequence[Comparison],
         st = _stat(best, key)
         if st.n >= 2 and st.ci_low is not None and st.ci_high is not None:
             ci = (f"95% interval {max(0.0, st.ci_low):.3f}–{min(1.0, st.ci_high):.3f} over "
-                  f"{st.n} seeds")
+                  f"{st.n} seeds" + (", too few for a narrow one" if st.n < FEW_SEEDS else ""))
         else:
             ci = f"{st.n} seed, no interval"
         text = f"Best {name}: <strong>{_e(best.label)}</strong> {st.mean:.3f} ({ci})."
@@ -430,6 +437,15 @@ def environment_html(env: dict[str, Any], run: RunData) -> str:
     return _kv_table(items)
 
 
+def _few_seeds_html(rows: Sequence[Row]) -> str:
+    few = sorted({len(r.group.done) for r in rows if 2 <= len(r.group.done) < FEW_SEEDS})
+    if not few:
+        return ""
+    return (f"<br><span id='few-seeds'>With {' or '.join(map(str, few))} seeds (n &lt; "
+            f"{FEW_SEEDS}) the 95% intervals are wide: the t quantile alone is 12.7 at n=2. "
+            "Intervals of scores are clipped to 0–1 here and in every file.</span>")
+
+
 def page(run: RunData, rows: Sequence[Row], notes: Sequence[str],
          figures: Sequence[FigureSpec], png: dict[str, bytes], svg_written: bool,
          comparisons: Sequence[Comparison] = (), n_boot: int = 0,
@@ -477,7 +493,8 @@ def page(run: RunData, rows: Sequence[Row], notes: Sequence[str],
 <p>Metrics: mean ± sample standard deviation over seeds (95% t-intervals in
 <a href="table.csv">table.csv</a>). Accuracy, AUC, sensitivity, specificity and F1 on the test
 split; times are wall clock; MACs per image; size of the float32 weights file (MB = 10⁶ bytes).
-{"<br>* fewer finished seeds than planned or than the other models." if marked else ""}</p>
+{"<br>* fewer finished seeds than planned or than the other models." if marked else ""}
+{_few_seeds_html(rows)}</p>
 {f"<p id='test-ledger'>{_e(ledger)}</p>" if ledger else ""}
 {ensembles_html(ensembles)}
 <h2 id="differences">Which differences are real</h2>

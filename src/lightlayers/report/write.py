@@ -105,6 +105,7 @@ def write_report(
     console_style: str = "table",
     failures_shown: bool = False,
     progress: bool = False,
+    cam_min_side: int | None = None,
 ) -> ReportResult:
     """Write ``RUN_DIR/report/`` (or ``out_dir``): ``table.csv``, ``comparisons.csv`` (every
     pair of models: differences with 95% intervals), ``ensembles.csv`` (models with two or
@@ -114,6 +115,7 @@ def write_report(
     ``console_style`` "csv", as CSV. ``failures_shown``: the caller printed each failed trial
     already (``lightlayers run``'s progress), so the console leaves them out. ``progress``: one
     line on stderr for each step that takes seconds (reading, bootstrap, figures).
+    ``cam_min_side``: the Grad-CAM figures' smallest map side (default 7).
 
     Safe on a partial run: failed and unfinished trials are listed, models with fewer seeds
     marked. Raises :class:`ReportError` when the folder holds no results. Re-running on an
@@ -146,7 +148,7 @@ def write_report(
     out = Path(out_dir) if out_dir is not None else run.run_dir / "report"
     with report_folder(run, out, out_dir is None) as folder:
         try:
-            result = _write(run, rows, notes, fmts, folder, say)
+            result = _write(run, rows, notes, fmts, folder, say, cam_min_side)
         finally:
             say(None)
     if console:
@@ -221,7 +223,8 @@ _REPORT_FILES = ("table.csv", "table.md", "comparisons.csv", "ensembles.csv", "r
 
 
 def _write(run: RunData, rows: list[Row], notes: list[str], fmts: tuple[str, ...],
-           folder: OutputFolder, say: Callable[[str | None], None]) -> ReportResult:
+           folder: OutputFolder, say: Callable[[str | None], None],
+           cam_min_side: int | None = None) -> ReportResult:
     out = folder.path
     written: list[Path] = []
 
@@ -256,7 +259,7 @@ def _write(run: RunData, rows: list[Row], notes: list[str], fmts: tuple[str, ...
         from lightlayers.report import figures as F
 
         say("drawing the figures")
-        specs, figure_notes = F.build_figures(run, rows, seed_ensembles)
+        specs, figure_notes = F.build_figures(run, rows, seed_ensembles, cam_min_side)
         fig_dir = out / "figures"
         png: dict[str, bytes] = {}
         for spec in specs:
