@@ -158,13 +158,13 @@ PUBLISHED = (
      "as published", "0.884", "0.962", "about 23M parameters; no more detail than 28 px"),
     ("Kermany et al. 2018", "InceptionV3, ImageNet-pretrained", "full size", "transfer learning",
      "as published", "0.928", "0.968", "full-size images; checkpoint chosen on test"),
-    ("the original study (`../shared/DESIGN.md` §4)", "Conv2D CNN", "224 px",
+    ("the original study (`../shared/DESIGN.md`)", "Conv2D CNN", "224 px",
      "batch 64, 20 epochs, Adam 1e-3, best checkpoint on a 16-image validation set",
      "3 runs of one notebook", "0.62-0.86", "—", "runs disagree; two runs hold collapsed models"),
-    ("the original study (`../shared/DESIGN.md` §4)", "LightLayers k=1", "224 px",
+    ("the original study (`../shared/DESIGN.md`)", "LightLayers k=1", "224 px",
      "the same", "3 runs of one notebook", "0.375-0.81", "—",
      "0.375 = every image called NORMAL"),
-    ("the original study (`../shared/DESIGN.md` §4)", "InceptionV3, frozen", "224 px",
+    ("the original study (`../shared/DESIGN.md`)", "InceptionV3, frozen", "224 px",
      "the same", "3 runs of one notebook", "~0.80", "—", "as stated there"),
 )
 # Our rows: (folder, model, resolution, recipe, what differs).
