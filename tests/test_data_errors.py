@@ -142,9 +142,9 @@ def test_unknown_short_name_suggests_close_ones() -> None:
 
 
 def test_unsupported_file_type(tmp_path: Path) -> None:
-    (tmp_path / "data.csv").write_text("a,b\n")
+    (tmp_path / "data.parquet").write_text("a,b\n")
     with pytest.raises(DataError, match="unsupported file type"):
-        load_dataset(tmp_path / "data.csv", progress=False)
+        load_dataset(tmp_path / "data.parquet", progress=False)
 
 
 @pytest.mark.parametrize(

@@ -263,6 +263,9 @@ def load_dataset(
         raise bad_images_error(src.location, skipped)
     # Every source passes here, so one check covers folders, archives, .npz, IDX and digits.
     check_label_range(decoded.labels, decoded.split_codes, decoded.classes, src.location)
+    known = None
+    if src.patients is not None and decoded.ids is not None:
+        known = [src.patients.get(i) for i in decoded.ids]
     plan = plan_splits(
         decoded.labels,
         decoded.split_codes,
@@ -272,6 +275,8 @@ def load_dataset(
         seed,
         resplit,
         patient_pattern,
+        known_patients=known,
+        patient_column=src.patient_column,
     )
     missing, class_notes = check_class_presence(
         decoded.labels,

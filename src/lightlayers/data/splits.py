@@ -159,13 +159,21 @@ def plan_splits(
     seed: int,
     resplit: float | None,
     patient_pattern: str | None,
+    known_patients: list[str | None] | None = None,
+    patient_column: str | None = None,
 ) -> SplitPlan:
-    """Decide the train/val/test indices (see the module docstring); record every decision."""
+    """Decide the train/val/test indices (see the module docstring); record every decision.
+
+    ``known_patients``: each image's patient as the source names it (a manifest's
+    ``patient_column``), used instead of ``patient_pattern`` on the file names."""
     codes = np.asarray(split_codes)
     labels = np.asarray(labels)
     digests = np.asarray(digests)
     patients = None
-    if ids is not None:
+    if known_patients is not None:
+        patients = list(known_patients)
+        patient_pattern = f"column {patient_column or 'patient'}"
+    elif ids is not None:
         patients = patient_ids(ids, patient_pattern) if patient_pattern else [None] * len(ids)
     how = _how(patients, patient_pattern)
     groups: np.ndarray | None = None

@@ -51,13 +51,19 @@ def _named_source(entry: NamedSource) -> Source:
 
 def open_source(source: str | os.PathLike[str]) -> Source:
     """A short name (see ``lightlayers data list``) or a path to a folder tree, an archive of one,
-    a MedMNIST-style .npz, or a folder of MNIST IDX files.
+    a MedMNIST-style .npz, a CSV manifest (``labels.csv``, or ``labels.csv#label=diagnosis`` to
+    name its columns; :mod:`lightlayers.data.manifest`), or a folder of MNIST IDX files.
 
     Short names win over same-named local paths: a short name always means the official bytes.
     Write ``./digits`` for a local folder called ``digits``.
     """
     if isinstance(source, str) and source in NAMED_SOURCES:
         return _named_source(NAMED_SOURCES[source])
+    from lightlayers.data.manifest import manifest_source, split_manifest_spec
+
+    text, columns = split_manifest_spec(os.fspath(source))
+    if columns is not None:
+        source = text
     path = Path(source).expanduser()
     if not path.exists():
         text = os.fspath(source)
@@ -83,7 +89,10 @@ def open_source(source: str | os.PathLike[str]) -> Source:
         return archive_source(path)
     if path.suffix.lower() == ".npz":
         return npz_source(path)
+    if path.suffix.lower() == ".csv":
+        return manifest_source(path, columns)
     raise DataError(
         f"{path}: unsupported file type. Give a dataset folder, a .tar.gz/.tgz/.tar/.zip archive "
-        "of one, a MedMNIST-style .npz file, or a folder of MNIST IDX files."
+        "of one, a MedMNIST-style .npz file, a CSV manifest (path,label[,split][,patient]), or "
+        "a folder of MNIST IDX files."
     )

@@ -56,6 +56,10 @@ class Source:
     # File -> short content hash, for sources made of many files (folders): a run folder keeps
     # it to say which files changed when the data under its path is not the same any more.
     manifest: dict[str, str] | None = None
+    # File -> patient id, for sources that name each image's patient (a manifest's patient
+    # column); None: patients are read from file names with the patient pattern.
+    patients: dict[str, str | None] | None = None
+    patient_column: str | None = None  # where ``patients`` came from, for the summary
 
 
 def file_sha256(path: Path) -> str:
