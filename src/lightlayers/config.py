@@ -164,6 +164,16 @@ MIN_SIZE, MAX_SIZE = 8, 1024
 SIZE_RULE = within(MIN_SIZE, MAX_SIZE, unit="pixels")
 
 
+def _train_sizes_rule(sizes: Any) -> str | None:
+    from lightlayers.data.subsets import parse_train_sizes
+
+    try:
+        parse_train_sizes(sizes)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def _executor_rule(name: Any) -> str | None:
     from lightlayers.executors import EXECUTORS, executor_info
 
@@ -184,6 +194,12 @@ class StudyConfig:
                                       "comma-separated model names (see `lightlayers models`)",
                                       metavar="NAME,...")
     seeds: tuple[int, ...] = setting((0,), "comma-separated seeds, e.g. 0,1,2", metavar="N,...")
+    # A study dimension like seeds: each size is its own trials, on nested subsets of the
+    # training split (lightlayers.data.subsets); validation and test stay whole.
+    train_sizes: tuple[str, ...] = setting(
+        (), "training-set sizes for a learning curve: fractions of the training split "
+        "(0.1,0.25,1) or images per class (50,100,all), drawn by patient, nested; default: "
+        "the whole split", check=_train_sizes_rule, metavar="SIZE,...")
     protocol: Literal["seed", "improved"] = setting(
         "seed", "seed: the published study's training; improved: our recipe")
     epochs: int | None = setting(None, "training epochs (default: the protocol's)",
@@ -292,13 +308,22 @@ class StudyConfig:
         d["models"], d["seeds"] = list(self.models), list(self.seeds)
         return d
 
+        d["train_sizes"] = list(self.train_sizes)
 
 # Settings that change a trial's numbers: a run folder holds one value of each. Where trials
+    def train_size_plan(self) -> tuple[Any, ...]:
+        """The study's training sizes (:class:`lightlayers.data.subsets.TrainSize`), in the
+        order given; the whole training split alone when none are."""
+        from lightlayers.data.subsets import FULL, parse_train_sizes
+
+        return parse_train_sizes(self.train_sizes) if self.train_sizes else (FULL,)
+
 # run is not one of them, so a study can be resumed with another executor; nor is the spelling
 # of the data's path: the data is compared by content (data_fingerprint).
-SETTINGS_EXCLUDED = ("models", "seeds", "out", "report", "cam_min_side", "deployment",
-                     "device", "threads",
-                     "executor", "executor_options", "data",
+# Training sizes are a dimension of the study like seeds (each size keys its own trials).
+SETTINGS_EXCLUDED = ("models", "seeds", "train_sizes", "out", "report", "cam_min_side",
+                     "deployment", "device",
+                     "threads", "executor", "executor_options", "data",
                      # A tuned run's settings are its model_protocols (compared); where they
                      # were read is spelling, and the search ranges are tune's alone.
                      "tuned", "search")
@@ -358,6 +383,13 @@ def _build_study(values: dict[str, Any], where: str) -> StudyConfig:
         values["models"] = [m.strip() for m in values["models"].split(",") if m.strip()]
     return build(StudyConfig, values, where)
 
+    sizes = values.get("train_sizes")
+    if isinstance(sizes, str):
+        values["train_sizes"] = [t.strip() for t in sizes.split(",") if t.strip()]
+    elif isinstance(sizes, list | tuple):
+        # YAML reads 0.1 and 50 as numbers; a size is kept as its text.
+        values["train_sizes"] = [str(v) if isinstance(v, int | float) and not isinstance(v, bool)
+                                 else v for v in sizes]
 
 def validate(cfg: StudyConfig) -> StudyConfig:
     """The rules between settings (each setting's own rule ran when it was built)."""

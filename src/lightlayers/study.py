@@ -19,6 +19,7 @@ from lightlayers import csvsafe
 from lightlayers.config import ConfigError, StudyConfig
 from lightlayers.config import comparable_settings as _settings
 from lightlayers.data import Dataset, load_dataset
+from lightlayers.data.subsets import sized_key
 from lightlayers.executors import Task, create_executor, executor_info
 from lightlayers.fingerprint import (
     _data_change,
@@ -47,11 +48,20 @@ def csv_columns() -> list[str]:
 
 
 def results_csv_text(trials: Any, extra_columns: tuple[str, ...] = ()) -> str:
-    """results.csv of ``trials`` (the store's trial dicts), with ``extra_columns`` last."""
+    """results.csv of ``trials`` (the store's trial dicts), with ``extra_columns`` last; a
+    study with training sizes adds each trial's size and training images after its protocol."""
     buf = io.StringIO()
+    trials = list(trials)
+    names = csv_columns()
+    if any((t.get("config") or {}).get("train_size") for t in trials):
+        at = names.index("protocol") + 1
+        names[at:at] = ["train_size", "train_images"]
+        trials = [{**t, "train_size": (t.get("config") or {}).get("train_size") or "all",
+                   "train_images": ((t.get("extra") or {}).get("train_set") or {}).get("images")}
+                  for t in trials]
     # csvsafe: a text cell a spreadsheet would run as a formula (an error message, a name)
     # is written as text.
-    w = csvsafe.DictWriter(buf, fieldnames=[*csv_columns(), *extra_columns],
+    w = csvsafe.DictWriter(buf, fieldnames=[*names, *extra_columns],
                            extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for t in trials:
@@ -135,7 +145,9 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
         if created:
             _remove_new_folders(created)
         raise
-    reporter = ProgressReporter(len(cfg.models) * len(cfg.seeds), enabled=progress)
+    sizes = cfg.train_size_plan()
+    reporter = ProgressReporter(len(cfg.models) * len(cfg.seeds) * len(sizes),
+                                enabled=progress)
     try:
         previous = store.meta().get("settings")
         now = _settings(cfg)
@@ -187,12 +199,14 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
                     f"({change}). Its trials are kept as they are; run the changed data into "
                     "a new folder with --out NEW_FOLDER")
 
-        specs = [TrialSpec(m, s, cfg.protocol) for m in cfg.models for s in cfg.seeds]
+        specs = [TrialSpec(m, s, cfg.protocol, None if size.full else size.label)
+                 for size in sizes for m in cfg.models for s in cfg.seeds]
         keyed = []
         for spec in specs:
             ds = dataset_for(spec.model)
-            keyed.append((spec, ds, data_key(ds)))
+            keyed.append((spec, ds, sized_key(data_key(ds), spec.train_size)))
         first = datasets[next(iter(datasets))]
+        _check_sizes(sizes, first, cfg.split_seed, reporter.log)
         _record_skipped(folder, datasets.values(), reporter.log)
         store.set_meta(
             settings=_settings(cfg), config=cfg.to_dict(),
@@ -212,7 +226,9 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
         store.add_trials({"model": sp.model, "seed": sp.seed, "protocol": sp.protocol,
                           "data": dk, "config": {"model_options": model_kwargs(cfg, sp.model),
                                                  **({"tuned": tuned[sp.model]} if tuned
-                                                    else {})}}
+                                                    else {}),
+                                                 **({"train_size": sp.train_size}
+                                                    if sp.train_size is not None else {})}}
                          for sp, _, dk in keyed)
         status = {t["key"]: t["status"] for t in store.trials()}
         todo = [(sp, ds, dk) for sp, ds, dk in keyed if status[sp.key(dk)] != "done"]
@@ -255,6 +271,22 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
         folder.close()
         if created and not recorded_any:
             _remove_new_folders(created)
+
+
+def _check_sizes(sizes: Any, ds: Dataset, seed: int, log: Any) -> None:
+    """Every training size drawn once before any trial trains: a size the data cannot give
+    is an error now, and each size says how many images it holds."""
+    if len(sizes) == 1 and sizes[0].full:
+        return
+    from lightlayers.data.subsets import SubsetError, draw_subset
+
+    for size in sizes:
+        try:
+            sub = draw_subset(ds, size, seed)
+        except SubsetError as e:
+            raise ConfigError(str(e)) from None
+        log(f"train size {size.label}: {len(sub.members)} of {sub.available} training images "
+            f"({', '.join(f'{c} {n}' for c, n in zip(ds.classes, sub.per_class, strict=True))})")
 
 
 def _tuned_source(tuned: dict[str, Any]) -> dict[str, Any]:

@@ -34,6 +34,9 @@ class TrialSpec:
     model: str
     seed: int
     protocol: str
+    # The training size's label (lightlayers.data.subsets.TrainSize); None: the whole
+    # training split. The size is also in the trial's data key, hence in its key.
+    train_size: str | None = None
 
     def key(self, data_key: str) -> str:
         return trial_key(self.model, self.seed, self.protocol, data_key)
@@ -114,6 +117,13 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
     model's trial never fetches weights itself).
     """
     seed_everything(spec.seed)
+    from lightlayers.data.subsets import FULL, draw_subset, parse_train_size, subset_dataset
+
+    # Drawn here, wherever the trial runs (a Ray worker too), from the study's split seed:
+    # every model and seed of one size trains on the same images.
+    subset = draw_subset(ds, FULL if spec.train_size is None else
+                         parse_train_size(spec.train_size), cfg.split_seed)
+    ds = subset_dataset(ds, subset)
     if spec.model in cfg.model_protocols:
         # A tuned run: this model trains with its own settings (lightlayers.tune).
         protocol = cfg.resolved_protocol(spec.model)
@@ -246,6 +256,8 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
         "head_time_s": result.total_time_s if feature_time is not None else None,
         "notes": notes + result.notes, "protocol": dataclasses.asdict(protocol),
         "loader": lo, "teacher": None if teacher is None else teacher.record,
+        # The training images: part of the trial's data identity.
+        "train_set": subset.record(ds.classes),
         # What every reader of the checkpoint checks the file against (deploy.trial.Trial).
         "checkpoint_sha256": checkpoint_sha256(ckpt),
     }

@@ -28,6 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cam-min-side", type=positive_int, default=None, metavar="N",
                    help="Grad-CAM figures draw the last layer whose map is at least N x N "
                         "over the image, else say so in one line (default: 7)")
+    p.add_argument("--reach", metavar="METRIC[:X,...]", default=None,
+                   help="a study with training sizes: the score (accuracy, balanced_accuracy, "
+                        "auc) and levels of the table 'smallest training set at which each "
+                        "model reaches X' (default: accuracy at 90%%, 95%% and 99%% of the "
+                        "best mean)")
     p.add_argument("--quiet", action="store_true",
                    help="do not print the table or the progress lines")
     p.add_argument("--json", action="store_true",
@@ -79,7 +84,8 @@ def main(args: argparse.Namespace) -> int:
         result = write_report(run, formats=args.formats, out_dir=args.out,
                               console=not args.quiet and not args.json, columns=args.columns,
                               console_style=args.console, progress=not args.quiet,
-                              cam_min_side=args.cam_min_side)
+                              cam_min_side=args.cam_min_side,
+                              reach=args.reach)
     except ReportError as e:
         raise CliError(str(e)) from e
     where = result.html or result.out_dir
@@ -91,8 +97,11 @@ def main(args: argparse.Namespace) -> int:
 
 
 def report_object(result: Any) -> dict[str, Any]:
-    """What ``report --json`` prints: the table's numbers, unformatted."""
+    """What ``report --json`` prints: the table's numbers, unformatted; a study with
+    training sizes adds its learning curve (report.curves)."""
     from dataclasses import asdict
+
+    from lightlayers.report.curves import curve_object
 
     models = []
     for row in result.rows:
@@ -114,6 +123,7 @@ def report_object(result: Any) -> dict[str, Any]:
                            "size_mb": e.size_mb, "threshold": e.threshold,
                            "member_mean_accuracy": e.member_accuracy, "metrics": e.metrics}
                           for e in result.ensembles],
+            "learning_curve": None if result.curve is None else curve_object(result.curve),
             "failed": [{"model": t["model"], "seed": t["seed"], "protocol": t["protocol"],
                         "error": t.get("error")} for t in result.failed]}
 

@@ -27,6 +27,7 @@ import torch
 
 from lightlayers.config import ConfigError, Protocol, StudyConfig, config_from_dict
 from lightlayers.data import DataError, Dataset, load_dataset
+from lightlayers.data.subsets import base_key
 from lightlayers.executors import RayOptions
 from lightlayers.executors.base import Task, TaskOutcome
 from lightlayers.fingerprint import data_key
@@ -218,7 +219,9 @@ class RayExecutor:
             source = str(src.resolve()) if src.exists() else self.cfg.data
             arg = DataOnNode(source, data_size_for(self.cfg, task.spec.model), self.cfg.in_chans,
                              self.cfg.resize, self.cfg.val_fraction, self.cfg.split_seed,
-                             task.data_key, self.cfg.on_bad_image,
+                             # The decoded data's own key: a trial's training size is drawn
+                             # by the trial itself (trial.run_trial).
+                             base_key(task.data_key), self.cfg.on_bad_image,
                              self.cfg.allow_missing_classes)
             self._log(f"data {task.data_key}: {nbytes / 1e6:.1f} MB, each node loads {source} "
                       "into its own cache")

@@ -449,7 +449,7 @@ def _few_seeds_html(rows: Sequence[Row]) -> str:
 def page(run: RunData, rows: Sequence[Row], notes: Sequence[str],
          figures: Sequence[FigureSpec], png: dict[str, bytes], svg_written: bool,
          comparisons: Sequence[Comparison] = (), n_boot: int = 0,
-         ensembles: Sequence[Ensemble] = ()) -> str:
+         ensembles: Sequence[Ensemble] = (), curve_section: str = "") -> str:
     from lightlayers import __version__
 
     meta = run.meta
@@ -499,6 +499,7 @@ split; times are wall clock; MACs per image; size of the float32 weights file (M
 {ensembles_html(ensembles)}
 <h2 id="differences">Which differences are real</h2>
 {comparisons_html(comparisons, n_boot)}
+{f'<h2 id="learning-curve">Learning curves</h2>{chr(10)}{curve_section}' if curve_section else ""}
 <h2 id="failures">Failed and unfinished trials</h2>
 {failures_table(run)}
 <h2 id="figures">Figures</h2>

@@ -48,10 +48,42 @@ class RunData:
     counts: dict[str, int]
     # The run folders pooled into this one (report.pool); empty for a single folder.
     sources: tuple[Path, ...] = ()
+    # A study with training sizes (a learning curve): the groups hold the trials of the
+    # largest size, ``curve`` the finished trials of every size (report.curves).
+    main_size: str | None = None
+    curve: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def max_seeds(self) -> int:
         return max((len(g.done) for g in self.groups), default=0)
+
+
+def train_size(t: dict[str, Any]) -> str | None:
+    """A trial's training size (lightlayers.data.subsets); None: the whole training split."""
+    return (t.get("config") or {}).get("train_size")
+
+
+def train_images(t: dict[str, Any]) -> int | None:
+    return ((t.get("extra") or {}).get("train_set") or {}).get("images")
+
+
+def main_size(trials: list[dict[str, Any]]) -> str | None:
+    """The training size the report's tables show: the whole split when the study has it,
+    else the size whose finished trials trained on the most images."""
+    sizes = {train_size(t) for t in trials}
+    if None in sizes or not sizes:
+        return None
+    images: dict[str | None, int] = {}
+    for t in trials:
+        if train_images(t) is not None:
+            images[train_size(t)] = max(images.get(train_size(t), 0), int(train_images(t)))
+    from lightlayers.data.subsets import parse_train_size
+
+    def order(size: str | None) -> tuple[int, float]:
+        parsed = parse_train_size(size)
+        return images.get(size, -1), parsed.per_class or parsed.fraction or 0.0
+
+    return max(sizes, key=order)
 
 
 def _first_run_hint(run_dir: Path) -> str:
@@ -90,8 +122,11 @@ def load_run(run_dir: str | Path) -> RunData:
 
     several_protocols = len({t["protocol"] for t in trials}) > 1
     groups: dict[tuple[str, str], Group] = {}
+    main = main_size(trials)
     # Insertion order of the store is the study's plan order (models as listed, then seeds).
     for t in trials:
+        if train_size(t) != main:
+            continue
         gk = (t["model"], t["protocol"])
         if gk not in groups:
             label = f"{t['model']} [{t['protocol']}]" if several_protocols else t["model"]
@@ -113,6 +148,8 @@ def load_run(run_dir: str | Path) -> RunData:
         histories=histories,
         predictions=predictions,
         counts=counts,
+        main_size=main,
+        curve=list(done) if len({train_size(t) for t in trials}) > 1 else [],
     )
     for g in data.groups:
         g.incomplete = len(g.done) < data.max_seeds or bool(g.missing_seeds)

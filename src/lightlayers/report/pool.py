@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightlayers.report.load import Group, ReportError, RunData, load_run
+from lightlayers.report.load import Group, ReportError, RunData, load_run, train_size
 
 
 def _differences(a: dict[str, Any] | None, b: dict[str, Any] | None) -> list[str]:
@@ -40,6 +40,10 @@ def _check_same_study(first: RunData, run: RunData) -> None:
     if settings:
         raise ReportError(f"{where} were run with other settings ({', '.join(settings)} "
                           f"differ); {fix}")
+    if first.main_size != run.main_size:
+        # Their tables would mix models trained on different amounts of data.
+        raise ReportError(f"{where} show other training sizes in their tables ("
+                          f"{first.main_size or 'all'} and {run.main_size or 'all'}); {fix}")
     protocol = _differences(first.meta.get("protocol"), run.meta.get("protocol"))
     if protocol:
         raise ReportError(f"{where} trained under other protocols ({', '.join(protocol)} "
@@ -68,9 +72,16 @@ def pool_runs(run_dirs: Sequence[str | Path]) -> RunData:
     failed: list[dict[str, Any]] = []
     unfinished: list[dict[str, Any]] = []
     ids = itertools.count(1)
+    curve: list[dict[str, Any]] = []
+    curve_owner: dict[tuple[str, str, str | None, int], Path] = {}
     for run in runs:
-        def renumber(t: dict[str, Any], run: RunData = run) -> dict[str, Any]:
-            return {**t, "id": next(ids), "run_dir": str(run.run_dir)}
+        new_ids: dict[int, int] = {}  # a trial of the main size is also on the curve
+
+        def renumber(t: dict[str, Any], run: RunData = run,
+                     new_ids: dict[int, int] = new_ids) -> dict[str, Any]:
+            if t["id"] not in new_ids:
+                new_ids[t["id"]] = next(ids)
+            return {**t, "id": new_ids[t["id"]], "run_dir": str(run.run_dir)}
 
         for g in run.groups:
             pooled = groups.setdefault(g.label, Group(g.label, g.model, g.protocol))
@@ -88,6 +99,18 @@ def pool_runs(run_dirs: Sequence[str | Path]) -> RunData:
                 if t["id"] in run.predictions:
                     predictions[new["id"]] = run.predictions[t["id"]]
             pooled.planned_seeds += [s for s in g.planned_seeds if s not in pooled.planned_seeds]
+        for t in run.curve or [t for g in run.groups for t in g.done]:
+            at = (t["model"], t["protocol"], train_size(t), t["seed"])
+            if at in curve_owner and at[2] != run.main_size:
+                raise ReportError(
+                    f"seed {t['seed']} of {t['model']} at training size {at[2]} finished in "
+                    f"both {curve_owner[at]} and {run.run_dir}; it would count twice: leave "
+                    "one of the folders out")
+            curve_owner[at] = run.run_dir
+            new = renumber(t)
+            curve.append(new)
+            if t["id"] in run.predictions:
+                predictions[new["id"]] = run.predictions[t["id"]]
         failed += [renumber(t) for t in run.failed]
         unfinished += [renumber(t) for t in run.unfinished]
 
@@ -95,6 +118,8 @@ def pool_runs(run_dirs: Sequence[str | Path]) -> RunData:
         return any((g.model, g.protocol) == (t["model"], t["protocol"]) and t["seed"] in g.seeds
                    for g in groups.values())
 
+    if not any(r.curve for r in runs):
+        curve = []
     failed = [t for t in failed if not finished_elsewhere(t)]
     unfinished = [t for t in unfinished if not finished_elsewhere(t)]
     for g in groups.values():
@@ -106,7 +131,8 @@ def pool_runs(run_dirs: Sequence[str | Path]) -> RunData:
     for t in unfinished:
         counts[t["status"]] = counts.get(t["status"], 0) + 1
     data = RunData(first.run_dir, list(groups.values()), failed, unfinished, first.meta,
-                   histories, predictions, counts, sources=tuple(r.run_dir for r in runs))
+                   histories, predictions, counts, sources=tuple(r.run_dir for r in runs),
+                   main_size=first.main_size, curve=curve)
     for g in data.groups:
         g.incomplete = len(g.done) < data.max_seeds or bool(g.missing_seeds)
     return data

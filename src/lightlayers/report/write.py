@@ -11,6 +11,7 @@ from typing import Any
 
 from lightlayers.outputs import OutputFolder
 from lightlayers.report.compare import Comparison
+from lightlayers.report.curves import LearningCurve
 from lightlayers.report.ensemble import Ensemble
 from lightlayers.report.load import ReportError, RunData, load_run
 from lightlayers.report.table import (
@@ -44,6 +45,8 @@ class ReportResult:
     comparisons: tuple[Comparison, ...] = ()
     # Per model with two or more seeds: its seeds' averaged predictions (report.ensemble).
     ensembles: tuple[Ensemble, ...] = ()
+    # A study with training sizes: the learning curve (report.curves); else None.
+    curve: LearningCurve | None = None
 
 
 def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
@@ -105,6 +108,7 @@ def write_report(
     console_style: str = "table",
     failures_shown: bool = False,
     progress: bool = False,
+    reach: str | None = None,
     cam_min_side: int | None = None,
 ) -> ReportResult:
     """Write ``RUN_DIR/report/`` (or ``out_dir``): ``table.csv``, ``comparisons.csv`` (every
@@ -114,7 +118,10 @@ def write_report(
     ``columns`` of :func:`lightlayers.report.table.console_columns`, as plain text or, with
     ``console_style`` "csv", as CSV. ``failures_shown``: the caller printed each failed trial
     already (``lightlayers run``'s progress), so the console leaves them out. ``progress``: one
-    line on stderr for each step that takes seconds (reading, bootstrap, figures).
+    line on stderr for each step that takes seconds (reading, bootstrap, figures). ``reach``:
+    a study with training sizes also gets ``learning_curve.csv``, its figures and a section
+    of the page; ``reach`` (``METRIC[:X,...]``, :func:`lightlayers.report.curves.parse_reach`)
+    chooses the score and levels of its "smallest training set" table.
     ``cam_min_side``: the Grad-CAM figures' smallest map side (default 7).
 
     Safe on a partial run: failed and unfinished trials are listed, models with fewer seeds
@@ -141,6 +148,9 @@ def write_report(
     finally:
         say(None)
     rows = build_rows(run)
+    from lightlayers.report.curves import parse_reach
+
+    parse_reach(reach)  # a mistyped --reach fails before anything is written
     if console:
         console_columns(columns, rows)  # a mistyped column fails before anything is written
     notes = (pooled_notes(run) + partial_notes(run) + skipped_notes(run) + ledger_notes(run)
@@ -148,7 +158,7 @@ def write_report(
     out = Path(out_dir) if out_dir is not None else run.run_dir / "report"
     with report_folder(run, out, out_dir is None) as folder:
         try:
-            result = _write(run, rows, notes, fmts, folder, say, cam_min_side)
+            result = _write(run, rows, notes, fmts, folder, say, cam_min_side, reach=reach)
         finally:
             say(None)
     if console:
@@ -219,12 +229,13 @@ def _adopt_run_report(folder: Path) -> set[str] | None:
 
 
 _REPORT_FILES = ("table.csv", "table.md", "comparisons.csv", "ensembles.csv", "report.html",
-                 "results.csv")
+                 "results.csv", "learning_curve.csv")
 
 
 def _write(run: RunData, rows: list[Row], notes: list[str], fmts: tuple[str, ...],
            folder: OutputFolder, say: Callable[[str | None], None],
-           cam_min_side: int | None = None) -> ReportResult:
+           cam_min_side: int | None = None,
+           reach: str | None = None) -> ReportResult:
     out = folder.path
     written: list[Path] = []
 
@@ -248,8 +259,18 @@ def _write(run: RunData, rows: list[Row], notes: list[str], fmts: tuple[str, ...
 
     seed_ensembles, ensemble_notes = ensembles(run)
     notes += ensemble_notes
+    curve = None
+    if run.curve:
+        from lightlayers.report.curves import learning_curve
+
+        say("the learning curve")
+        curve = learning_curve(run, reach)
     if "csv" in fmts:
         put(out / "table.csv", table_csv(rows))
+        if curve is not None:
+            from lightlayers.report.curves import curve_csv
+
+            put(out / "learning_curve.csv", curve_csv(curve))
         put(out / "comparisons.csv", comparisons_csv(comparisons, n_boot))
         if seed_ensembles:
             put(out / "ensembles.csv", ensembles_csv(seed_ensembles))
@@ -260,6 +281,10 @@ def _write(run: RunData, rows: list[Row], notes: list[str], fmts: tuple[str, ...
 
         say("drawing the figures")
         specs, figure_notes = F.build_figures(run, rows, seed_ensembles, cam_min_side)
+        if curve is not None:
+            from lightlayers.report.curves import curve_figures
+
+            specs += curve_figures(curve)
         fig_dir = out / "figures"
         png: dict[str, bytes] = {}
         for spec in specs:
@@ -283,12 +308,20 @@ def _write(run: RunData, rows: list[Row], notes: list[str], fmts: tuple[str, ...
             from lightlayers.report.html import page
 
             html_path = out / "report.html"
+            section = ""
+            if curve is not None:
+                from lightlayers.report.curves import curve_html
+
+                section = curve_html(curve, [s for s in specs if s.section == "curve"], png,
+                                     "svg" in fmts)
             put(html_path, page(run, rows, notes + figure_notes, specs, png, "svg" in fmts,
-                                page_comparisons, n_boot, seed_ensembles))
+                                page_comparisons, n_boot, seed_ensembles,
+                                curve_section=section))
     all_notes = notes + figure_notes
     if "md" in fmts:
         put(out / "table.md", table_markdown(rows, all_notes))
     if "csv" in fmts and run.sources:
         put(out / "results.csv", pooled_results_csv(run))
     return ReportResult(out, tuple(sorted(written)), html_path, tuple(rows), tuple(all_notes),
-                        tuple(run.failed), tuple(comparisons), tuple(seed_ensembles))
+                        tuple(run.failed), tuple(comparisons), tuple(seed_ensembles),
+                        curve=curve)
