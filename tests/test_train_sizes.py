@@ -271,3 +271,29 @@ def test_a_study_of_one_size_has_no_learning_curve(tmp_path, capsys):
     assert "learning-curve" not in (out / "report" / "report.html").read_text()
     assert cli(["report", str(out), "--json", "--quiet", "--format", "csv"]) == 0
     assert json.loads(capsys.readouterr().out)["learning_curve"] is None
+
+
+def test_folders_of_other_seeds_pool_their_curves(tmp_path, capsys):
+    def run(seed: int, sizes: str) -> Path:
+        out = tmp_path / f"s{seed}"
+        assert cli(["run", "--data", "digits", "--models", "paper-conv", "--train-sizes", sizes,
+                    "--epochs", "1", "--seeds", str(seed), "--protocol", "seed", "--threads",
+                    "1", "--quiet", "--no-report", "--json", "--out", str(out)]) == 0
+        trials = json.loads(capsys.readouterr().out)["trials"]
+        assert sorted(t["train_size"] for t in trials) == sorted(
+            s.label for s in parse_train_sizes(sizes))
+        return out
+
+    s0, s1 = run(0, "0.5,1"), run(1, "0.5,1")
+    assert cli(["report", str(s0), str(s1), "--out", str(tmp_path / "P"), "--json",
+                "--quiet", "--format", "csv"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert [m["seeds"] for m in obj["models"]] == [[0, 1]]
+    assert [(p["size"], p["seeds"]) for p in obj["learning_curve"]["points"]] == [
+        ("0.5", [0, 1]), ("all", [0, 1])]
+    assert (tmp_path / "P" / "learning_curve.csv").is_file()
+    # A folder whose tables show another size would mix amounts of data in one table.
+    other = run(2, "0.25,0.5")
+    assert cli(["report", str(s0), str(other), "--out", str(tmp_path / "Q"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "other training sizes in their tables" in err

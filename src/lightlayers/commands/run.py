@@ -175,11 +175,16 @@ def result_object(outcome: Any, report: str | None, exit_code: int) -> dict[str,
 
     names = [m.name for m in trial_metrics()]
     with ResultsStore(outcome.out_dir / "results.db", create=False) as store:
-        trials = [{"model": t["model"], "seed": t["seed"], "protocol": t["protocol"],
-                   "status": t["status"], "attempts": t["attempts"], "error": t["error"],
-                   "checkpoint": t.get("checkpoint"),
-                   "metrics": {n: t.get(n) for n in names if t.get(n) is not None}}
-                  for t in store.trials()]
+        stored = store.trials()
+    trials = [{"model": t["model"], "seed": t["seed"], "protocol": t["protocol"],
+               "status": t["status"], "attempts": t["attempts"], "error": t["error"],
+               "checkpoint": t.get("checkpoint"),
+               "metrics": {n: t.get(n) for n in names if t.get(n) is not None}}
+              for t in stored]
+    sizes = [(t.get("config") or {}).get("train_size") for t in stored]
+    if any(sizes):  # a study with training sizes: which size each trial trained on
+        trials = [{**t, "train_size": size or "all"}
+                  for t, size in zip(trials, sizes, strict=True)]
     return {"run_dir": str(outcome.out_dir), "exit_code": exit_code, "counts": outcome.counts,
             "ran": outcome.ran, "skipped": outcome.skipped, "report": report, "trials": trials}
 

@@ -17,7 +17,7 @@ from lightlayers.metrics.registry import all_metrics, get_metric
 from lightlayers.report.compare import Comparison, distinguishable_sentence
 from lightlayers.report.ensemble import Ensemble
 from lightlayers.report.figures import FigureSpec, majority_scores
-from lightlayers.report.load import RunData
+from lightlayers.report.load import RunData, sized_model
 from lightlayers.report.stats import Summary, summarize
 from lightlayers.report.table import (
     DIAGNOSED,
@@ -279,7 +279,7 @@ def failures_table(run: RunData) -> str:
     rows = []
     for t in [*run.failed, *run.unfinished]:
         err = t.get("error") or ("not finished yet" if t["status"] != "failed" else "")
-        rows.append(f"<tr><td>{_e(t['model'])}</td><td class='num'>{_e(t['seed'])}</td>"
+        rows.append(f"<tr><td>{_e(sized_model(t))}</td><td class='num'>{_e(t['seed'])}</td>"
                     f"<td>{_e(t['protocol'])}</td><td>{_e(t['status'])}</td>"
                     f"<td class='num'>{_e(t.get('attempts'))}</td>"
                     f"<td><pre>{_e(err)}</pre></td></tr>")

@@ -63,6 +63,12 @@ def train_size(t: dict[str, Any]) -> str | None:
     return (t.get("config") or {}).get("train_size")
 
 
+def sized_model(t: dict[str, Any]) -> str:
+    """A trial's model, with its training size when it trained on a subset."""
+    size = train_size(t)
+    return t["model"] if size is None else f"{t['model']} (train size {size})"
+
+
 def train_images(t: dict[str, Any]) -> int | None:
     return ((t.get("extra") or {}).get("train_set") or {}).get("images")
 

@@ -115,6 +115,8 @@ def pool_runs(run_dirs: Sequence[str | Path]) -> RunData:
         unfinished += [renumber(t) for t in run.unfinished]
 
     def finished_elsewhere(t: dict[str, Any]) -> bool:
+        if train_size(t) != first.main_size:  # a size of the curve only
+            return (t["model"], t["protocol"], train_size(t), t["seed"]) in curve_owner
         return any((g.model, g.protocol) == (t["model"], t["protocol"]) and t["seed"] in g.seeds
                    for g in groups.values())
 

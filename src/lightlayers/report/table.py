@@ -24,7 +24,7 @@ from lightlayers.metrics.registry import (
     table_metrics,
     trial_metrics,
 )
-from lightlayers.report.load import Group, ReportError, RunData
+from lightlayers.report.load import Group, ReportError, RunData, sized_model
 from lightlayers.report.stats import Summary, summarize
 
 
@@ -169,7 +169,7 @@ def partial_notes(run: RunData) -> list[str]:
     notes += failure_notes(run)
     if run.unfinished:
         notes.append(f"{len(run.unfinished)} trial(s) not finished yet (pending or running): "
-                     + ", ".join(f"{t['model']} seed {t['seed']}" for t in run.unfinished))
+                     + ", ".join(f"{sized_model(t)} seed {t['seed']}" for t in run.unfinished))
     return notes
 
 
@@ -178,7 +178,8 @@ def failure_notes(run: RunData) -> list[str]:
     notes = []
     for t in run.failed:
         error = (t.get("error") or "no error recorded").strip().splitlines() or [""]
-        notes.append(f"failed: {t['model']} seed {t['seed']} ({t['protocol']}): {error[-1]}")
+        notes.append(f"failed: {sized_model(t)} seed {t['seed']} ({t['protocol']}): "
+                     f"{error[-1]}")
     return notes
 
 
