@@ -43,6 +43,7 @@ results: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_cpu.py
 	$(PY) benchmarks/bench_deploy.py --threads 1
+	$(PY) benchmarks/bench_threads.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -237,7 +237,9 @@ class StudyConfig:
         False, "keep a dataset in which a class has no images in some split")
     split_seed: int = setting(0, "seed of the validation split drawn from train")
     device: Literal["auto", "cpu", "cuda"] = setting("auto", "where trials compute")
-    threads: int | None = setting(None, "torch CPU threads (default: all cores)",
+    threads: int | None = setting(None, "torch CPU threads (default: the physical cores "
+                                  "that other processes leave free, at least 1; "
+                                  "OMP_NUM_THREADS when set)",
                                   check=at_least(1))
     weights: str | None = setting(
         None, "transfer backbones: DEFAULT, a torchvision weights name, 'none', or a local "
