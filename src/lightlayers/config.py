@@ -252,10 +252,10 @@ class StudyConfig:
     sizes: dict[str, int] = setting(factory=dict, flag=False, help="per-model image side")
     out: str = setting("runs/study", "run folder")
     report: bool = setting(True, "write the report at the end")
+    # Recorded beside the trial's numbers, never changing them (lightlayers.deploy.bench).
     cam_min_side: int = setting(
         7, "Grad-CAM: the report draws the last layer whose map is at least N x N over the "
         "image, and says so in one line when none is", check=at_least(1), metavar="N")
-    # Recorded beside the trial's numbers, never changing them (lightlayers.deploy.bench).
     deployment: bool = setting(
         False, "export each trained model to ONNX (fp32 and int8) and time it with ONNX "
         "Runtime on the CPU beside PyTorch (about 5 s a small model; needs lightlayers[onnx])")
@@ -308,11 +308,9 @@ class StudyConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["models"], d["seeds"] = list(self.models), list(self.seeds)
+        d["train_sizes"] = list(self.train_sizes)
         return d
 
-        d["train_sizes"] = list(self.train_sizes)
-
-# Settings that change a trial's numbers: a run folder holds one value of each. Where trials
     def train_size_plan(self) -> tuple[Any, ...]:
         """The study's training sizes (:class:`lightlayers.data.subsets.TrainSize`), in the
         order given; the whole training split alone when none are."""
@@ -320,6 +318,8 @@ class StudyConfig:
 
         return parse_train_sizes(self.train_sizes) if self.train_sizes else (FULL,)
 
+
+# Settings that change a trial's numbers: a run folder holds one value of each. Where trials
 # run is not one of them, so a study can be resumed with another executor; nor is the spelling
 # of the data's path: the data is compared by content (data_fingerprint).
 # Training sizes are a dimension of the study like seeds (each size keys its own trials).
@@ -383,8 +383,6 @@ def _build_study(values: dict[str, Any], where: str) -> StudyConfig:
     values = _route_executor_options(values, where)
     if isinstance(values.get("models"), str):
         values["models"] = [m.strip() for m in values["models"].split(",") if m.strip()]
-    return build(StudyConfig, values, where)
-
     sizes = values.get("train_sizes")
     if isinstance(sizes, str):
         values["train_sizes"] = [t.strip() for t in sizes.split(",") if t.strip()]
@@ -392,6 +390,8 @@ def _build_study(values: dict[str, Any], where: str) -> StudyConfig:
         # YAML reads 0.1 and 50 as numbers; a size is kept as its text.
         values["train_sizes"] = [str(v) if isinstance(v, int | float) and not isinstance(v, bool)
                                  else v for v in sizes]
+    return build(StudyConfig, values, where)
+
 
 def validate(cfg: StudyConfig) -> StudyConfig:
     """The rules between settings (each setting's own rule ran when it was built)."""
