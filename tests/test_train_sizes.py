@@ -292,6 +292,9 @@ def test_folders_of_other_seeds_pool_their_curves(tmp_path, capsys):
     assert [(p["size"], p["seeds"]) for p in obj["learning_curve"]["points"]] == [
         ("0.5", [0, 1]), ("all", [0, 1])]
     assert (tmp_path / "P" / "learning_curve.csv").is_file()
+    pooled = list(csv.DictReader((tmp_path / "P" / "results.csv").open()))
+    assert sorted((r["train_size"], r["seed"]) for r in pooled) == [
+        ("0.5", "0"), ("0.5", "1"), ("all", "0"), ("all", "1")]
     # A folder whose tables show another size would mix amounts of data in one table.
     other = run(2, "0.25,0.5")
     assert cli(["report", str(s0), str(other), "--out", str(tmp_path / "Q"), "--quiet"]) == 2

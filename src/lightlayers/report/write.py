@@ -94,7 +94,9 @@ def pooled_results_csv(run: RunData) -> str:
     ``results.csv`` plus the folder each trial ran in."""
     from lightlayers.study import results_csv_text
 
-    trials = [t for g in run.groups for t in g.done] + run.failed + run.unfinished
+    # A study with training sizes: every size's trials, not only the tables' size.
+    done = run.curve or [t for g in run.groups for t in g.done]
+    trials = done + run.failed + run.unfinished
     return results_csv_text(trials, extra_columns=("run_dir",))
 
 
