@@ -7,7 +7,8 @@ it) is an undecodable image, in training and in ``lightlayers predict`` alike: a
 claim 13000 x 13000 pixels and take gigabytes to decode. Only regular files are opened; a named
 pipe, socket or device is refused unopened (reading a FIFO would wait forever).
 
-Pixel values: every Pillow mode maps to 8 bits (see :func:`_as_l_or_rgb`).
+Pixel values: every Pillow mode maps to 8 bits (see :func:`_as_l_or_rgb`); DICOM files by
+the standard's rescale and window (:mod:`lightlayers.data.dicom`).
 """
 
 from __future__ import annotations
@@ -287,6 +288,14 @@ def decode_image(
             kind = None  # missing or a broken link: Image.open says which
         if kind is not None:
             return f"{kind}, not an image file; it was not opened"
+    from lightlayers.data import dicom
+
+    if dicom.is_dicom(payload):
+        try:
+            base, gray = _as_l_or_rgb(dicom.decode(payload, limit))
+        except dicom.Refused as e:
+            return str(e)
+        return _finish(base, gray, size, in_chans, resize)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -309,6 +318,12 @@ def decode_image(
         Image.DecompressionBombError,
     ) as e:
         return _BUFFER_REPR.sub("", f"{type(e).__name__}: {e}")
+    return _finish(base, gray, size, in_chans, resize)
+
+
+def _finish(base: Image.Image, gray: bool, size: int | None, in_chans: int | None, resize: str
+            ) -> tuple[np.ndarray, bool, int]:
+    """A decoded L or RGB image -> its digest, then channels and size as asked."""
     digest = _digest(base.tobytes(), (base.height, base.width, len(base.getbands())))
     if in_chans == 1 and base.mode == "RGB":
         base = base.convert("L")  # ITU-R 601 luma
@@ -444,6 +459,12 @@ def decode_files(
     files: FileSet, opts: PreprocessOptions, on_bad_image: str, where: str, progress: bool
 ) -> Decoded:
     max_image_pixels()  # a bad override is one error here, not one per decoding worker
+    from lightlayers.data import dicom
+
+    dicom_ids = {it.id for it in files.items if dicom.is_dicom(files.payload(it))}
+    if dicom_ids and (missing := dicom.missing_pydicom()) is not None:
+        # One line for the dataset, not one reason per file.
+        raise DataError(f"{where}: holds DICOM files ({sorted(dicom_ids)[0]}, ...); {missing}")
     jobs = ((files.payload(item), opts.size, opts.in_chans, opts.resize) for item in files.items)
     results = list(parallel_map(_decode_job, jobs, len(files.items), f"decoding {where}", progress))
     bad = [(it.id, r) for it, r in zip(files.items, results, strict=True) if isinstance(r, str)]
@@ -466,6 +487,9 @@ def decode_files(
                     f"{where}: after skipping unreadable images, class(es) {', '.join(lost)} "
                     f"have no images{f' in {split}' if split else ''}. Fix the images first."
                 )
+    if dicom_ids:
+        notes.extend(dicom.mapping_notes(
+            (it.id, files.payload(it)) for it in items if it.id in dicom_ids))
     arrays = [r[0] for r in good]
     all_gray = all(r[1] for r in good)
     digests = np.array([r[2] for r in good], np.uint64)
