@@ -300,3 +300,22 @@ def test_folders_of_other_seeds_pool_their_curves(tmp_path, capsys):
     assert cli(["report", str(s0), str(other), "--out", str(tmp_path / "Q"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "other training sizes in their tables" in err
+
+
+def test_a_tuned_study_uses_each_models_settings_at_every_size(tmp_path, capsys):
+    pytest.importorskip("optuna")
+    tune = tmp_path / "T"
+    assert cli(["tune", "--data", "digits", "--models", "paper-conv", "--budget", "1",
+                "--epochs", "1", "--folds", "1", "--threads", "1", "--quiet",
+                "--out", str(tune)]) == 0
+    out = tmp_path / "R"
+    assert cli(["run", "--data", "digits", "--tuned", str(tune), "--train-sizes", "0.5,1",
+                "--epochs", "1", "--threads", "1", "--quiet", "--out", str(out)]) == 0
+    capsys.readouterr()
+    with sqlite3.connect(out / "results.db") as c:
+        configs = [json.loads(r[0]) for r in c.execute("SELECT config FROM trials ORDER BY id")]
+    assert len(configs) == 2
+    assert configs[0]["tuned"]["settings"] == configs[1]["tuned"]["settings"]
+    assert [c.get("train_size") for c in configs] == ["0.5", None]
+    page = (out / "report" / "report.html").read_text()
+    assert "tuned on the whole training split and used at every size" in page
