@@ -266,3 +266,16 @@ def test_without_pydicom_one_line_names_the_extra(tmp_path: Path,
     msg = str(e.value)
     assert msg == (f"{tmp_path / 'd'}: holds DICOM files (a/0.dcm, ...); reading DICOM files "
                    "needs pydicom: pip install 'lightlayers[dicom]'")
+
+
+def test_damaged_files_are_unreadable_images_with_a_reason() -> None:
+    # Every byte of a real header and its pixels overwritten in turn, and every truncation:
+    # the decoder gives an image or a reason, never an exception.
+    good = dicom_bytes(np.arange(64, dtype=np.uint16).reshape(8, 8), bits=12,
+                       RescaleSlope=1, RescaleIntercept=-10, WindowCenter=30, WindowWidth=60)
+    rng = np.random.default_rng(0)
+    for i in range(132, len(good), 3):
+        for damaged in (good[:i], good[:i] + bytes(rng.integers(0, 256, 4, dtype=np.uint8))
+                        + good[i + 4:]):
+            result = decode_image(damaged, 4, None, "stretch")
+            assert isinstance(result, str) or result[0].shape == (4, 4)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -189,6 +190,20 @@ def decode(payload: bytes | str, max_pixels: int) -> Image.Image:
     any pixel is decoded."""
     if (missing := missing_pydicom()) is not None:
         raise Refused(missing)
+    try:
+        with warnings.catch_warnings():
+            # pydicom warns about each oddity it works around; the reason of a refusal, or
+            # the mapping in the notes, is what the dataset records.
+            warnings.simplefilter("ignore")
+            return _decode(payload, max_pixels)
+    except Refused:
+        raise
+    except Exception as e:  # a damaged header can fail anywhere (bad values, short fields)
+        raise Refused(f"not a readable DICOM file ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''})") from e
+
+
+def _decode(payload: bytes | str, max_pixels: int) -> Image.Image:
     ds = _read(payload, header_only=False)
     if "PixelData" not in ds:
         kind = ("float pixels" if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
@@ -231,8 +246,10 @@ def mapping_notes(files: Iterable[tuple[str, bytes | str]], shown: int = 5) -> l
     by_mapping: dict[str, list[str]] = {}
     for item_id, payload in files:
         try:
-            how = mapping(_read(payload, header_only=True))
-        except Refused:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                how = mapping(_read(payload, header_only=True))
+        except Exception:
             continue  # decoded a moment ago; a file changed since is caught by the cache key
         by_mapping.setdefault(how, []).append(item_id)
     lines = [f"DICOM to 8 bits: {len(ids)} image(s) by {how} (e.g. {ids[0]})"
