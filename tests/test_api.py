@@ -164,3 +164,18 @@ def test_import_stays_light() -> None:
     code = ("import sys, lightlayers as L; L.run_study; L.open_run; L.Run; "
             "assert not {'torch', 'pandas', 'numpy'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_study_with_training_sizes_has_a_row_per_size(tmp_path: Path) -> None:
+    run = L.run_study(models=["paper-light-k1"], seeds=[0], train_sizes=["0.5", "all"],
+                      out=str(tmp_path / "sizes"), **TINY)
+    assert [(t.train_size, t.status) for t in run.trials()] == [("0.5", "done"), (None, "done")]
+    rows = run.table()
+    assert [(r["train_size"], r["train_images"]) for r in rows] == [
+        ("0.5", run.trials()[0].train_images), ("all", run.trials()[1].train_images)]
+    assert rows[0]["train_images"] < rows[1]["train_images"]
+    # The columns results.csv has, in its order.
+    header = (run.path / "results.csv").read_text().splitlines()[0].split(",")
+    assert [c for c in rows[0] if c in header] == header
+    df = run.to_pandas()
+    assert len(df) == 2 and str(df["train_images"].dtype) == "Int64"

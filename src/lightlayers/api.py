@@ -84,6 +84,10 @@ class Trial:
     confusion: list[list[int]] | None = None  # rows: true class, columns: predicted
     extra: dict[str, Any] = field(default_factory=dict)
     key: str = ""  # model|seed|protocol|data, unique in the run folder
+    # A study with training sizes (train_sizes): the size this trial trained on ("0.25", "50";
+    # None: the whole training split) and its training images, where recorded.
+    train_size: str | None = None
+    train_images: int | None = None
 
 
 def _statuses(status: str | Iterable[str] | None) -> tuple[str, ...] | None:
@@ -167,24 +171,31 @@ class Run:
         predictions = None if p is None else Predictions(
             tuple(p["classes"]), np.asarray(p["labels"]), np.asarray(p["probs"]))
         ckpt = row.get("checkpoint")
+        extra = dict(row.get("extra") or {})
+        size = own.get("train_size")
         return Trial(
             model=row["model"], seed=int(row["seed"]), protocol=row["protocol"],
             status=row["status"], metrics=metrics, settings=settings,
             history=store.history(row["id"]), predictions=predictions,
             checkpoint=None if not ckpt else self.path / ckpt,
             error=row.get("error"), attempts=int(row.get("attempts") or 0),
-            confusion=row.get("confusion"), extra=dict(row.get("extra") or {}),
-            key=row["key"])
+            confusion=row.get("confusion"), extra=extra, key=row["key"],
+            train_size=None if size is None else str(size),
+            train_images=(extra.get("train_set") or {}).get("images"))
 
     def columns(self, trials: list[Trial] | None = None) -> list[str]:
-        """The columns of :meth:`table`: the trial, every registered trial metric in its
-        declaration order (as ``results.csv``), any other metric recorded, then ``attempts``,
-        ``error``, ``epochs`` (epochs recorded) and ``checkpoint``."""
+        """The columns of :meth:`table`: the trial (with ``train_size`` and ``train_images``
+        when the study has training sizes), every registered trial metric in its declaration
+        order (as ``results.csv``), any other metric recorded, then ``attempts``, ``error``,
+        ``epochs`` (epochs recorded) and ``checkpoint``."""
         from lightlayers.metrics.registry import trial_metrics
 
         registered = [m.name for m in trial_metrics()]
         others = sorted({k for t in (trials or []) for k in t.metrics} - set(registered))
-        return ["model", "seed", "protocol", "status", *registered, *others,
+        # As results.csv: a study with training sizes says each trial's after its protocol.
+        sized = ["train_size", "train_images"] if any(
+            t.train_size for t in trials or []) else []
+        return ["model", "seed", "protocol", *sized, "status", *registered, *others,
                 "attempts", "error", "epochs", "checkpoint"]
 
     def table(self, status: str | Iterable[str] | None = None) -> list[dict[str, Any]]:
@@ -200,6 +211,8 @@ class Run:
             row.update(model=t.model, seed=t.seed, protocol=t.protocol, status=t.status,
                        attempts=t.attempts, error=t.error, epochs=len(t.history),
                        checkpoint=None if t.checkpoint is None else str(t.checkpoint))
+            if "train_size" in row:
+                row.update(train_size=t.train_size or "all", train_images=t.train_images)
             row.update({k: v for k, v in t.metrics.items() if k in row})
             rows.append(row)
         return rows
@@ -222,6 +235,8 @@ class Run:
             df[m.name] = df[m.name].astype(nullable[m.type])
         for name in ("seed", "attempts", "epochs"):
             df[name] = df[name].astype("int64")
+        if "train_images" in df:
+            df["train_images"] = df["train_images"].astype("Int64")
         return df
 
     def report(self, **options: Any) -> Path:
