@@ -133,10 +133,24 @@ def test_models_with_other_test_labels_are_not_compared() -> None:
         "b: not compared with the other models, its test labels differ from theirs"]
 
 
-def test_replicates_shrink_only_for_large_multiclass_splits() -> None:
+def test_replicates_shrink_only_for_large_splits_and_never_below_1000() -> None:
     assert replicate_count(35, 624, 2) == N_BOOT  # the chest X-ray study, 7 models x 5 seeds
-    assert replicate_count(35, 10000, 10) == 285  # MNIST-sized: 10^9 cells in all
-    assert replicate_count(100, 10000, 10) == 200  # never below 200
+    assert replicate_count(6, 10000, 10) == 1666  # 6 x 10^5 image-class cells
+    assert replicate_count(35, 10000, 10) == 1000  # MNIST-sized: never below 1,000
+    assert replicate_count(100, 10000, 10) == 1000
+
+
+def test_fewer_replicates_are_said_in_a_note() -> None:
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, 150_000)
+    run = _run({m: [_probs(labels, 1, rng) for _ in range(2)] for m in ("a", "b")}, labels)
+    comps, notes, used = pairwise(run, which=("accuracy",))
+    assert used == 1666 and len(comps) == 1
+    assert notes == ["paired bootstrap (seed): 1,666 replicates instead of 2,000, as 4 trials "
+                     "x 150,000 test images would make the report slow; each 95% limit rests "
+                     "on about 42 replicates"]
+    small = _run({m: [_probs(labels[:100], 1, rng)] for m in ("a", "b")}, labels[:100])
+    assert pairwise(small, 500, which=("accuracy",))[1:] == ([], 500)  # asked for: no note
 
 
 # --- in the report --------------------------------------------------------------------------
@@ -164,7 +178,9 @@ def test_report_writes_comparisons_and_reliability(tmp_path: Path, capsys) -> No
     assert (report / "figures" / "reliability.png").is_file()
     # report --json carries the same comparisons, unformatted.
     assert cli(["report", str(run_dir), "--json", "--format", "csv"]) == 0
-    printed = json.loads(capsys.readouterr().out)["comparisons"]
+    data = json.loads(capsys.readouterr().out)
+    printed = data["comparisons"]
+    assert data["bootstrap_replicates"] == N_BOOT == int(rows[0]["bootstrap_replicates"])
     assert [(c["metric"], c["difference"], c["low"], c["high"], c["interval_excludes_zero"])
             for c in printed] == [(r["metric"], float(r["difference"]), float(r["ci95_low"]),
                                    float(r["ci95_high"]), r["interval_excludes_zero"] == "1")

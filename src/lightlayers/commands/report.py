@@ -118,6 +118,7 @@ def report_object(result: Any) -> dict[str, Any]:
             "notes": list(result.notes),
             "comparisons": [{**asdict(c), "interval_excludes_zero": c.real}
                             for c in result.comparisons],
+            "bootstrap_replicates": result.bootstrap_replicates,
             "ensembles": [{"model": e.group.model, "protocol": e.group.protocol,
                            "seeds": list(e.seeds), "params_total": e.params_total,
                            "size_mb": e.size_mb, "threshold": e.threshold,

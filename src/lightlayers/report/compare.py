@@ -37,6 +37,9 @@ from lightlayers import csvsafe
 from lightlayers.report.load import Group, RunData
 
 N_BOOT = 2000
+# Fewer replicates than this leave each 95% limit resting on a couple of dozen draws: a large
+# test split takes longer rather than going below it.
+MIN_BOOT = 1000
 LEVEL = 0.95
 METRICS = ("accuracy", "auc")
 _CHUNK = 250  # replicates at a time: bounds memory at _CHUNK x test images per array
@@ -190,11 +193,12 @@ def scores(m: Member, metric: str, positive: int | None, weights: np.ndarray) ->
 
 
 def replicate_count(n_members: int, n_images: int, n_classes: int) -> int:
-    """Replicates for a run: :data:`N_BOOT`, fewer (never under 200) when the AUC of every
-    trial under every replicate would exceed :data:`_WORK` image-class cells (a multiclass
-    test split of 10,000 images), so a report stays a matter of seconds to a minute."""
+    """Replicates for a run: :data:`N_BOOT`, fewer (never under :data:`MIN_BOOT`) when the AUC
+    of every trial under every replicate would exceed :data:`_WORK` image-class cells (a
+    multiclass test split of 10,000 images), so a report stays a matter of seconds to a
+    minute; :func:`pairwise` says so in a note when it draws fewer."""
     cells = max(1, n_members * n_images * (n_classes if n_classes > 2 else 1))
-    return int(min(N_BOOT, max(200, _WORK // cells)))
+    return int(min(N_BOOT, max(MIN_BOOT, _WORK // cells)))
 
 
 def _interval(d: np.ndarray) -> tuple[float, float]:
@@ -233,7 +237,14 @@ def pairwise(run: RunData, n_boot: int | None = None, which: Sequence[str] = MET
         n, n_classes = len(labels), same[0][1][0].probs.shape[1]
         metrics = [m for m in which
                    if m != "auc" or len(np.unique(labels)) == n_classes]  # AUC: every class
-        used = n_boot or replicate_count(sum(len(ms) for _, ms in same), n, n_classes)
+        trials = sum(len(ms) for _, ms in same)
+        used = n_boot or replicate_count(trials, n, n_classes)
+        if n_boot is None and used < N_BOOT:
+            notes.append(f"paired bootstrap ({protocol}): {used:,} replicates instead of "
+                         f"{N_BOOT:,}, as {trials} trials x {n:,} test images"
+                         + (f" x {n_classes} classes" if n_classes > 2 else "")
+                         + f" would make the report slow; each 95% limit rests on about "
+                         f"{used * (1 - LEVEL) / 2:.0f} replicates")
         # One draw of the test images for every model: each pair is compared on the same
         # images, and each trial is scored once per replicate rather than once per pair.
         rng = np.random.default_rng(zlib.crc32(f"images|{protocol}".encode()))

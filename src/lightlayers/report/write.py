@@ -47,6 +47,8 @@ class ReportResult:
     ensembles: tuple[Ensemble, ...] = ()
     # A study with training sizes: the learning curve (report.curves); else None.
     curve: LearningCurve | None = None
+    # Replicates of the paired bootstrap behind ``comparisons`` (0: none drawn).
+    bootstrap_replicates: int = 0
 
 
 def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
@@ -326,4 +328,4 @@ def _write(run: RunData, rows: list[Row], notes: list[str], fmts: tuple[str, ...
         put(out / "results.csv", pooled_results_csv(run))
     return ReportResult(out, tuple(sorted(written)), html_path, tuple(rows), tuple(all_notes),
                         tuple(run.failed), tuple(comparisons), tuple(seed_ensembles),
-                        curve=curve)
+                        curve=curve, bootstrap_replicates=n_boot)
