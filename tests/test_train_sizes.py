@@ -319,3 +319,27 @@ def test_a_tuned_study_uses_each_models_settings_at_every_size(tmp_path, capsys)
     assert [c.get("train_size") for c in configs] == ["0.5", None]
     page = (out / "report" / "report.html").read_text()
     assert "tuned on the whole training split and used at every size" in page
+
+
+def test_a_manifests_patient_column_groups_the_subsets(tmp_path):
+    """File names that name no patient; the manifest's patient column does."""
+    rng = np.random.default_rng(3)
+    lines, n = ["path,label,split,patient"], 0
+    for split, count in (("train", 30), ("test", 6)):
+        for p in range(count):
+            label = ("cat", "dog")[p % 2]
+            for _ in range(int(rng.integers(1, 4))):
+                (tmp_path / f"img{n}.png").write_bytes(image_bytes(n, size=(10, 10)))
+                lines.append(f"img{n}.png,{label},{split},{split}-subject-{p}")
+                n += 1
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    ds = load_dataset(manifest, size=8, progress=False)
+    column = {row.split(",")[0]: row.split(",")[3] for row in lines[1:]}
+    train_ids = ds.splits["train"].ids
+    for size in parse_train_sizes("0.25,0.5"):
+        sub = draw_subset(ds, size, 0)
+        chosen = {column[train_ids[i]] for i in sub.members}
+        held = {i for i, name in enumerate(train_ids) if column[name] in chosen}
+        assert held == {int(i) for i in sub.members}, size.label
+        assert 0 < len(sub.members) < len(train_ids)

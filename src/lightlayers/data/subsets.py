@@ -132,16 +132,33 @@ class TrainSubset:
         return out
 
 
+# Source -> its manifest's patient column (id -> patient), read once per process.
+_COLUMNS: dict[tuple[str, str], dict[str, str | None]] = {}
+
+
 def _patient_groups(ds: Dataset) -> np.ndarray:
-    """Group number per training image: one per patient; an image without a patient id (or a
-    source without file names) is a group of its own. Pixels play no part, so the groups are
-    the same at every decode size."""
+    """Group number per training image: one per patient, as the split was carved (a
+    manifest's patient column, else the patient pattern on file names); an image without a
+    patient id (or a source without file names) is a group of its own. Pixels play no part,
+    so the groups are the same at every decode size."""
     train = ds.splits["train"]
     n = len(train)
     pattern = (ds.identity.get("options") or {}).get("patient_pattern")
-    if train.ids is None or not pattern:
+    if train.ids is None:
         return np.arange(n, dtype=np.int64)
-    return group_images(patient_ids(list(train.ids), pattern), np.arange(n))
+    how = str(((ds.details or {}).get("patients") or {}).get("pattern") or "")
+    if how.startswith("column "):  # see data.splits.plan_splits
+        key = (ds.source, str(ds.identity.get("cache_key")))
+        if key not in _COLUMNS:
+            from lightlayers.data.sources import open_source
+
+            _COLUMNS[key] = open_source(ds.source).patients or {}
+        patients = [_COLUMNS[key].get(i) for i in train.ids]
+    elif pattern:
+        patients = patient_ids(list(train.ids), pattern)
+    else:
+        return np.arange(n, dtype=np.int64)
+    return group_images(patients, np.arange(n))
 
 
 def draw_subset(ds: Dataset, size: TrainSize, seed: int) -> TrainSubset:
