@@ -25,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="splits, classes, counts, size, duplicates, cache",
         description="Load SOURCE (decoding and caching it on first use) and describe it.",
     )
-    s.add_argument("source", help="a path (folder, .tar.gz/.tgz/.zip, .npz, IDX folder) or name")
+    s.add_argument("source", help="a path (folder, .tar.gz/.tgz/.zip, .npz, IDX folder, CSV "
+                   "manifest: labels.csv or labels.csv#label=COLUMN,...) or name")
     s.add_argument("--resplit", type=float, default=None, metavar="F", help="pool and re-split")
     s.add_argument("--seed", type=int, default=0, metavar="N")
     s.add_argument("--patient-pattern", default=None, metavar="REGEX")

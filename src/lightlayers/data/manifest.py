@@ -207,7 +207,8 @@ def manifest_source(path: Path, spec: str | Mapping[str, str] | None = None) -> 
     h = hashlib.sha256()
     h.update(hashlib.sha256(data).digest())
     h.update(repr(sorted(columns.items())).encode())
-    hashes = _HashCache(os.path.realpath(root))
+    # Keyed by the CSV, not its folder: a folder source of the same folder keeps its own.
+    hashes = _HashCache(os.path.realpath(path))
     manifest: dict[str, str] = {}
     for item_id, file in files.items():
         try:
