@@ -343,3 +343,23 @@ def test_a_manifests_patient_column_groups_the_subsets(tmp_path):
         held = {i for i, name in enumerate(train_ids) if column[name] in chosen}
         assert held == {int(i) for i in sub.members}, size.label
         assert 0 < len(sub.members) < len(train_ids)
+
+
+def test_measured_int8_latency_gets_its_own_panel(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "R"
+    # One model: exporting and timing each trial is the slow part.
+    assert cli(["run", "--data", "digits", "--models", "paper-conv", "--train-sizes", "0.5,1",
+                "--epochs", "1", "--threads", "1", "--deployment", "--quiet",
+                "--out", str(out)]) == 0
+    rows = list(csv.DictReader((out / "report" / "learning_curve.csv").open()))
+    assert len(rows) == 2 and all(float(r["ort_int8_latency_ms"]) > 0 for r in rows)
+    assert "plot against parameters only" not in (out / "report" / "report.html").read_text()
+    assert cli(["report", str(out), "--json", "--quiet", "--format", "csv"]) == 0
+    assert json.loads(capsys.readouterr().out)["learning_curve"]["latency_measured"] is True
+    from lightlayers.report.curves import curve_figures, learning_curve
+    from lightlayers.report.load import load_run
+
+    curve = learning_curve(load_run(out))
+    budget = {s.name: s.figure for s in curve_figures(curve) if s.name.startswith("budget")}
+    assert [len(f.axes) for f in budget.values()] == [2, 2]  # parameters, then latency

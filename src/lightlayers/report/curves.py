@@ -364,6 +364,7 @@ def _budget_figure(curve: LearningCurve, metric: str) -> Any:
             for p, x, y in zip(mine, xs, ys, strict=True):
                 ax.annotate(p.size, (x, y), textcoords="offset points", xytext=(6, -3),
                             fontsize=7)
+        ring = "on a front (ringed)"
         for j, (size, n) in enumerate(curve.sizes):
             here = [p for p in pts if p.size == size and getattr(p, attr)]
             if len(here) < 2:
@@ -377,6 +378,11 @@ def _budget_figure(curve: LearningCurve, metric: str) -> Any:
                     color="black", linewidth=1.0, alpha=shade,
                     linestyle=F.LINESTYLES[j % len(F.LINESTYLES)],
                     label=f"front at {size}" + (f" ({n} images)" if n else ""))
+            # A front of one model draws no step: the ring shows it.
+            ax.plot([xs[k] for k in front], [ys[k] for k in front], linestyle="none",
+                    marker="o", markersize=14, markerfacecolor="none", markeredgecolor="black",
+                    alpha=shade, label=ring)
+            ring = "_nolegend_"
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.grid(which="both", linewidth=0.4, alpha=0.5)
