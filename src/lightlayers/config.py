@@ -121,7 +121,12 @@ class Protocol:
         "val_loss", "which epoch's weights are kept (chosen on validation)")
     threshold: Literal["argmax", "val_youden"] = setting(
         "argmax", "binary decision threshold: argmax (0.5) or Youden's J on validation")
-    amp: bool = setting(True, "bf16 autocast on CUDA only; never on the CPU")
+    # auto on a CPU with bf16 units times fp32/bf16 x contiguous/channels-last on a few
+    # training steps and keeps the fastest (lightlayers.precision); fp32 on other CPUs.
+    amp: bool | Literal["auto", "bf16"] = setting(
+        True, "true: bf16 autocast on CUDA only, never on the CPU; false: fp32; bf16: bf16 "
+        "autocast on CUDA and the CPU; auto: as true on CUDA, on the CPU the fastest of "
+        "fp32/bf16 x contiguous/channels-last by timed steps (memory_format auto)")
     # Speed only (float rounding aside); each trial records what it ran with. "auto" picks what
     # was measured faster on the device (docs/performance.md). Off by default: "auto" decides
     # from timed steps, so two runs of one command could take different paths and round

@@ -6,12 +6,15 @@ step; times are wall clock with the device synchronised at epoch boundaries.
 
 Speed settings (``Protocol.compile``, ``Protocol.memory_format``, bf16 autocast) change float
 rounding only; :class:`FitResult` ``speed`` says what a run used. What "auto" picks, and why,
-is measured in docs/performance.md.
+is measured in docs/performance.md; ``amp: auto`` on the CPU picks precision and layout by
+timing training steps (lightlayers.precision).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import math
 import shutil
 import time
@@ -78,16 +81,23 @@ def synchronize(device: torch.device) -> None:
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if enabled and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def amp_in_use(device: torch.device, protocol: Protocol) -> str | None:
-    """The reduced precision actually used ('bf16') or None; recorded with each trial."""
-    if protocol.amp and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return None
+    """The reduced precision used ('bf16') or None, as far as it is known before training:
+    ``amp: auto`` on the CPU is decided by timing in :func:`fit`, whose ``FitResult.amp`` is
+    what the trial records."""
+    amp = protocol.amp
+    if device.type == "cuda":
+        if amp == "bf16" and not torch.cuda.is_bf16_supported():
+            raise TrialError("amp='bf16': this GPU does not support bf16")
+        return "bf16" if amp is not False and torch.cuda.is_bf16_supported() else None
+    # amp: true means bf16 on CUDA only (what it always meant); the CPU gets bf16 when asked
+    # by name, or when "auto" timed it faster (fit).
+    return "bf16" if amp == "bf16" and device.type == "cpu" else None
 
 
 @dataclass
@@ -183,12 +193,76 @@ def _better(select: str, cand: dict[str, Any], best: dict[str, Any] | None) -> b
 
 def resolve_memory_format(setting: str, model: nn.Module,
                           device: torch.device) -> torch.memory_format:
-    """The layout ``fit`` trains in. "auto" is contiguous (NCHW): on the CPU channels-last
+    """The layout ``fit`` trains in, unless ``amp: auto`` on the CPU times the layouts too
+    (:func:`_cpu_precision`). "auto" is contiguous (NCHW): on the CPU fp32 channels-last
     training steps were measured slower in eager mode (BatchNorm's channels-last kernels) and not
     consistently faster compiled (docs/performance.md); on CUDA it stays until GPU timings are
     in."""
     del model, device  # "auto" may depend on them once GPU timings are in
     return torch.channels_last if setting == "channels_last" else torch.contiguous_format
+
+
+def _cpu_precision(model: nn.Module, train: BatchSource, protocol: Protocol,
+                   device: torch.device, weight: torch.Tensor | None, penalty: _Penalty | None,
+                   teacher: Callable[[torch.Tensor, float], torch.Tensor] | None
+                   ) -> tuple[bool, torch.memory_format, dict[str, Any]]:
+    """``amp: auto`` on the CPU: (bf16 or not, layout, what the trial records).
+
+    The candidates train copies of the model on the first training batch, drawn from a copy of
+    the loader, and the global RNG is restored afterwards: the run that follows is the run the
+    chosen settings give when set explicitly."""
+    from lightlayers.environment import cpu_name
+    from lightlayers.precision import (
+        bf16_units,
+        cached_choice,
+        choice_key,
+        cpu_candidates,
+        time_candidates,
+    )
+
+    units = bf16_units()
+    candidates, reason = cpu_candidates("auto", protocol.memory_format, units)
+    record: dict[str, Any] = {"bf16_units": units,
+                              "candidates": [c.label for c in candidates]}
+    if len(candidates) > 1 and not any(p.dim() == 4 for p in model.parameters()):
+        candidates, reason = candidates[:1], "fp32: no convolutions to speed up"
+    if len(candidates) == 1:
+        return candidates[0].bf16, candidates[0].memory_format, {
+            **record, "chosen": candidates[0].label, "reason": reason}
+    x, y = next(iter(copy.copy(train)))
+    key = choice_key(model, tuple(x.shape[1:]), protocol.batch_size, torch.get_num_threads(),
+                     cpu_name(), candidates, (bool(penalty), teacher is not None,
+                                              protocol.optimizer))
+    choice = cached_choice(key)
+    cached = choice is not None
+    if choice is None:
+        rng = torch.get_rng_state()
+        plain = dataclasses.replace(protocol, compile="off")
+        optim_cls = torch.optim.AdamW if protocol.optimizer == "adamw" else torch.optim.Adam
+
+        def make_step(c: Any) -> Callable[[], None]:
+            m = copy.deepcopy(model).to(memory_format=c.memory_format)
+            m.train()
+            params = [p for p in m.parameters() if p.requires_grad]
+            opt = optim_cls(params, lr=protocol.lr, eps=protocol.adam_eps,
+                            weight_decay=protocol.weight_decay,
+                            fused=_fused_adam_ok(params, device) or None)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+            stepper = _Stepper(m, plain, device, c.bf16, weight,
+                               _Penalty(m) if penalty else None, opt, sched, [], {}, teacher)
+            xc = _as_format(x, c.memory_format)
+
+            def step() -> None:
+                stepper._run(m, xc, y)
+
+            return step
+
+        try:
+            choice = time_candidates(candidates, make_step, key)
+        finally:
+            torch.set_rng_state(rng)
+    c = choice.chosen
+    return c.bf16, c.memory_format, {**record, **choice.record(cached)}
 
 
 def _compile_blocker(device: torch.device, model: nn.Module) -> str | None:
@@ -262,7 +336,20 @@ def fit(
         raise TrialError("the model has no trainable parameters")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
-    fmt = resolve_memory_format(protocol.memory_format, model, device)
+    weight = class_weights(train_labels, num_classes).to(device) if protocol.class_weighting \
+        else None
+    penalty = _Penalty(model) if protocol.light_l2 else None
+    precision: dict[str, Any] | None = None
+    if protocol.amp == "auto" and device.type == "cpu":
+        use_bf16, fmt, precision = _cpu_precision(model, train, protocol, device, weight,
+                                                  penalty, teacher)
+        amp = "bf16" if use_bf16 else None
+    else:
+        fmt = resolve_memory_format(protocol.memory_format, model, device)
+        if protocol.amp == "auto":
+            precision = {"chosen": f"{amp or 'fp32'} "
+                         f"{'channels_last' if fmt == torch.channels_last else 'contiguous'}",
+                         "reason": f"on {device.type} auto is what amp: true does"}
     model.to(memory_format=fmt)
     if isinstance(model, ClassifierBase):  # fine-tuned backbones learn at a lower rate
         params: Any = model.param_groups(protocol.lr, protocol.backbone_lr_scale)
@@ -274,14 +361,18 @@ def fit(
     opt = optim_cls(params, lr=protocol.lr, eps=protocol.adam_eps,
                     weight_decay=protocol.weight_decay, fused=fused or None)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(protocol, len(train)))
-    weight = class_weights(train_labels, num_classes).to(device) if protocol.class_weighting \
-        else None
-    penalty = _Penalty(model) if protocol.light_l2 else None
     notes: list[str] = []
     speed: dict[str, Any] = {
         "memory_format": "channels_last" if fmt == torch.channels_last else "contiguous",
         "compile": None, "compile_s": None, "optimizer": "fused" if fused else "for-loop",
     }
+    if precision is not None:
+        speed["precision"] = precision
+        timed = precision.get("step_ms")
+        notes.append(f"amp auto: {precision['chosen']}" + (
+            " (ms per training step: " + ", ".join(f"{k} {v:.1f}" for k, v in timed.items())
+            + (", cached" if precision.get("cached") else "") + ")" if timed
+            else f" ({precision.get('reason')})"))
     if protocol.teacher is not None and teacher is None:
         raise TrialError(f"teacher {protocol.teacher}: no teacher was loaded for this fit")
     step = _Stepper(model, protocol, device, amp is not None, weight, penalty, opt, sched,

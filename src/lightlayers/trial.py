@@ -207,6 +207,7 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
         on_epoch=(lambda row: reporter.epoch(row, protocol.epochs)) if reporter else None,
         teacher=teacher.soft_targets if teacher is not None else None,
     )
+    amp = result.amp  # what training used ("amp: auto" on the CPU decides by timing in fit)
     test = evaluate(trainee, test_ld, device, amp is not None)
     if protocol.tta and aug is not None and trainee is model:
         test = _with_tta(test, model, ds, protocol.tta, bs, device, aug, lo, amp is not None)
