@@ -109,7 +109,7 @@ class TrainSubset:
     size: TrainSize
     members: np.ndarray
     per_class: tuple[int, ...]
-    groups: int  # patients (or single images) drawn
+    groups: int | None  # patients (or single images) drawn; None for the whole split
     available: int  # images in the training split
 
     @property
@@ -123,11 +123,12 @@ class TrainSubset:
         the training split), so its nesting in a larger one can be checked from the record."""
         out: dict[str, Any] = {
             "size": self.size.label, "images": len(self.members),
-            "of": int(self.available), "groups": int(self.groups),
+            "of": int(self.available),
             "per_class": dict(zip(classes, map(int, self.per_class), strict=True)),
             "members": self.digest,
         }
         if not self.size.full:
+            out["groups"] = self.groups
             out["indices"] = self.members.tolist()
         return out
 
@@ -152,7 +153,13 @@ def _patient_groups(ds: Dataset) -> np.ndarray:
         if key not in _COLUMNS:
             from lightlayers.data.sources import open_source
 
-            _COLUMNS[key] = open_source(ds.source).patients or {}
+            try:
+                _COLUMNS[key] = open_source(ds.source).patients or {}
+            except (DataError, OSError) as e:
+                # E.g. a Ray node that got the images but cannot see the manifest.
+                raise SubsetError(f"training subsets are drawn by the patient column of "
+                                  f"{ds.source}, which cannot be read here ({e}); make it "
+                                  "readable where the trials run") from e
         patients = [_COLUMNS[key].get(i) for i in train.ids]
     elif pattern:
         patients = patient_ids(list(train.ids), pattern)
@@ -166,10 +173,10 @@ def draw_subset(ds: Dataset, size: TrainSize, seed: int) -> TrainSubset:
     a class has fewer images than a per-class size asks for."""
     labels = np.asarray(ds.splits["train"].labels, dtype=np.int64)
     n, k = len(labels), ds.num_classes
-    if size.full:
+    if size.full:  # no grouping needed: every trial without a size passes here
         everything = np.arange(n, dtype=np.int64)
         return TrainSubset(size, everything, tuple(np.bincount(labels, minlength=k).tolist()),
-                           len(np.unique(_patient_groups(ds))), n)
+                           None, n)
     uniq, inv = np.unique(_patient_groups(ds), return_inverse=True)
     counts = np.bincount(inv, minlength=len(uniq))
     per_group = np.zeros((len(uniq), k), np.int64)
