@@ -400,13 +400,14 @@ def curve_html(curve: LearningCurve, figures: Sequence[Any], png: dict[str, byte
     e = escape
     sizes = ", ".join(f"{s} ({n} images)" if n else s for s, n in curve.sizes)
     parts = [f"<p>Training sizes: {e(sizes)}. Each size is a subset of the training split "
-             "drawn by patient (where the file names name one) and stratified by class, "
+             "drawn by patient (where the data names patients) and stratified by class, "
              "nested (a smaller set lies inside a larger one); validation and test are the "
              "same at every size. Every model trained with the same seeds and protocol at "
              "every size."
              + (" Each model's settings were tuned on the whole training split and used at "
                 "every size." if curve.tuned else "")
-             + " The tables above show the largest size. All points in "
+             + f" The tables above show the largest size ({e(curve.sizes[-1][0])}). All "
+             "points in "
              "<a href='learning_curve.csv'>learning_curve.csv</a>.</p>"]
     r = curve.reach
     if r.targets:
