@@ -42,6 +42,7 @@ results: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_cpu.py
+	$(PY) benchmarks/bench_precision.py
 	$(PY) benchmarks/bench_deploy.py --threads 1
 	$(PY) benchmarks/bench_threads.py
 

@@ -4,7 +4,9 @@ trial records of it, its cache, and bf16 training itself, on PneumoniaMNIST's im
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -90,8 +92,6 @@ def test_a_trial_with_amp_auto_records_its_timed_choice(shared_data, tmp_path):
                           report=False, out=str(out), protocol_overrides={"amp": "auto"}),
               progress=False)
     with sqlite3.connect(out / "results.db") as c:
-        import json
-
         extra = json.loads(c.execute("SELECT extra FROM trials").fetchone()[0])
     precision = extra["speed"]["precision"]
     if not HAS_BF16:
@@ -167,3 +167,16 @@ def test_amp_takes_true_false_auto_or_bf16_and_names_the_choices_otherwise():
         assert load_config(protocol_overrides={"amp": value}).resolved_protocol().amp == value
     with pytest.raises(ConfigError, match=r"amp: expected .*'auto' \| 'bf16', got 'fp16'"):
         load_config(protocol_overrides={"amp": "fp16"})
+
+
+def test_the_precision_benchmark_runs_and_prints_the_choice(tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_precision
+
+    out = tmp_path / "precision.json"
+    assert bench_precision.main(["--smoke", "--threads", "1", "--models", "study-light-k1",
+                                 "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["chosen"] in FOUR and row["ours_epoch_s"] > 0 and row["plain_epoch_s"] > 0
+    assert (set(row["step_ms"]) == set(FOUR)) == HAS_BF16
+    assert f"| study-light-k1 | 28 | 96 | {row['chosen']} |" in capsys.readouterr().out
