@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from lightlayers.cli import main as cli
 from lightlayers.config import IMPROVED, ConfigError, load_config
 from lightlayers.data import DeviceLoader, Split, load_dataset
 from lightlayers.models import create_model
@@ -23,7 +24,6 @@ from lightlayers.precision import (
     cpu_flags,
     forget_choices,
 )
-from lightlayers.study import run_study
 from lightlayers.train import fit
 
 NPZ = "chest_xray_pneumonia/pneumoniamnist_28_reconstructed.npz"
@@ -85,15 +85,17 @@ def test_auto_on_a_cpu_with_bf16_times_precision_and_layout_together():
 
 
 # --- the choice in a trial -----------------------------------------------------------------
-def test_a_trial_with_amp_auto_records_its_timed_choice(shared_data, tmp_path):
+def test_a_trial_with_amp_auto_records_its_timed_choice(shared_data, tmp_path, capsys):
     out = tmp_path / "run"
-    run_study(load_config(data=str(shared_data / NPZ), models=("study-light-k1",), seeds=(0,),
-                          protocol="improved", epochs=1, threads=1, train_sizes=("30",),
-                          report=False, out=str(out), protocol_overrides={"amp": "auto"}),
-              progress=False)
+    assert cli(["run", "--data", str(shared_data / NPZ), "--models", "study-light-k1",
+                "--seeds", "0", "--protocol", "improved", "--epochs", "1", "--threads", "1",
+                "--train-sizes", "30", "--no-report", "--set", "amp=auto", "--out", str(out),
+                "--json"]) == 0
+    (shown,) = json.loads(capsys.readouterr().out)["trials"]
     with sqlite3.connect(out / "results.db") as c:
         extra = json.loads(c.execute("SELECT extra FROM trials").fetchone()[0])
     precision = extra["speed"]["precision"]
+    assert shown["precision"] == precision["chosen"]
     if not HAS_BF16:
         assert precision["chosen"] == "fp32 contiguous" and extra["amp"] is None
         assert "no bf16 units" in precision["reason"]

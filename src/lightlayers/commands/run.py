@@ -185,6 +185,10 @@ def result_object(outcome: Any, report: str | None, exit_code: int) -> dict[str,
     if any(sizes):  # a study with training sizes: which size each trial trained on
         trials = [{**t, "train_size": size or "all"}
                   for t, size in zip(trials, sizes, strict=True)]
+    chosen = [(((t.get("extra") or {}).get("speed") or {}).get("precision") or {}).get("chosen")
+              for t in stored]
+    if any(chosen):  # amp: auto: the precision and layout each trial trained in
+        trials = [{**t, "precision": c} for t, c in zip(trials, chosen, strict=True)]
     return {"run_dir": str(outcome.out_dir), "exit_code": exit_code, "counts": outcome.counts,
             "ran": outcome.ran, "skipped": outcome.skipped, "report": report, "trials": trials}
 
