@@ -170,6 +170,13 @@ def test_sizes_key_their_own_trials_and_the_whole_split_resumes_an_older_folder(
     assert int(rows[1]["train_images"]) < int(rows[0]["train_images"])
     # Each size has its own checkpoint.
     assert len(list((out / "checkpoints").glob("*.safetensors"))) == 2
+    # A crash while the subset's trial ran (as `kill -9` leaves it): the next run redoes it
+    # alone, over its own checkpoint.
+    with sqlite3.connect(out / "results.db") as c:
+        c.execute("UPDATE trials SET status='running' WHERE key LIKE '%|train=0.25'")
+    redo = run_study(load_config(**base, train_sizes=("0.25", "1")), progress=False)
+    assert (redo.ran, redo.skipped) == (1, 1)
+    assert {s for _, s in _keys(out)} == {"done"}
 
 
 def test_a_ray_worker_draws_the_trials_size_from_the_data_it_loads(tmp_path):
