@@ -189,6 +189,17 @@ def _executor_rule(name: Any) -> str | None:
     return None
 
 
+def _log_rule(names: Any) -> str | None:
+    from lightlayers.trackers import TRACKERS, tracker_info
+
+    for name in names:
+        try:
+            tracker_info(name)
+        except ValueError:
+            return f"{shown(name)} is not a tracker; one of {', '.join(sorted(TRACKERS))}"
+    return None
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """Everything a study needs; trials are ``models x seeds`` under one protocol."""
@@ -271,6 +282,11 @@ class StudyConfig:
     # the command line they are top-level keys and flags (ray_address, --gpus-per-trial, ...).
     executor_options: dict[str, Any] = setting(
         factory=dict, flag=False, help="the executor's own settings")
+    # Copies of each trial's numbers in other tools (lightlayers.trackers); the results store
+    # stays the record, so logging never changes a trial and a folder resumes with or without.
+    log: tuple[str, ...] = setting(
+        (), "experiment trackers that log each trial: mlflow, tensorboard (docs/trackers.md)",
+        check=_log_rule, metavar="TRACKER,...")
 
     def resolved_protocol(self, model: str | None = None) -> Protocol:
         """The protocol with every override; with ``model``, that model's own
@@ -314,6 +330,7 @@ class StudyConfig:
         d = dataclasses.asdict(self)
         d["models"], d["seeds"] = list(self.models), list(self.seeds)
         d["train_sizes"] = list(self.train_sizes)
+        d["log"] = list(self.log)
         return d
 
     def train_size_plan(self) -> tuple[Any, ...]:
@@ -330,7 +347,7 @@ class StudyConfig:
 # Training sizes are a dimension of the study like seeds (each size keys its own trials).
 SETTINGS_EXCLUDED = ("models", "seeds", "train_sizes", "out", "report", "cam_min_side",
                      "deployment", "device",
-                     "threads", "executor", "executor_options", "data",
+                     "threads", "executor", "executor_options", "data", "log",
                      # A tuned run's settings are its model_protocols (compared); where they
                      # were read is spelling, and the search ranges are tune's alone.
                      "tuned", "search")
@@ -388,6 +405,8 @@ def _build_study(values: dict[str, Any], where: str) -> StudyConfig:
     values = _route_executor_options(values, where)
     if isinstance(values.get("models"), str):
         values["models"] = [m.strip() for m in values["models"].split(",") if m.strip()]
+    if isinstance(values.get("log"), str):  # `log: mlflow` in the YAML, one tracker
+        values["log"] = [t.strip() for t in values["log"].split(",") if t.strip()]
     sizes = values.get("train_sizes")
     if isinstance(sizes, str):
         values["train_sizes"] = [t.strip() for t in sizes.split(",") if t.strip()]

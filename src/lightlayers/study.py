@@ -131,6 +131,10 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
         torch.backends.cudnn.benchmark = True
     protocol = cfg.resolved_protocol()
     executor = create_executor(cfg, protocol, device, out)
+    if cfg.log:  # a tracker's missing package is said now, not after the training
+        from lightlayers.trackers import check_trackers
+
+        check_trackers(cfg.log)
     folder = OutputFolder(out, "run", inputs=_local_inputs(cfg), adopt=adopt_run_folder,
                           what="run folder (--out)")
     try:
@@ -245,6 +249,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
         tasks = [Task(spec, ds, dk, weights.get(spec.model)) for spec, ds, dk in todo]
         executor.reporter = reporter
         ledger = StudyLedger(cfg, protocol, out)
+        trackers = _trackers(cfg, folder)
         try:
             for task, res, error in executor.run(tasks, start=lambda t: store.mark_running(t.key)):
                 spec = task.spec
@@ -257,10 +262,13 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
                                   res["confusion"], res["extra"], res["checkpoint"])
                 ledger.scored(spec.model, spec.seed, task.data, task.data_key)
                 reporter.end_trial(_done_line(spec, res["metrics"]))
+                trackers.trial_done(spec, task.key, res)  # after the record: never logged twice
         except KeyboardInterrupt:
             # Finished trials stay recorded; the interrupted one is redone by the next run.
             store.reset_interrupted()
             raise
+        finally:
+            trackers.close()
         write_results_csv(store, folder)
         counts = store.counts()
         return StudyOutcome(out, counts, ran=len(todo), skipped=skipped)
@@ -271,6 +279,13 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
         folder.close()
         if created and not recorded_any:
             _remove_new_folders(created)
+
+
+def _trackers(cfg: StudyConfig, folder: OutputFolder) -> Any:
+    """The study's experiment trackers (``log``), which write nothing until a trial is done."""
+    from lightlayers.trackers import StudyContext, TrackerSet
+
+    return TrackerSet(cfg.log, StudyContext(folder.path, cfg.to_dict(), folder.claim))
 
 
 def _check_sizes(sizes: Any, ds: Dataset, seed: int, log: Any) -> None:
