@@ -260,3 +260,15 @@ def test_progress_in_a_pipe_counts_trials():
             reporter.end_trial(f"  done m seed {seed}")
         reporter.close()
     assert "1/2 trials done" in err.getvalue() and "ETA" in err.getvalue()
+
+
+def test_report_json_draws_no_figure(run):
+    shutil.rmtree(run / "report", ignore_errors=True)
+    done = run_cli(["report", str(run), "--json"])
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert [m["model"] for m in data["models"]] == ["paper-light-k1", "paper-conv"]
+    report = run / "report"
+    assert (report / "table.csv").is_file() and (report / "table.md").is_file()
+    assert not (report / "figures").exists() and not (report / "report.html").exists()
+    assert "drawing the figures" not in done.stderr

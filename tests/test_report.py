@@ -20,6 +20,7 @@ from lightlayers.outputs import MANIFEST
 from lightlayers.report import FORMATS, ReportError, write_report
 from lightlayers.report.figures import criterion_chart, use_log
 from lightlayers.report.load import Group
+from lightlayers.report.source import SOURCE_FILE
 from lightlayers.report.stats import pareto_front, summarize
 from lightlayers.report.table import Row
 from lightlayers.store import ResultsStore
@@ -134,8 +135,8 @@ def test_console_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Params" in out and "linear-8x8" in out and "linear-4x4" in out
     # Only what was asked for is written.
-    assert sorted(p.name for p in (run_dir / "report").iterdir()) == [
-        MANIFEST, "comparisons.csv", "table.csv"]
+    assert sorted(p.name for p in (run_dir / "report").iterdir()) == sorted([
+        SOURCE_FILE, MANIFEST, "comparisons.csv", "table.csv"])
 
 
 def test_console_prints_the_confidence_interval_of_each_model(tmp_path, capsys):

@@ -22,8 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", default=None,
                    help="folder the report is written to (default: RUN_DIR/report; required "
                         "when pooling several folders)")
-    p.add_argument("--format", dest="formats", default=",".join(FORMATS),
-                   help=f"comma-separated outputs (default: all of {','.join(FORMATS)})")
+    p.add_argument("--format", dest="formats", default=None,
+                   help=f"comma-separated outputs (default: all of {','.join(FORMATS)}; with "
+                        "--json csv,md, which draw no figures)")
     add_console_arguments(p)
     p.add_argument("--cam-min-side", type=positive_int, default=None, metavar="N",
                    help="Grad-CAM figures draw the last layer whose map is at least N x N "
@@ -81,7 +82,10 @@ def main(args: argparse.Namespace) -> int:
                 say(None)
         else:
             run = args.run_dirs[0]
-        result = write_report(run, formats=args.formats, out_dir=args.out,
+        from lightlayers.report.write import FORMATS
+
+        formats = args.formats or ("csv,md" if args.json else ",".join(FORMATS))
+        result = write_report(run, formats=formats, out_dir=args.out,
                               console=not args.quiet and not args.json, columns=args.columns,
                               console_style=args.console, progress=not args.quiet,
                               cam_min_side=args.cam_min_side,

@@ -139,14 +139,16 @@ def main(args: argparse.Namespace) -> int:
             # The progress printed each failed trial as it failed: the table does not repeat it.
             result = write_report(outcome.out_dir, console=shown, columns=args.columns,
                                   console_style=args.console, failures_shown=shown,
-                                  progress=shown, cam_min_side=cfg.cam_min_side)
+                                  progress=shown, cam_min_side=cfg.cam_min_side,
+                                  reuse=outcome.ran == 0)
         except ReportError as e:
             # The trials are recorded already; a report problem must not hide that.
             print(f"lightlayers run: the report could not be written: {e}; the results are in "
                   f"{outcome.out_dir / 'results.db'}", file=sys.stderr)
         else:
             report = str(result.html)
-            print(f"report: {result.html}", file=sys.stderr)
+            print(f"report: {result.html}" + (" (unchanged: drawn from these same results)"
+                                              if result.reused else ""), file=sys.stderr)
     code = 1 if c["failed"] else 0
     if args.json:
         print(json.dumps(json_safe(result_object(outcome, report, code)), indent=2,

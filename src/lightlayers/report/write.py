@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -49,6 +50,8 @@ class ReportResult:
     curve: LearningCurve | None = None
     # Replicates of the paired bootstrap behind ``comparisons`` (0: none drawn).
     bootstrap_replicates: int = 0
+    # The folder's files were drawn from the same results and options: kept, not redrawn.
+    reused: bool = False
 
 
 def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
@@ -114,6 +117,7 @@ def write_report(
     progress: bool = False,
     reach: str | None = None,
     cam_min_side: int | None = None,
+    reuse: bool = False,
 ) -> ReportResult:
     """Write ``RUN_DIR/report/`` (or ``out_dir``): ``table.csv``, ``comparisons.csv`` (every
     pair of models: differences with 95% intervals), ``ensembles.csv`` (models with two or
@@ -126,7 +130,8 @@ def write_report(
     a study with training sizes also gets ``learning_curve.csv``, its figures and a section
     of the page; ``reach`` (``METRIC[:X,...]``, :func:`lightlayers.report.curves.parse_reach`)
     chooses the score and levels of its "smallest training set" table.
-    ``cam_min_side``: the Grad-CAM figures' smallest map side (default 7).
+    ``cam_min_side``: the Grad-CAM figures' smallest map side (default 7). ``reuse``: a run
+    folder's report drawn from the same trials and options (report.source) is kept as it is.
 
     Safe on a partial run: failed and unfinished trials are listed, models with fewer seeds
     marked. Raises :class:`ReportError` when the folder holds no results. Re-running on an
@@ -160,11 +165,27 @@ def write_report(
     notes = (pooled_notes(run) + partial_notes(run) + skipped_notes(run) + ledger_notes(run)
              + [settings_sentence(run.meta)])
     out = Path(out_dir) if out_dir is not None else run.run_dir / "report"
-    with report_folder(run, out, out_dir is None) as folder:
-        try:
-            result = _write(run, rows, notes, fmts, folder, say, cam_min_side, reach=reach)
-        finally:
-            say(None)
+    from lightlayers.report import source
+
+    want = None if run.sources else source.digest(
+        run, fmts, {"cam_min_side": cam_min_side, "reach": reach})
+    prior = source.unchanged(out, want) if reuse and want else None
+    if prior is not None:
+        html = out / "report.html"
+        result = ReportResult(out, tuple(sorted(out / f for f in prior["files"])),
+                              html if "report.html" in prior["files"] else None, tuple(rows),
+                              tuple(str(n) for n in prior.get("notes", [])),
+                              tuple(run.failed), reused=True)
+    else:
+        with report_folder(run, out, out_dir is None) as folder:
+            try:
+                result = _write(run, rows, notes, fmts, folder, say, cam_min_side, reach=reach)
+            finally:
+                say(None)
+            if want:
+                files = sorted(p.relative_to(folder.path).as_posix() for p in result.files)
+                folder.write(source.SOURCE_FILE, json.dumps(
+                    {"digest": want, "files": files, "notes": list(result.notes)}, indent=1))
     if console:
         where = f"{len(run.sources)} run folders pooled" if run.sources else str(run.run_dir)
         shown = [n for n in result.notes if not (failures_shown and n in failure_notes(run))]
