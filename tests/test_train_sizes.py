@@ -150,7 +150,8 @@ def _keys(run: Path) -> list[tuple[str, str]]:
         return sorted(c.execute("SELECT key, status FROM trials").fetchall())
 
 
-def test_sizes_key_their_own_trials_and_the_whole_split_resumes_an_older_folder(tmp_path):
+def test_sizes_key_their_own_trials_and_the_whole_split_resumes_an_older_folder(tmp_path,
+                                                                               capsys):
     out = tmp_path / "R"
     base = dict(data="digits", models=("paper-conv",), seeds=(0,), epochs=1, threads=1,
                 protocol="seed", report=False, out=str(out))
@@ -158,8 +159,11 @@ def test_sizes_key_their_own_trials_and_the_whole_split_resumes_an_older_folder(
     [(plain, _)] = _keys(out)
     assert first.ran == 1 and "train=" not in plain
     # A study without sizes gains them: its trial is the whole-split trial, kept as it is.
-    sized = run_study(load_config(**base, train_sizes=("0.25", "1")), progress=False)
+    capsys.readouterr()
+    sized = run_study(load_config(**base, train_sizes=("0.25", "1")), progress=True)
     assert (sized.ran, sized.skipped) == (1, 1)
+    err = capsys.readouterr().err
+    assert "train size 0.25: " in err and "done paper-conv seed 0 (train 0.25): acc" in err
     keys = _keys(out)
     assert [k for k, _ in keys] == [plain, plain + "|train=0.25"]
     assert {s for _, s in keys} == {"done"}

@@ -255,7 +255,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
                 spec = task.spec
                 if error is not None:
                     store.record_failed(task.key, error["error"], error)
-                    reporter.end_trial(f"  FAILED {spec.model} seed {spec.seed}: {error['error']}")
+                    reporter.end_trial(f"  FAILED {spec.label}: {error['error']}")
                     continue
                 assert res is not None
                 store.record_done(task.key, res["metrics"], res["history"], res["predictions"],
@@ -414,7 +414,7 @@ def _lock_run_folder(folder: OutputFolder) -> Any:
 
 def _done_line(spec: TrialSpec, m: dict[str, Any]) -> str:
     auc = "n/a" if m["auc"] is None else f"{m['auc']:.3f}"
-    return (f"  done {spec.model} seed {spec.seed}: acc {m['accuracy']:.4f} auc {auc} "
+    return (f"  done {spec.label}: acc {m['accuracy']:.4f} auc {auc} "
             f"({m['total_time_s']:.1f}s, {m['epoch_time_s']:.2f}s/epoch)"
             + ("  [collapsed: one class predicted]" if m["collapsed"] else ""))
 

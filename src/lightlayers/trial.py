@@ -38,6 +38,12 @@ class TrialSpec:
     # training split. The size is also in the trial's data key, hence in its key.
     train_size: str | None = None
 
+    @property
+    def label(self) -> str:
+        """How progress lines name the trial; a size is named, the whole split is not."""
+        size = f" (train {self.train_size})" if self.train_size is not None else ""
+        return f"{self.model} seed {self.seed}{size}"
+
     def key(self, data_key: str) -> str:
         return trial_key(self.model, self.seed, self.protocol, data_key)
 
@@ -199,7 +205,7 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
                      f"{protocol.teacher} (T={protocol.distill_temperature:g}, "
                      f"weight {protocol.distill_weight:g})")
     if reporter:
-        reporter.start_trial(f"{spec.model} seed {spec.seed}", protocol.epochs)
+        reporter.start_trial(spec.label, protocol.epochs)
     result = fit(
         trainee, train_ld, val_ld, protocol, device,
         train_labels=np.asarray(ds.splits["train"].labels), num_classes=ds.num_classes,

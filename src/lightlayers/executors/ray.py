@@ -280,7 +280,7 @@ class RayExecutor:
                         self._data_arg(task, data_refs)  # put once, before its first trial
                         start(task)
                         handed += 1
-                        self._log(f"[{handed}/{total}] {task.spec.model} seed {task.spec.seed}: "
+                        self._log(f"[{handed}/{total}] {task.spec.label}: "
                                   "started on Ray")
                         submit(task, 0)
                         free -= 1
@@ -293,7 +293,7 @@ class RayExecutor:
                     out = ray.get(done[0])
                 except retryable as e:
                     if retries < self.opts.max_retries:
-                        self._log(f"  {task.spec.model} seed {task.spec.seed}: {type(e).__name__}"
+                        self._log(f"  {task.spec.label}: {type(e).__name__}"
                                   f"; retry {retries + 1}/{self.opts.max_retries}")
                         submit(task, retries + 1)
                         continue
