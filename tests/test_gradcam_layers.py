@@ -106,9 +106,16 @@ def test_study_conv_at_28_px_draws_its_8x8_layer_or_says_the_map_is_too_coarse(
     assert not list(cams9.glob("*.png"))
     rows = list(csv.DictReader(io.StringIO(out9.read_text())))
     assert len(rows) == 3 and all(not r.get("cam") for r in rows)
-    examples = cam_examples(run_dir, "paper-light-k1", per_kind=1)
+    # The two models' heatmaps share one decode of the data.
+    shared: dict = {}
+    examples = cam_examples(run_dir, "paper-light-k1", per_kind=1, datasets=shared)
     layers = {e.layer for v in examples.values() for e in v}
     assert layers == {"input of stages.20, 7x7 map at 28 px"}
+    first = next(iter(shared.values()))[0]
+    again = cam_examples(run_dir, "study-conv", per_kind=1, datasets=shared)
+    assert len(shared) == 1 and next(iter(shared.values()))[0] is first
+    assert {e.layer for v in again.values() for e in v} == {
+        "input of stages.19, 8x8 map at 28 px"}
 
 
 def test_predict_heatmaps_are_labelled(small_run, tmp_path, capsys):

@@ -57,11 +57,13 @@ def _choose(probs: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
 
 def cam_examples(run_dir: str | Path, model: str | None = None, seed: int | None = None,
                  per_kind: int = 3, data: str | None = None,
-                 cam_min_side: int | None = None) -> dict[str, list[CamExample]]:
+                 cam_min_side: int | None = None, datasets: dict[Any, Any] | None = None
+                 ) -> dict[str, list[CamExample]]:
     """Up to ``per_kind`` examples of each kind for the trial of ``run_dir`` that
     ``lightlayers export`` would choose (``model``/``seed`` pin it), on the last layer whose
     map is at least ``cam_min_side`` (default :data:`~lightlayers.deploy.graph.CAM_MIN_SIDE`)
-    on each side; a :class:`DeployError` saying "map too coarse: ..." when no layer is."""
+    on each side; a :class:`DeployError` saying "map too coarse: ..." when no layer is.
+    ``datasets``: decoded data shared between calls (:meth:`Trial.load_data`'s cache)."""
     import torch
 
     from lightlayers.data import Split
@@ -93,7 +95,7 @@ def cam_examples(run_dir: str | Path, model: str | None = None, seed: int | None
     probs, labels = recorded["probs"], recorded["labels"]
     predicted = card.predicted(probs)
     chosen = _choose(probs, labels, predicted, card.positive_class, per_kind)
-    test = trial.load_data(data).splits["test"]
+    test = trial.load_data(data, cache=datasets).splits["test"]
     if len(test) != len(labels):
         raise DeployError(f"{run_dir}: the test split has {len(test)} images, the recorded "
                           f"predictions {len(labels)}; pass --data with the run's data")

@@ -320,10 +320,11 @@ class Trial:
                 if h.get(k) is not None}
 
     # --- the data ---------------------------------------------------------------------------
-    def load_data(self, data: str | None = None, progress: bool = False) -> Any:
+    def load_data(self, data: str | None = None, progress: bool = False,
+                  cache: dict[Any, Any] | None = None) -> Any:
         """The run's dataset, decoded as this trial's model saw it, checked to be the data
-        the run was made with (by content, whatever the path)."""
-        from lightlayers.data import DataError, DuplicateImagesWarning, load_dataset
+        the run was made with (by content, whatever the path). ``cache``: datasets already
+        loaded for other trials (a report's models share one decode)."""
         from lightlayers.fingerprint import data_fingerprint
 
         cfg = self.config
@@ -333,6 +334,34 @@ class Trial:
                               "run used; pass --data PATH")
         size = int(self.checkpoint_metadata().get("image_size")
                    or self.extra.get("image_size"))
+        key = (source, size, cfg.get("in_chans"), cfg.get("resize") or "stretch",
+               cfg.get("val_fraction", 0.1), cfg.get("split_seed", 0),
+               cfg.get("on_bad_image") or "error", bool(cfg.get("allow_missing_classes", False)))
+        if cache is not None and key in cache:
+            ds, now = cache[key]
+        else:
+            ds = self._decode(source, size, cfg, data, progress)
+            now = data_fingerprint(ds)
+            if cache is not None:
+                cache[key] = ds, now
+        # Bound by content (the fingerprint leaves out the decode size and the path's
+        # spelling), as `lightlayers run` binds the folder; the trial's data key names the
+        # decode size the study used, which may have been the data's own (size None).
+        recorded = self.meta.get("data_fingerprint") or {}
+        from lightlayers.fingerprint import same_data
+
+        if recorded and not same_data(recorded, now):
+            from lightlayers.fingerprint import _data_change
+
+            raise DeployError(
+                f"{source} is not the data {self.run_dir} was made with "
+                f"({_data_change(recorded, now)}); pass --data with the run's data")
+        return ds
+
+    def _decode(self, source: str, size: int, cfg: dict[str, Any], data: str | None,
+                progress: bool) -> Any:
+        from lightlayers.data import DataError, DuplicateImagesWarning, load_dataset
+
         try:
             with warnings.catch_warnings():
                 # `lightlayers run` told about duplicates when it loaded this data.
@@ -347,19 +376,6 @@ class Trial:
         except DataError as e:
             hint = "" if data else " (the run's own data; pass --data PATH where it moved)"
             raise DeployError(f"{e}{hint}") from e
-        # Bound by content (the fingerprint leaves out the decode size and the path's
-        # spelling), as `lightlayers run` binds the folder; the trial's data key names the
-        # decode size the study used, which may have been the data's own (size None).
-        recorded = self.meta.get("data_fingerprint") or {}
-        now = data_fingerprint(ds)
-        from lightlayers.fingerprint import same_data
-
-        if recorded and not same_data(recorded, now):
-            from lightlayers.fingerprint import _data_change
-
-            raise DeployError(
-                f"{source} is not the data {self.run_dir} was made with "
-                f"({_data_change(recorded, now)}); pass --data with the run's data")
         return ds
 
 

@@ -410,8 +410,8 @@ def reliability_figure(run: RunData) -> Figure | None:
 
 
 # --- Grad-CAM --------------------------------------------------------------------------------
-def cam_figure(run: RunData, model: str, cam_min_side: int | None = None
-               ) -> tuple[Figure | None, str | None]:
+def cam_figure(run: RunData, model: str, cam_min_side: int | None = None,
+               datasets: dict[Any, Any] | None = None) -> tuple[Figure | None, str | None]:
     """The heatmaps of a few test images of ``model`` (lightlayers.deploy.examples: the trial
     `lightlayers export` would choose, its recorded predictions, its checkpoint), or None and
     why not. Models that never had a checkpoint (no registered model) are passed over."""
@@ -426,7 +426,8 @@ def cam_figure(run: RunData, model: str, cam_min_side: int | None = None
     except ImportError as e:  # pragma: no cover - the deploy package is part of lightlayers
         return None, str(e)
     try:
-        examples = cam_examples(run.run_dir, model, per_kind=3, cam_min_side=cam_min_side)
+        examples = cam_examples(run.run_dir, model, per_kind=3, cam_min_side=cam_min_side,
+                                datasets=datasets)
     except DeployError as e:
         return None, str(e)
     except ImportError as e:  # Captum, with lightlayers[onnx]
@@ -541,12 +542,17 @@ def _build_figures(run: RunData, rows: Sequence[Row], ensembles: Sequence[Ensemb
         add("reliability", "Calibration: accuracy against confidence on the test split, per "
             "model (ECE: expected calibration error, mean |accuracy - confidence| over "
             "images); below, the images in each confidence bin.", "calibration", fig)
+    datasets: dict[Any, Any] = {}  # one decode of the data for every model's heatmaps
+    from lightlayers.deploy.graph import CAM_MIN_SIDE
+
+    side = CAM_MIN_SIDE if cam_min_side is None else cam_min_side
     for model in dict.fromkeys(g.model for g in run.groups if g.done):
-        fig, why = cam_figure(run, model, cam_min_side)
+        fig, why = cam_figure(run, model, cam_min_side, datasets)
         if fig is not None:
             add(f"cam_{slug(model)}",
                 f"{model}: where it looked (Grad-CAM of the predicted class over the image, "
-                "the seed chosen on validation, on the last layer whose map is at least 7x7 "
+                f"the seed chosen on validation, on the last layer whose map is at least "
+                f"{side}x{side} "
                 "over the image; the colour is each map's share of its own maximum), on its "
                 "most confident true positives, false positives and false negatives of the "
                 "test split.", "cam", fig)
