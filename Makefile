@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_precision.py
 	$(PY) benchmarks/bench_deploy.py --threads 1
 	$(PY) benchmarks/bench_threads.py
+	$(PY) benchmarks/bench_report.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
