@@ -15,7 +15,7 @@ from procs import alive, cmdline, descendants
 
 from lightlayers.cli import main as cli
 from lightlayers.config import ConfigError, load_config
-from lightlayers.runtime import _DEFAULT_THREADS, resolve_threads
+from lightlayers.runtime import default_threads, resolve_threads
 from lightlayers.store import ResultsStore
 from lightlayers.study import run_study
 from lightlayers.trial import run_trial
@@ -26,7 +26,7 @@ COMPARED = ("params_total", "params_trainable", "size_mb", "macs", "test_loss", 
             "threshold", "best_epoch", "epochs_run")
 MODELS = "study-light-k1,study-light-k2"
 # Room for one default trial (all of this machine's torch threads) and for two 1-CPU trials.
-RAY_CPUS = max(2, _DEFAULT_THREADS)
+RAY_CPUS = max(2, default_threads())
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_ray_gives_the_local_numbers(local_study, ray_study):
         for col in COMPARED:
             assert b[col] == pytest.approx(a[col], abs=1e-4), (key, col)
         assert b["confusion"] == a["confusion"]
-        assert b["extra"]["threads"] == a["extra"]["threads"] == _DEFAULT_THREADS
+        assert b["extra"]["threads"] == a["extra"]["threads"] == default_threads()
         assert b["extra"]["retries"] == 0 and b["extra"]["node"]
         np.testing.assert_allclose(store_r.predictions(b["id"])["probs"],
                                    store_l.predictions(a["id"])["probs"], atol=1e-4)
@@ -278,8 +278,8 @@ def test_trial_needing_more_than_the_local_instance_is_refused(ray_instance, tmp
 
 
 @pytest.mark.parametrize(("given", "threads", "cpus"), [
-    ({}, _DEFAULT_THREADS, None),  # local and Ray: the same default
-    ({"executor": "ray"}, _DEFAULT_THREADS, _DEFAULT_THREADS),
+    ({}, default_threads(), None),  # local and Ray: the same default
+    ({"executor": "ray"}, default_threads(), default_threads()),
     ({"executor": "ray", "cpus_per_trial": 1}, 1, 1),  # no oversubscribed CPUs
     ({"executor": "ray", "threads": 3}, 3, 3),
     ({"executor": "ray", "threads": 1, "cpus_per_trial": 4}, 1, 4),

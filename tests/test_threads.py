@@ -30,6 +30,7 @@ def test_a_busy_process_is_counted_and_the_default_leaves_its_core(monkeypatch):
     try:
         time.sleep(0.5)
         assert runtime.busy_cores(0.5) >= 0.6  # the spinner's core, whatever else runs
+        runtime.default_threads.cache_clear()  # measured once per process: measure now
         threads = runtime.default_threads()
         assert 1 <= threads <= max(1, runtime.physical_cores() - 1)
         cfg = runtime.resolve_threads(StudyConfig())
@@ -37,6 +38,7 @@ def test_a_busy_process_is_counted_and_the_default_leaves_its_core(monkeypatch):
     finally:
         stop.set()
         spinner.join(5)
+        runtime.default_threads.cache_clear()  # later tests measure a machine without it
 
 
 def test_niced_work_is_not_counted_as_busy(monkeypatch):
@@ -63,5 +65,7 @@ def test_niced_work_is_not_counted_as_busy(monkeypatch):
 def test_an_explicit_or_omp_thread_count_wins(monkeypatch, given):
     assert runtime.resolve_threads(StudyConfig(threads=given)).threads == given
     monkeypatch.setenv("OMP_NUM_THREADS", str(given))
+    runtime.default_threads.cache_clear()
     # torch read OMP_NUM_THREADS when it started: its own count stands.
     assert runtime.default_threads() == runtime._TORCH_THREADS
+    runtime.default_threads.cache_clear()

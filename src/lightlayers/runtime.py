@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import random
 import time
@@ -65,12 +66,14 @@ def busy_cores(window: float = 0.25) -> float:
     return (1 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
 
 
+@functools.cache
 def default_threads() -> int:
     """Torch threads when none are asked for: OMP_NUM_THREADS when set; else the physical
     cores less those other processes keep busy now (:func:`busy_cores`), at least one. A
     thread more than there are free cores does not add a little: each step waits for its
     slowest thread, which waits for the other process (an epoch measured 28x slower with 2
-    threads than with 1 beside one busy process on 2 cores)."""
+    threads than with 1 beside one busy process on 2 cores). Measured once per process, so
+    every trial a process starts (locally or on Ray) gets the same count."""
     if os.environ.get("OMP_NUM_THREADS"):
         return _TORCH_THREADS
     return max(1, min(physical_cores(), _TORCH_THREADS) - int(busy_cores() + 0.5))
