@@ -374,3 +374,13 @@ def test_measured_int8_latency_gets_its_own_panel(tmp_path, capsys):
     curve = learning_curve(load_run(out))
     budget = {s.name: s.figure for s in curve_figures(curve) if s.name.startswith("budget")}
     assert [len(f.axes) for f in budget.values()] == [2, 2]  # parameters, then latency
+
+
+def test_export_and_teachers_choose_among_the_tables_size(curve_run):
+    from lightlayers.deploy.trial import choose_trial, find_trials
+
+    trials = find_trials(curve_run)
+    # The curve's smaller sizes are not candidates: the whole split's trials are.
+    assert len(trials) == 4 and {t.row["config"].get("train_size") for t in trials} == {None}
+    best, _, n = choose_trial(curve_run, "paper-conv")
+    assert n == 2 and best.row["config"].get("train_size") is None

@@ -24,7 +24,8 @@ from lightlayers.data.errors import DataError
 from lightlayers.data.splits import group_images, patient_ids
 
 __all__ = ["FULL", "SubsetError", "TrainSize", "TrainSubset", "base_key", "draw_subset",
-           "parse_train_size", "parse_train_sizes", "sized_key", "subset_dataset"]
+           "main_size", "parse_train_size", "parse_train_sizes", "sized_key", "subset_dataset",
+           "train_images", "train_size"]
 
 SIZE_HELP = ("a fraction of the training split (0 < x <= 1, e.g. 0.1; 1 or all: the whole "
              "split) or a whole number of images per class (>= 2, e.g. 50)")
@@ -230,3 +231,31 @@ def subset_dataset(ds: Dataset, subset: TrainSubset) -> Dataset:
         notes=(*ds.notes, f"training subset {subset.size.label}: {len(idx)} of "
                           f"{subset.available} training images, {subset.groups} patients or "
                           "single images, drawn per class"))
+
+
+# --- a study's sizes, as its trials record them ---------------------------------------------
+def train_size(t: dict[str, Any]) -> str | None:
+    """A trial's training size (its ``config``'s); None: the whole training split."""
+    return (t.get("config") or {}).get("train_size")
+
+
+def train_images(t: dict[str, Any]) -> int | None:
+    return ((t.get("extra") or {}).get("train_set") or {}).get("images")
+
+
+def main_size(trials: list[dict[str, Any]]) -> str | None:
+    """The training size the report's tables show: the whole split when the study has it,
+    else the size whose finished trials trained on the most images."""
+    sizes = {train_size(t) for t in trials}
+    if None in sizes or not sizes:
+        return None
+    images: dict[str | None, int] = {}
+    for t in trials:
+        if train_images(t) is not None:
+            images[train_size(t)] = max(images.get(train_size(t), 0), int(train_images(t)))
+
+    def order(size: str | None) -> tuple[int, float]:
+        parsed = parse_train_size(size)
+        return images.get(size, -1), parsed.per_class or parsed.fraction or 0.0
+
+    return max(sizes, key=order)

@@ -424,6 +424,12 @@ def find_trials(run_dir: str | Path, model: str | None = None,
     if not rows:
         raise DeployError(f"{run_dir} holds no finished trial; finish its study with "
                           "`lightlayers run` first")
+    from lightlayers.data.subsets import main_size, train_size
+
+    # A learning-curve study: the trials of the size its tables show (the whole training
+    # split when it has it), as its report compares them; smaller sizes are its curve.
+    shown = main_size(rows)
+    rows = [r for r in rows if train_size(r) == shown]
     trials = [Trial(run_dir, r, histories[r["id"]], meta) for r in rows]
     models = sorted({t.model_name for t in trials})
     if model is not None:

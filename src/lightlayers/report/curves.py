@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from lightlayers import csvsafe
-from lightlayers.report.load import Group, ReportError, RunData, train_images, train_size
+from lightlayers.data.subsets import train_images, train_size
+from lightlayers.report.load import Group, ReportError, RunData
 from lightlayers.report.stats import Summary, pareto_front, summarize
 
 CURVE_METRICS = ("accuracy", "balanced_accuracy", "auc")

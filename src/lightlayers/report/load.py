@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightlayers.data.subsets import main_size, train_size
 from lightlayers.store import ResultsStore, StoreError
 
 
@@ -58,38 +59,10 @@ class RunData:
         return max((len(g.done) for g in self.groups), default=0)
 
 
-def train_size(t: dict[str, Any]) -> str | None:
-    """A trial's training size (lightlayers.data.subsets); None: the whole training split."""
-    return (t.get("config") or {}).get("train_size")
-
-
 def sized_model(t: dict[str, Any]) -> str:
     """A trial's model, with its training size when it trained on a subset."""
     size = train_size(t)
     return t["model"] if size is None else f"{t['model']} (train size {size})"
-
-
-def train_images(t: dict[str, Any]) -> int | None:
-    return ((t.get("extra") or {}).get("train_set") or {}).get("images")
-
-
-def main_size(trials: list[dict[str, Any]]) -> str | None:
-    """The training size the report's tables show: the whole split when the study has it,
-    else the size whose finished trials trained on the most images."""
-    sizes = {train_size(t) for t in trials}
-    if None in sizes or not sizes:
-        return None
-    images: dict[str | None, int] = {}
-    for t in trials:
-        if train_images(t) is not None:
-            images[train_size(t)] = max(images.get(train_size(t), 0), int(train_images(t)))
-    from lightlayers.data.subsets import parse_train_size
-
-    def order(size: str | None) -> tuple[int, float]:
-        parsed = parse_train_size(size)
-        return images.get(size, -1), parsed.per_class or parsed.fraction or 0.0
-
-    return max(sizes, key=order)
 
 
 def _first_run_hint(run_dir: Path) -> str:

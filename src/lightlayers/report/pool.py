@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightlayers.report.load import Group, ReportError, RunData, load_run, train_size
+from lightlayers.data.subsets import train_size
+from lightlayers.report.load import Group, ReportError, RunData, load_run
 
 
 def _differences(a: dict[str, Any] | None, b: dict[str, Any] | None) -> list[str]:
