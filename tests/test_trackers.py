@@ -22,7 +22,8 @@ mlflow = pytest.importorskip("mlflow", reason="install lightlayers[test]")
 pytest.importorskip("tensorboard", reason="install lightlayers[test]")
 
 ARGS = ["run", "--data", "digits", "--models", "paper-conv", "--epochs", "1", "--threads", "1",
-        "--protocol", "seed", "--quiet", "--no-report"]
+        "--protocol", "seed", "--quiet"]
+NO_REPORT = [*ARGS, "--no-report"]
 LIGHTLAYERS = [sys.executable, "-m", "lightlayers.cli"]
 
 
@@ -64,6 +65,13 @@ def test_mlflow_and_tensorboard_hold_what_the_store_holds(tmp_path, monkeypatch)
 
     uri = f"sqlite:///{run / 'mlruns' / 'mlflow.db'}"
     runs = mlflow_runs(uri, "study")
+    client = MlflowClient(tracking_uri=uri)
+    # The study's report: one more run, holding the report folder's files.
+    (report,) = runs[runs["tags.mlflow.runName"] == "report"]["run_id"]
+    shown = {a.path for a in client.list_artifacts(report, "report")}
+    assert {"report/report.html", "report/table.csv"} <= shown, shown
+    assert not any(p.rsplit("/", 1)[-1].startswith(".") for p in shown)
+    runs = runs[runs["tags.mlflow.runName"] != "report"]
     assert len(runs) == 1
     row = runs.iloc[0]
     assert row["status"] == "FINISHED"
@@ -72,7 +80,6 @@ def test_mlflow_and_tensorboard_hold_what_the_store_holds(tmp_path, monkeypatch)
     assert row["params.model"] == "paper-conv" and row["params.seed"] == "0"
     assert float(row["params.settings.lr"]) == trial["extra"]["protocol"]["lr"]
     assert row["tags.lightlayers.trial"] == trial["key"]
-    client = MlflowClient(tracking_uri=uri)
     val_acc = client.get_metric_history(row["run_id"], "val_acc")
     assert [(m.step, m.value) for m in val_acc] == [(h["epoch"], h["val_acc"])
                                                   for h in trial["history"]]
@@ -90,17 +97,24 @@ def test_mlflow_and_tensorboard_hold_what_the_store_holds(tmp_path, monkeypatch)
     (acc,) = events.Scalars("test/accuracy")
     assert acc.value == pytest.approx(trial["accuracy"], abs=1e-6)  # stored as float32
 
+    # The report written again goes to the same report run, not a new one.
+    from lightlayers.trackers import log_report
+
+    log_report(["mlflow"], {}, run, run / "report")
+    again = mlflow_runs(uri, "study")
+    assert list(again[again["tags.mlflow.runName"] == "report"]["run_id"]) == [report]
+
     # Resumed with one more seed, logging to a server's URI instead: only the new trial is
     # logged there, and the run folder's own store keeps its one run.
     elsewhere = f"sqlite:///{tmp_path / 'server.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", elsewhere)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "shared")
-    code, err = cli([*ARGS, "--seeds", "0,1", "--log", "mlflow", "--out", str(run)])
+    code, err = cli([*NO_REPORT, "--seeds", "0,1", "--log", "mlflow", "--out", str(run)])
     assert code == 0, err
     there = mlflow_runs(elsewhere, "shared")
     assert list(there["params.seed"]) == ["1"]
     assert there.iloc[0]["metrics.accuracy"] == stored(run)[1]["accuracy"]
-    assert len(mlflow_runs(uri, "study")) == 1
+    assert len(mlflow_runs(uri, "study")) == 2  # its trial and its report
     assert (tmp_path / "mlruns").is_dir()  # the shared experiment's artifacts
     assert sorted(p.name for p in (run / "tensorboard").iterdir()) == ["paper-conv_seed0"]
 
@@ -108,7 +122,7 @@ def test_mlflow_and_tensorboard_hold_what_the_store_holds(tmp_path, monkeypatch)
 def test_a_failing_tracker_is_one_warning_and_the_study_goes_on(tmp_path):
     run = tmp_path / "study"
     env = {**os.environ, "MLFLOW_TRACKING_URI": "nosuchscheme://nowhere", "COLUMNS": "80"}
-    done = subprocess.run([*LIGHTLAYERS, *ARGS, "--seeds", "0", "--log", "mlflow,tensorboard",
+    done = subprocess.run([*LIGHTLAYERS, *NO_REPORT, "--seeds", "0", "--log", "mlflow,tensorboard",
                            "--out", str(run)], env=env, capture_output=True, text=True,
                           timeout=300, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr
@@ -127,7 +141,7 @@ def test_a_missing_package_is_one_line_before_anything_runs(tmp_path):
     run = tmp_path / "study"
     # A None in sys.modules is how Python marks a package as not importable.
     code = ("import sys; sys.modules['mlflow'] = None; from lightlayers.cli import main; "
-            f"sys.exit(main({[*ARGS, '--seeds', '0', '--log', 'mlflow', '--out', str(run)]!r}))")
+            f"sys.exit(main({[*NO_REPORT, '--seeds', '0', '--log', 'mlflow', '--out', str(run)]!r}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, stdin=subprocess.DEVNULL)
     assert done.returncode == 2, done.stderr

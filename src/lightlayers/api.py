@@ -301,6 +301,11 @@ def run_study(config_or_path: StudyConfig | Mapping[str, Any] | str | os.PathLik
         except ReportError as e:
             # The trials are recorded already; a report problem must not hide the Run.
             warnings.warn(f"the report of {run.path} could not be written: {e}", stacklevel=2)
+        else:
+            if cfg.log and outcome.ran:  # the trackers got this run's trials: the report too
+                from lightlayers.trackers import log_report
+
+                log_report(cfg.log, cfg.to_dict(), run.path, run.path / "report")
     return run
 
 

@@ -149,6 +149,10 @@ def main(args: argparse.Namespace) -> int:
             report = str(result.html)
             print(f"report: {result.html}" + (" (unchanged: drawn from these same results)"
                                               if result.reused else ""), file=sys.stderr)
+            if cfg.log and outcome.ran:  # the trackers got this run's trials: the report too
+                from lightlayers.trackers import log_report
+
+                log_report(cfg.log, cfg.to_dict(), outcome.out_dir, result.out_dir)
     code = 1 if c["failed"] else 0
     if args.json:
         print(json.dumps(json_safe(result_object(outcome, report, code)), indent=2,

@@ -216,6 +216,20 @@ class TrackerSet:
             return
         self.log_trial(trial)
 
+    def log_report(self, report_dir: Path) -> None:
+        """The study's report to every tracker that keeps files (a ``log_report`` method)."""
+        if self._pending:
+            self._start()
+        for name, tracker in list(self._open.items()):
+            if not hasattr(tracker, "log_report"):
+                continue
+            try:
+                with _quiet():
+                    tracker.log_report(report_dir)
+            except Exception as e:
+                self._fail(name, "to log the report", e)
+                self._close_one(name, tracker, warn=False)
+
     def _close_one(self, name: str, tracker: Tracker, warn: bool = True) -> None:
         self._open.pop(name, None)
         try:
@@ -229,6 +243,31 @@ class TrackerSet:
         for name, tracker in list(self._open.items()):
             self._close_one(name, tracker)
         self._pending = []
+
+
+def log_report(names: tuple[str, ...] | list[str], config: dict[str, Any], run_dir: Path,
+               report_dir: Path) -> None:
+    """After ``lightlayers run`` wrote the report: the trackers of ``names`` that keep files get
+    it (an error is one warning, as during the study)."""
+    if not names:
+        return
+    from lightlayers.outputs import OutputError, OutputFolder
+
+    try:
+        from lightlayers.study import adopt_run_folder
+
+        folder = OutputFolder(run_dir, "run", adopt=adopt_run_folder, what="run folder")
+    except (OutputError, OSError) as e:
+        for name in dict.fromkeys(names):
+            warnings.warn(f"--log {name} failed to log the report ({_one_line(e)})",
+                          TrackerWarning, stacklevel=2)
+        return
+    with folder:
+        trackers = TrackerSet(names, StudyContext(folder.path, config, folder.claim))
+        try:
+            trackers.log_report(report_dir)
+        finally:
+            trackers.close()
 
 
 def flat_params(values: dict[str, Any], prefix: str = "") -> dict[str, str | int | float | bool]:
@@ -293,4 +332,5 @@ def trial_record(spec: Any, key: str, res: dict[str, Any], run_dir: Path,
 
 __all__ = ["TRACKERS", "StudyContext", "Tracker", "TrackerInfo", "TrackerSet",
            "TrackerWarning", "TrialRecord", "check_trackers", "flat_params", "load_plugins",
+           "log_report",
            "register_tracker", "tracker_info", "trial_record"]

@@ -6,7 +6,8 @@ the run folder, ``RUN/mlruns/mlflow.db``, with the artifacts beside it in
 experiment is ``MLFLOW_EXPERIMENT_NAME`` when set, else the run folder's name. Each run holds
 the trial's settings (params), its history (metrics by epoch, as ``step``), its test metrics
 (step 0), tags naming the trial and the run folder, and as artifacts its checkpoint and its
-record (``trial.json``).
+record (``trial.json``). After the study, the report's files go to one more run of the
+experiment, named ``report``.
 """
 
 from __future__ import annotations
@@ -87,6 +88,31 @@ class MlflowTracker:
         except BaseException:
             self.client.set_terminated(rid, "FAILED")
             raise
+        self.client.set_terminated(rid, "FINISHED")
+
+    def log_report(self, report_dir: Path) -> None:
+        """The study's report as the artifacts of one run named ``report``, the same run each
+        time the report is written again (found by its tags), its files replaced."""
+        folder = str(self.ctx.run_dir)
+        found = [r for r in self.client.search_runs(
+                     [self.experiment_id], "tags.`lightlayers.kind` = 'report'")
+                 if r.data.tags.get("lightlayers.run_dir") == folder]
+        if found:
+            rid = found[0].info.run_id
+        else:
+            rid = self.client.create_run(
+                self.experiment_id, run_name="report",
+                tags={"lightlayers.kind": "report", "lightlayers.run_dir": folder}).info.run_id
+        root = Path(report_dir)
+        for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root)
+            # The folder's manifest and temporary files are the tool's bookkeeping; links are
+            # never followed.
+            if any(p.startswith(".") for p in rel.parts) or path.is_symlink() \
+                    or not path.is_file():
+                continue
+            parent = Path("report", *rel.parts[:-1]).as_posix()
+            self.client.log_artifact(rid, str(path), artifact_path=parent)
         self.client.set_terminated(rid, "FINISHED")
 
     def close(self) -> None:
