@@ -1,9 +1,15 @@
 """The decoded-image cache: one folder of uncompressed .npy files per (source bytes, options).
 
-``$LIGHTLAYERS_CACHE/datasets/<name>-<key>/{images,labels,splits,digests}.npy + meta.json``.
-A folder is written under a temporary name beside its final one and renamed into place when
-complete (an atomic rename), so a crash or a concurrent writer never leaves a half-written entry
-that a reader could take for a finished one. Entries are opened memory-mapped and read-only.
+``$LIGHTLAYERS_CACHE/datasets/<name>-<key>-v<format>/{images,labels,splits,digests}.npy +
+meta.json``. A folder is written under a temporary name beside its final one and renamed into
+place when complete (an atomic rename), so a crash or a concurrent writer never leaves a
+half-written entry that a reader could take for a finished one. Entries are opened
+memory-mapped and read-only. Images are written into the temporary folder as they are decoded
+(:class:`NewEntry`), so a decode never holds the whole dataset in memory.
+
+A grey source is stored with one channel whatever channel count was asked for: ``meta.json``
+``chans`` says how many channels its images are presented with (1, or 3 for a grey source
+decoded for a 3-channel model), ``shape`` what ``images.npy`` holds.
 
 Every read is verified (:func:`read_entry`); an entry that fails is a miss, so it is decoded
 again and replaced, and a :class:`CacheWarning` names it. Arrays are read with
@@ -17,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import uuid
 import warnings
 from pathlib import Path
@@ -28,14 +35,17 @@ from lightlayers.data.preprocess import Decoded, PreprocessOptions
 from lightlayers.data.sources.base import SPLITS
 
 __all__ = [
-    "FORMAT_VERSION", "CacheWarning", "cache_key", "cache_root", "entry_path", "load_entry",
-    "read_entry", "store_entry",
+    "FORMAT_VERSION", "CacheWarning", "NewEntry", "cache_key", "cache_root", "entry_path",
+    "load_entry", "read_entry", "store_entry", "write_npy_header",
 ]
 
 # Bump when the meaning of cached arrays changes (decoding, digests, layout).
 # 2: images in modes I, F and with alpha decode by the documented mapping (data.preprocess);
 # entries of version 1 hold the older pixels, so they are decoded again.
-FORMAT_VERSION = 2
+# 3: grey sources stored with one channel (meta.json "chans" gives the presented count); the
+# folder name carries the version, so entries of version 2 stay untouched where they are (a
+# process still reading them keeps working) and are never read by this version.
+FORMAT_VERSION = 3
 # The key names a decode (source and options), and through the trial keys of run folders a
 # trial's data: it stays put when only the format version moves, so recorded trials resume.
 KEY_VERSION = 1
@@ -56,7 +66,7 @@ def cache_key(identity: dict[str, Any], opts: PreprocessOptions) -> str:
 
 def entry_path(name: str, key: str) -> Path:
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60] or "dataset"
-    return cache_root() / "datasets" / f"{safe}-{key}"
+    return cache_root() / "datasets" / f"{safe}-{key}-v{FORMAT_VERSION}"
 
 
 class CacheWarning(UserWarning):
@@ -66,7 +76,7 @@ class CacheWarning(UserWarning):
 # meta.json keys every entry has, with the type each must hold.
 _META_TYPES: dict[str, type | tuple[type, ...]] = {
     "version": int, "n": int, "shape": list, "classes": list, "ids": (list, type(None)),
-    "source_is_gray": bool, "skipped": list, "notes": list,
+    "source_is_gray": bool, "skipped": list, "notes": list, "chans": int,
 }
 # dtype and rank of each array (images are also checked against meta["shape"]).
 _ARRAY_SPECS = {"images": (np.uint8, 4), "labels": (np.int64, 1), "splits": (np.int8, 1),
@@ -96,16 +106,19 @@ def read_entry(path: Path) -> tuple[Decoded | None, str | None]:
         return None, f"meta.json is unreadable ({e})"
     if not isinstance(meta, dict):
         return None, "meta.json does not hold a mapping"
+    if "version" in meta and meta["version"] != FORMAT_VERSION:
+        return None, f"format version {meta['version']}, this lightlayers writes {FORMAT_VERSION}"
     for key, tp in _META_TYPES.items():
         if key not in meta:
             return None, f"meta.json has no {key!r}"
         if not isinstance(meta[key], tp) or (tp is int and isinstance(meta[key], bool)):
             return None, f"meta.json {key!r} is {type(meta[key]).__name__}"
-    if meta["version"] != FORMAT_VERSION:
-        return None, f"format version {meta['version']}, this lightlayers writes {FORMAT_VERSION}"
     n, classes = meta["n"], meta["classes"]
     if len(meta["shape"]) != 4 or meta["shape"][0] != n:
         return None, f"meta.json shape {meta['shape']} is not ({n}, C, H, W)"
+    stored, chans = meta["shape"][1], meta["chans"]
+    if chans not in (1, 3) or not (stored == chans or (stored == 1 and meta["source_is_gray"])):
+        return None, f"meta.json chans {chans} for {stored}-channel images"
     if meta["ids"] is not None and len(meta["ids"]) != n:
         return None, f"meta.json lists {len(meta['ids'])} ids for {n} images"
     arrays: dict[str, np.ndarray] = {}
@@ -143,6 +156,7 @@ def read_entry(path: Path) -> tuple[Decoded | None, str | None]:
         source_is_gray=meta["source_is_gray"],
         skipped=meta["skipped"],
         notes=meta["notes"],
+        chans=chans,
     ), None
 
 
@@ -152,26 +166,57 @@ def load_entry(path: Path) -> Decoded | None:
     return read_entry(path)[0]
 
 
-def store_entry(path: Path, decoded: Decoded, info: dict[str, Any]) -> Decoded:
-    """Write ``decoded`` as the entry at ``path`` and return it reopened from disk.
+# Room for images.npy's header, written last once the image count is known; a page, so the
+# pixels that follow are page-aligned for the memory map.
+NPY_HEADER_BYTES = 4096
 
-    An unusable entry already at ``path`` is replaced, with a :class:`CacheWarning` naming it.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    tmp.mkdir()
-    replaced = None
-    try:
+
+def write_npy_header(f: Any, shape: tuple[int, ...]) -> None:
+    """Write at the start of the open file ``f`` the .npy v1 header of a C-order uint8 array of
+    ``shape``, padded to :data:`NPY_HEADER_BYTES` (the data must start there)."""
+    magic = b"\x93NUMPY\x01\x00"
+    text = repr({"descr": "|u1", "fortran_order": False, "shape": tuple(shape)})
+    room = NPY_HEADER_BYTES - len(magic) - 2
+    f.seek(0)
+    f.write(magic + struct.pack("<H", room) + (text.ljust(room - 1) + "\n").encode("latin1"))
+
+
+class NewEntry:
+    """A cache entry being written: a temporary folder in the cache, whose ``images`` file a
+    decoder fills, then :meth:`commit` renames into place. Leaving the ``with`` block without a
+    commit removes it."""
+
+    def __init__(self) -> None:
+        root = cache_root() / "datasets"
+        root.mkdir(parents=True, exist_ok=True)
+        self.tmp = root / f".new.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        self.tmp.mkdir()
+        self.images = self.tmp / "images.npy"
+
+    def __enter__(self) -> NewEntry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def commit(self, path: Path, decoded: Decoded, info: dict[str, Any]) -> Decoded:
+        """Write ``decoded``'s small arrays and meta.json beside the images (saved here from
+        ``decoded.images`` unless a decoder wrote them already), rename the folder to ``path``
+        and return the entry reopened from disk. An unusable entry already at ``path`` is
+        replaced, with a :class:`CacheWarning` naming it."""
+        tmp = self.tmp
+        if not self.images.exists():
+            np.save(self.images, decoded.images, allow_pickle=False)
         small = {"labels": np.asarray(decoded.labels, np.int64),
                  "splits": np.asarray(decoded.split_codes, np.int8),
                  "digests": np.asarray(decoded.digests, np.uint64)}
-        np.save(tmp / "images.npy", decoded.images, allow_pickle=False)
         for name, a in small.items():
             np.save(tmp / f"{name}.npy", a, allow_pickle=False)
         meta = {
             "version": FORMAT_VERSION,
             "n": len(decoded.labels),
             "shape": list(decoded.images.shape),
+            "chans": decoded.chans or int(decoded.images.shape[1]),
             "classes": list(decoded.classes),
             "ids": decoded.ids,
             "source_is_gray": decoded.source_is_gray,
@@ -192,12 +237,18 @@ def store_entry(path: Path, decoded: Decoded, info: dict[str, Any]) -> Decoded:
             if replaced is not None:
                 shutil.rmtree(path, ignore_errors=True)
                 os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    entry, problem = read_entry(path)
-    if entry is None:
-        raise OSError(f"{path}: the cache entry just written cannot be read back ({problem})")
-    if replaced is not None:
-        warnings.warn(f"decoded-image cache: replaced the unusable entry {path} ({replaced})",
-                      CacheWarning, stacklevel=2)
-    return entry
+        entry, problem = read_entry(path)
+        if entry is None:
+            raise OSError(f"{path}: the cache entry just written cannot be read back ({problem})")
+        if replaced is not None:
+            warnings.warn(f"decoded-image cache: replaced the unusable entry {path} ({replaced})",
+                          CacheWarning, stacklevel=3)
+        return entry
+
+
+def store_entry(path: Path, decoded: Decoded, info: dict[str, Any]) -> Decoded:
+    """Write ``decoded`` (held in memory) as the entry at ``path`` and return it reopened from
+    disk; see :meth:`NewEntry.commit`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with NewEntry() as new:
+        return new.commit(path, decoded, info)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
 import re
 import warnings
@@ -11,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from lightlayers.data.cache import cache_key, entry_path, load_entry, store_entry
+from lightlayers.data.cache import NewEntry, cache_key, cache_root, entry_path, load_entry
 from lightlayers.data.errors import DataError, DuplicateImagesWarning
 from lightlayers.data.preprocess import (
     Decoded,
@@ -29,12 +31,96 @@ from lightlayers.data.splits import (
     plan_splits,
 )
 
-__all__ = ["Dataset", "Split", "load_dataset"]
+__all__ = ["Dataset", "Rows", "Split", "load_dataset"]
+
+
+class Rows:
+    """Rows ``index`` of a read-only array (the memory-mapped cache), read only when asked for:
+    a split that is not one run of the cache file costs no memory until a batch is taken.
+
+    Behaves as the read-only (N, C, H, W) array it stands for: ``shape``, ``len``, iteration,
+    an int row, a slice (another :class:`Rows`), an index array or ``np.take`` (a gathered
+    copy of those rows), ``np.asarray`` (a copy of them all); other array methods act on that
+    copy. :class:`~lightlayers.data.DeviceLoader` gathers its batches from ``base`` directly.
+    """
+
+    def __init__(self, base: np.ndarray, index: np.ndarray) -> None:
+        self.base = base
+        self.index = _read_only(np.asarray(index, np.int64))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.index), *self.base.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self.base.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.base.ndim
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.base.itemsize
+
+    @property
+    def flags(self) -> Any:
+        return self.base.flags
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __iter__(self) -> Any:
+        return (self.base[i] for i in self.index)
+
+    def take(self, indices: Any, axis: int | None = None, **kw: Any) -> np.ndarray:
+        if axis != 0 or kw:
+            return np.asarray(self).take(indices, axis=axis, **kw)
+        return self._gather(self.index[np.asarray(indices)])
+
+    def _gather(self, rows: np.ndarray) -> np.ndarray:
+        return np.take(self.base, rows, axis=0)
+
+    def __getitem__(self, key: Any) -> Any:
+        head, rest = (key[0], key[1:]) if isinstance(key, tuple) and key else (key, ())
+        if isinstance(head, int | np.integer):
+            row = self.base[self.index[head]]
+            return row[rest] if rest else row
+        picked = self.index[head]
+        if isinstance(head, slice) and not rest:
+            return Rows(self.base, picked)
+        return self._gather(picked)[(slice(None), *rest)] if rest else self._gather(picked)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        raise ValueError("assignment destination is read-only")
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        a = self._gather(self.index)
+        return a if dtype is None else a.astype(dtype)
+
+    def __getattr__(self, name: str) -> Any:
+        # Array methods (max, reshape, tobytes, ...) act on a copy. Never numpy's protocol
+        # attributes: a pointer into a temporary copy would outlive it.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(np.asarray(self), name)
+
+    def __repr__(self) -> str:
+        return f"Rows({len(self.index)} of {self.base.shape[0]} rows, shape={self.shape})"
 
 
 @dataclass(frozen=True, eq=False)
 class Split:
-    """One split: read-only uint8 images (N, C, H, W), int64 labels (N,), and file names."""
+    """One split: read-only uint8 images (N, C, H, W), int64 labels (N,), and file names.
+
+    Loaded from the cache, ``images`` is a view of the memory-mapped file: a slice of it, or
+    :class:`Rows` when the split's images are not one run of it; the images of a grey source
+    decoded for 3 channels are the one stored channel repeated (a stride-0 view)."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -64,6 +150,21 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def release(self) -> None:
+        """Drop the cache file's pages from this process's memory (they stay in the page cache,
+        so the next read costs no disk access): after a model, before one that reads another
+        size. Arrays not mapped from the cache are left alone."""
+        seen: set[int] = set()
+        for split in self.splits.values():
+            a: Any = split.images.base if isinstance(split.images, Rows) else split.images
+            while a is not None:
+                mm = getattr(a, "_mmap", None)
+                if mm is not None and id(mm) not in seen:
+                    seen.add(id(mm))
+                    with contextlib.suppress(OSError, ValueError, AttributeError):
+                        mm.madvise(mmap.MADV_DONTNEED)
+                a = getattr(a, "base", None)
 
     @property
     def in_chans(self) -> int:
@@ -127,10 +228,23 @@ def _read_only(a: np.ndarray) -> np.ndarray:
 
 
 def _take(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Rows ``idx`` of a (memory-mapped) array: a zero-copy view when they are one run."""
+    """Rows ``idx`` of a (memory-mapped) array, as a copy: for the small per-image arrays."""
     if len(idx) and idx[-1] - idx[0] + 1 == len(idx):
         return _read_only(a[idx[0] : idx[-1] + 1])
     return _read_only(np.take(a, idx, axis=0))
+
+
+def _view(images: np.ndarray, chans: int, idx: np.ndarray) -> np.ndarray | Rows:
+    """Rows ``idx`` of the cached images without copying them: a slice when they are one run
+    of the file, else :class:`Rows`; one stored channel shown as ``chans``."""
+    if images.shape[1] != chans:
+        images = _read_only(np.broadcast_to(images, (len(images), chans, *images.shape[2:])))
+    idx = np.asarray(idx, np.int64)
+    if len(idx) and idx[-1] - idx[0] + 1 == len(idx) and (np.diff(idx) == 1).all():
+        return _read_only(images[idx[0] : idx[-1] + 1])
+    if not len(idx):
+        return _read_only(images[:0])
+    return Rows(images, idx)
 
 
 def _skipped_pairs(skipped: list[Any]) -> list[tuple[str, str]]:
@@ -189,16 +303,20 @@ def _decoded(
         if entry is not None and (opts.in_chans or entry.source_is_gray == (o.in_chans == 1)):
             return entry, key, str(path)
     raw = src.read()
-    if isinstance(raw, ArraySet):
-        decoded = decode_arrays(raw, opts)
-    else:
-        decoded = decode_files(raw, opts, on_bad_image, src.location, progress)
-    resolved = opts.with_chans(decoded.images.shape[1])
-    key = cache_key(src.identity, resolved)
-    path = entry_path(src.name, key)
-    info = {"source": src.location, "identity": src.identity, "options": resolved.key_fields()}
+    path = cache_root() / "datasets"  # until the decode tells the key
     try:
-        return store_entry(path, decoded, info), key, str(path)
+        with NewEntry() as new:
+            if isinstance(raw, ArraySet):
+                decoded = decode_arrays(raw, opts)
+            else:
+                decoded = decode_files(raw, opts, on_bad_image, src.location, progress,
+                                       new.images)
+            resolved = opts.with_chans(decoded.chans or int(decoded.images.shape[1]))
+            key = cache_key(src.identity, resolved)
+            path = entry_path(src.name, key)
+            info = {"source": src.location, "identity": src.identity,
+                    "options": resolved.key_fields()}
+            return new.commit(path, decoded, info), key, str(path)
     except OSError as e:
         raise DataError(
             f"cannot write the decoded-image cache at {path} ({e}). Point LIGHTLAYERS_CACHE at "
@@ -296,9 +414,10 @@ def load_dataset(
             DuplicateImagesWarning,
             stacklevel=2,
         )
+    chans = decoded.chans or int(decoded.images.shape[1])
     splits = {
         name: Split(
-            images=_take(decoded.images, idx),
+            images=_view(decoded.images, chans, idx),
             labels=_take(decoded.labels, idx),
             ids=None if decoded.ids is None else tuple(decoded.ids[i] for i in idx),
         )
@@ -309,7 +428,7 @@ def load_dataset(
         **{k: v for k, v in src.identity.items() if k != "kind"},
         "kind": src.kind,
         "options": {
-            **opts.with_chans(decoded.images.shape[1]).key_fields(),
+            **opts.with_chans(chans).key_fields(),
             "val_fraction": val_fraction,
             "seed": seed,
             "resplit": resplit,

@@ -1,8 +1,12 @@
 """Batches from cached uint8 images, built on the training device.
 
-The whole split is copied to the device once as uint8 (a quarter of float32); each batch is
-gathered, converted to float, augmented and normalised there, so no worker processes, no
-per-epoch decoding and no host-to-device copy per batch (the original study's bottleneck).
+On a GPU the split is copied to the device once as uint8 (a quarter of float32), in chunks
+read from the memory-mapped cache; each batch is gathered, converted to float, augmented and
+normalised there, so no worker processes, no per-epoch decoding and no host-to-device copy per
+batch (the original study's bottleneck). A split too large for the device stays in the
+memory-mapped cache and each batch is gathered into pinned memory and copied. On the CPU,
+batches are gathered straight from the memory map. Either way one copy of the split exists
+(the device's, or the cache file's pages), never a second one in private host memory.
 """
 
 from __future__ import annotations
@@ -15,31 +19,55 @@ import numpy as np
 import torch
 
 from lightlayers.data.augment import AugmentConfig, augment_batch
-from lightlayers.data.dataset import Split
+from lightlayers.data.dataset import Rows, Split
 
 __all__ = ["DeviceLoader"]
+
+# Rows copied to the device per step when a split is placed there (a bounded host buffer).
+_PLACE_CHUNK_BYTES = 64 << 20
 
 
 def _host_tensor(a: np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():
         # Cached arrays are read-only memory maps; nothing here writes to them in place.
         warnings.filterwarnings("ignore", message=".*not writable.*")
-        return torch.from_numpy(np.asarray(a))
+        return torch.from_numpy(a)
 
 
-def _place(t: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, bool]:
-    """(tensor, resident): the split on ``device`` when it fits in half the free memory, else
-    in pinned host memory, copied per batch."""
+def _source(images: np.ndarray | Rows) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """(array, rows, repeat): the split is ``array[rows]`` (all of ``array`` when rows is
+    None), with its single channel repeated ``repeat`` times (1: as stored)."""
+    base, rows = (images.base, images.index) if isinstance(images, Rows) else (images, None)
+    base = base if isinstance(base, np.ndarray) else np.asarray(base)
+    if base.ndim == 4 and base.shape[1] > 1 and base.strides[1] == 0:
+        # One stored channel shown as several: gather the one, repeat it on the device.
+        return base[:, :1], rows, base.shape[1]
+    return base, rows, 1
+
+
+def _gather(host: torch.Tensor, rows: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor:
+    return host[lo:hi] if rows is None else host.index_select(0, rows[lo:hi])
+
+
+def _place(host: torch.Tensor, rows: torch.Tensor | None, n: int, device: torch.device
+           ) -> torch.Tensor | None:
+    """The split copied onto ``device`` in chunks when it fits in half its free memory, else
+    None (batches are then gathered from the host and copied one by one)."""
     if device.type == "cpu":
-        return t, True
+        return None
+    row_bytes = int(np.prod(host.shape[1:])) * host.element_size()
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        if t.numel() * t.element_size() > free // 2:
-            return t.pin_memory(), False
+        if n * row_bytes > free // 2:
+            return None
+    step = max(1, _PLACE_CHUNK_BYTES // max(row_bytes, 1))
     try:
-        return t.to(device), True
+        out = torch.empty((n, *host.shape[1:]), dtype=host.dtype, device=device)
+        for lo in range(0, n, step):
+            out[lo : lo + step].copy_(_gather(host, rows, lo, min(lo + step, n)))
+        return out
     except torch.OutOfMemoryError:
-        return t.pin_memory(), False
+        return None
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -121,9 +149,16 @@ class DeviceLoader:
         self._crop = None if crop is None or crop == min(h, w) == max(h, w) else (
             slice((h - crop) // 2, (h - crop) // 2 + crop),
             slice((w - crop) // 2, (w - crop) // 2 + crop))
-        self._images, self.resident = _place(_host_tensor(split.images), self.device)
-        self._labels = torch.as_tensor(np.asarray(split.labels), dtype=torch.int64).to(self.device)
+        base, rows, self._repeat = _source(split.images)
+        self._labels = torch.tensor(np.asarray(split.labels), dtype=torch.int64).to(self.device)
         self.num_samples = len(self._labels)
+        self._images = _host_tensor(base)
+        self._rows = None if rows is None else torch.from_numpy(np.asarray(rows, np.int64))
+        placed = _place(self._images, self._rows, self.num_samples, self.device)
+        # resident: batches are gathered where they are used (the device, or the CPU itself).
+        self.resident = self.device.type == "cpu" or placed is not None
+        if placed is not None:
+            self._images, self._rows = placed, None
         self._epoch = 0
 
     def __len__(self) -> int:
@@ -145,13 +180,14 @@ class DeviceLoader:
         for i in range(len(self)):
             lo, hi = i * bs, min((i + 1) * bs, n)
             if order is None:
-                xb, yb = self._images[lo:hi], self._labels[lo:hi]
+                xb, yb = _gather(self._images, self._rows, lo, hi), self._labels[lo:hi]
             else:
                 idx = order[lo:hi]
-                xb = self._images.index_select(0, idx)
+                at = idx if self._rows is None else self._rows[idx]
+                xb = self._images.index_select(0, at)
                 yb = self._labels.index_select(0, idx.to(self.device))
             if not self.resident:
-                xb = xb.to(self.device, non_blocking=True)
+                xb = xb.pin_memory().to(self.device, non_blocking=True)
             yield self._convert(xb, gen), yb
 
     def _convert(self, xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -159,6 +195,8 @@ class DeviceLoader:
         # full-size temporary costs about as much as the conversion itself.
         if self._crop is not None:
             xb = xb[..., self._crop[0], self._crop[1]]
+        if self._repeat > 1:
+            xb = xb.expand(-1, self._repeat, -1, -1)  # the float copy below is a dense one
         x = xb.to(torch.float32)
         scale = self._mul
         if self.augment is not None:

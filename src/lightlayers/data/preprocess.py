@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -119,6 +120,9 @@ class Decoded:
     # (file id, reason) of each unreadable file left out; the cache keeps them as JSON lists.
     skipped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Channels the images are presented with: None or C as stored; 3 with C == 1 for a grey
+    # source decoded for a 3-channel model (stored once, repeated where batches are built).
+    chans: int | None = None
 
 
 def _digest(data: bytes, shape: tuple[int, ...]) -> int:
@@ -432,15 +436,49 @@ def bad_images_error(where: str, bad: list[tuple[str, str]]) -> DataError:
     )
 
 
-def _to_nchw(arrays: list[np.ndarray], in_chans: int) -> np.ndarray:
-    """Stack (H, W) / (H, W, 3) arrays into (N, C, H, W), freeing each input as it is copied;
-    a grey (H, W) image fills every channel."""
-    h, w = arrays[0].shape[:2]
-    out = np.empty((len(arrays), in_chans, h, w), np.uint8)
-    for i, a in enumerate(arrays):
-        out[i] = a if a.ndim == 2 else a.transpose(2, 0, 1)
-        arrays[i] = None  # type: ignore[call-overload]
-    return out
+class _ImageFile:
+    """Decoded images written to ``path`` one by one as (C, H, W) rows of a .npy file, grey ones
+    with one channel, so memory holds one image at a time whatever the dataset's size. When
+    grey and colour images are mixed, :meth:`finish` widens the grey rows to three channels in
+    place, from the last row back (a row's new place never lies before its old one)."""
+
+    def __init__(self, path: Path) -> None:
+        from lightlayers.data.cache import NPY_HEADER_BYTES
+
+        self.path = path
+        self.f = open(path, "wb")  # noqa: SIM115 (closed by close)
+        self.f.write(b"\0" * NPY_HEADER_BYTES)
+        self.start = NPY_HEADER_BYTES
+        self.hw: tuple[int, int] | None = None
+        self.chans: list[int] = []
+
+    def add(self, a: np.ndarray) -> None:
+        if self.hw is None:
+            self.hw = a.shape[:2]
+        self.chans.append(1 if a.ndim == 2 else 3)
+        self.f.write(np.ascontiguousarray(a if a.ndim == 2 else a.transpose(2, 0, 1)).data)
+
+    def close(self) -> None:
+        self.f.close()
+
+    def finish(self, in_chans: int) -> tuple[int, ...]:
+        """Write the header for ``in_chans`` stored channels; returns the stored shape."""
+        from lightlayers.data.cache import write_npy_header
+
+        n = len(self.chans)
+        h, w = self.hw if self.hw is not None else (0, 0)
+        plane = h * w
+        shape = (n, in_chans, h, w)
+        with open(self.path, "r+b") as f:
+            if in_chans == 3 and 1 in self.chans:
+                fd = f.fileno()
+                old = self.start + plane * np.concatenate([[0], np.cumsum(self.chans)[:-1]])
+                for i in range(n - 1, -1, -1):
+                    row = os.pread(fd, plane * self.chans[i], int(old[i]))
+                    os.pwrite(fd, row * 3 if self.chans[i] == 1 else row,
+                              self.start + 3 * plane * i)
+            write_npy_header(f, shape)
+        return shape
 
 
 def _size_mismatch_error(where: str, examples: dict[tuple[int, ...], str]) -> DataError:
@@ -456,8 +494,11 @@ def _resolve_chans(in_chans: int | None, all_gray: bool) -> int:
 
 
 def decode_files(
-    files: FileSet, opts: PreprocessOptions, on_bad_image: str, where: str, progress: bool
+    files: FileSet, opts: PreprocessOptions, on_bad_image: str, where: str, progress: bool,
+    out: Path,
 ) -> Decoded:
+    """Decode every file into the .npy file ``out`` (written as images arrive; see
+    :class:`_ImageFile`) and return the images memory-mapped from it."""
     max_image_pixels()  # a bad override is one error here, not one per decoding worker
     from lightlayers.data import dicom
 
@@ -466,13 +507,29 @@ def decode_files(
         # One line for the dataset, not one reason per file.
         raise DataError(f"{where}: holds DICOM files ({sorted(dicom_ids)[0]}, ...); {missing}")
     jobs = ((files.payload(item), opts.size, opts.in_chans, opts.resize) for item in files.items)
-    results = list(parallel_map(_decode_job, jobs, len(files.items), f"decoding {where}", progress))
-    bad = [(it.id, r) for it, r in zip(files.items, results, strict=True) if isinstance(r, str)]
+    bad: list[tuple[str, str]] = []
+    keep: list[int] = []
+    digests: list[int] = []
+    all_gray = True
+    shapes: dict[tuple[int, ...], str] = {}
+    sink = _ImageFile(out)
+    try:
+        results = parallel_map(_decode_job, jobs, len(files.items), f"decoding {where}", progress)
+        for i, (it, r) in enumerate(zip(files.items, results, strict=True)):
+            if isinstance(r, str):
+                bad.append((it.id, r))
+                continue
+            keep.append(i)
+            all_gray = all_gray and r[1]
+            digests.append(r[2])
+            shapes.setdefault(r[0].shape[:2], it.id)
+            if len(shapes) == 1 and not (bad and on_bad_image != "skip"):
+                sink.add(r[0])  # once it must fail, the rest is only looked at for the message
+    finally:
+        sink.close()
     if bad and on_bad_image != "skip":
         raise bad_images_error(where, bad)
-    keep = [i for i, r in enumerate(results) if not isinstance(r, str)]
     items = [files.items[i] for i in keep]
-    good = [results[i] for i in keep]
     notes = list(files.notes)
     if bad:
         notes.append(
@@ -490,26 +547,22 @@ def decode_files(
     if dicom_ids:
         notes.extend(dicom.mapping_notes(
             (it.id, files.payload(it)) for it in items if it.id in dicom_ids))
-    arrays = [r[0] for r in good]
-    all_gray = all(r[1] for r in good)
-    digests = np.array([r[2] for r in good], np.uint64)
-    del results, good  # so _to_nchw can free each decoded image as it copies it
-    shapes: dict[tuple[int, ...], str] = {}
-    for it, a in zip(items, arrays, strict=True):
-        shapes.setdefault(a.shape[:2], it.id)
     if len(shapes) > 1:
         raise _size_mismatch_error(where, shapes)
-    in_chans = _resolve_chans(opts.in_chans, all_gray)
+    chans = _resolve_chans(opts.in_chans, all_gray)
+    # A grey source keeps one channel on disk and in memory whatever the model takes.
+    sink.finish(1 if all_gray else chans)
     return Decoded(
-        images=_to_nchw(arrays, in_chans),
+        images=np.load(out, mmap_mode="r", allow_pickle=False),
         labels=np.array([it.label for it in items], np.int64),
         split_codes=np.array([SPLITS.index(it.split) if it.split else -1 for it in items], np.int8),
-        digests=digests,
+        digests=np.array(digests, np.uint64),
         classes=files.classes,
         ids=[it.id for it in items],
         source_is_gray=all_gray,
         skipped=bad,
         notes=notes,
+        chans=chans,
     )
 
 
@@ -550,12 +603,8 @@ def decode_arrays(arrays: ArraySet, opts: PreprocessOptions) -> Decoded:
         images = np.stack(
             [np.asarray(_resize(Image.fromarray(im), opts.size, opts.resize)) for im in images]
         )
-    if images.ndim == 3:
-        images = images[:, None]
-        if in_chans == 3:
-            images = np.repeat(images, 3, axis=1)
-    else:
-        images = images.transpose(0, 3, 1, 2)
+    # Grey: one channel stored, repeated where batches are built.
+    images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
     return Decoded(
         images=np.ascontiguousarray(images),
         labels=np.concatenate(labels_l),
@@ -565,4 +614,5 @@ def decode_arrays(arrays: ArraySet, opts: PreprocessOptions) -> Decoded:
         ids=None,
         source_is_gray=all_gray,
         notes=list(arrays.notes),
+        chans=in_chans,
     )
