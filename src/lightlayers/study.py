@@ -253,6 +253,9 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
         try:
             for task, res, error in executor.run(tasks, start=lambda t: store.mark_running(t.key)):
                 spec = task.spec
+                # The cache pages this trial read leave the process (the page cache keeps
+                # them): a study's sizes are never resident together.
+                task.data.release()
                 if error is not None:
                     store.record_failed(task.key, error["error"], error)
                     reporter.end_trial(f"  FAILED {spec.label}: {error['error']}")

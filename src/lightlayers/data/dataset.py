@@ -78,9 +78,10 @@ class Rows:
     def __iter__(self) -> Any:
         return (self.base[i] for i in self.index)
 
-    def take(self, indices: Any, axis: int | None = None, **kw: Any) -> np.ndarray:
-        if axis != 0 or kw:
-            return np.asarray(self).take(indices, axis=axis, **kw)
+    def take(self, indices: Any, axis: int | None = None, out: Any = None,
+             mode: str = "raise") -> np.ndarray:
+        if axis != 0 or out is not None or mode != "raise":
+            return np.asarray(self).take(indices, axis=axis, out=out, mode=mode)
         return self._gather(self.index[np.asarray(indices)])
 
     def _gather(self, rows: np.ndarray) -> np.ndarray:
