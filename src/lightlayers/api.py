@@ -290,7 +290,7 @@ def run_study(config_or_path: StudyConfig | Mapping[str, Any] | str | os.PathLik
     values = {**base, **settings}
     if "protocol" not in values and "tuned" not in values and not _yaml_sets(path):
         values["protocol"] = CLI_PROTOCOL
-    cfg = load_config(path, **values)
+    cfg = load_config(None if path is None else os.fspath(path), **values)
     outcome = _run(cfg, progress=progress)
     run = Run(outcome.out_dir)
     if cfg.report and outcome.counts.get("done"):

@@ -32,9 +32,9 @@ def count_params(model: nn.Module) -> ParamCount:
     """
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    stats = sum(
-        m.running_mean.numel() + m.running_var.numel()
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
-    )
+    stats = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None \
+                and m.running_var is not None:
+            stats += m.running_mean.numel() + m.running_var.numel()
     return ParamCount(total=params + stats, trainable=trainable)

@@ -39,7 +39,7 @@ def sweep(kind: str, root: str | Path | None = None) -> list[Path]:
     owning process has ended; returns them. A live owner's folder, a reused pid's, another
     user's and anything named otherwise stay."""
     base = Path(root if root is not None else tempfile.gettempdir())
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(base))
     except OSError:

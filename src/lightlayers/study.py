@@ -126,7 +126,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
     # With Ray the trials run on the workers' devices: a head node without a GPU must not
     # refuse --device cuda, so the driver only describes its own.
     device = resolve_device(cfg.device if executor_info(cfg.executor).runs_here else "auto")
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads or 1)  # resolve_threads set it
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     protocol = cfg.resolved_protocol()
@@ -161,7 +161,8 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
 
             # The folder's value beside this run's, for a few plain settings: `protocol: seed
             # there, improved now` says at once which flag resumes it.
-            shown_diff = [f"{k}: {shown(previous.get(k), 20)} there, {shown(now.get(k), 20)} now"
+            before = previous or {}
+            shown_diff = [f"{k}: {shown(before.get(k), 20)} there, {shown(now.get(k), 20)} now"
                           if not isinstance(now.get(k), dict | list) else k for k in diff[:3]]
             raise ConfigError(
                 f"{out} holds a study with other settings ({'; '.join(shown_diff)}"

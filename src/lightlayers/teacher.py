@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+
+from lightlayers.models.interface import ClassifierBase
 
 
 class TeacherError(ValueError):
@@ -42,7 +43,7 @@ def parse_teacher(spec: str) -> tuple[Path, list[str] | None]:
 class Teacher:
     """The teaching models and what the trial records about them."""
 
-    models: list[nn.Module]
+    models: list[ClassifierBase]
     record: dict[str, Any]
 
     @torch.no_grad()
@@ -71,7 +72,8 @@ def checkpoint_problem(spec: str) -> str | None:
 
     run_dir, models = parse_teacher(spec)
     try:
-        trials = [t for m in (models or [None]) for t in find_trials(run_dir, m)]
+        wanted: list[str | None] = list(models) if models else [None]
+        trials = [t for m in wanted for t in find_trials(run_dir, m)]
     except DeployError:
         return None
     for t in trials:

@@ -8,7 +8,7 @@ import json
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -150,10 +150,10 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
     bs = protocol.batch_size
     amp = amp_in_use(device, protocol)
     aug = protocol.augment if protocol.augment.enabled else None
-    train_ld = DeviceLoader(ds.splits["train"], bs, device, shuffle=True, seed=spec.seed,
+    train_ld: Any = DeviceLoader(ds.splits["train"], bs, device, shuffle=True, seed=spec.seed,
                             augment=aug, **lo)
-    val_ld = DeviceLoader(ds.splits["val"], bs, device, **lo)
-    test_ld = DeviceLoader(ds.splits["test"], bs, device, **lo)
+    val_ld: Any = DeviceLoader(ds.splits["val"], bs, device, **lo)
+    test_ld: Any = DeviceLoader(ds.splits["test"], bs, device, **lo)
     notes: list[str] = []
     feature_time = None
     feature_hit = None
@@ -170,8 +170,8 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
                 reporter.log(f"  {msg}")
 
         feats, feature_time, feature_hit = cached_features(
-            key, model.backbone, {"train": train_ld, "val": val_ld, "test": test_ld}, device,
-            amp is not None, on_replace=replaced)
+            key, cast(Any, model).backbone, {"train": train_ld, "val": val_ld, "test": test_ld},
+            device, amp is not None, on_replace=replaced)
         notes.append("backbone features: " + ("reused from the feature cache" if feature_hit
                                               else f"computed once in {feature_time:.1f}s"))
         if reporter:
@@ -298,7 +298,8 @@ def _with_tta(plain: Any, model: nn.Module, ds: Dataset, views: int, batch: int,
                                probs=mean)
 
 
-def _deployment(model: nn.Module, ds: Dataset, lo: dict[str, Any]) -> dict[str, float] | str:
+def _deployment(model: ClassifierBase, ds: Dataset, lo: dict[str, Any]
+                ) -> dict[str, float] | str:
     """The deployment numbers of the trained model (lightlayers.deploy.bench), or the note
     saying why there are none: the trial's own numbers stand either way."""
     from lightlayers.deploy.errors import DeployError

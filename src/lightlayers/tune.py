@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -269,7 +269,7 @@ def _fit_fold(name: str, cfg: StudyConfig, protocol: Protocol, ds: Any, train: A
     lo = _loader_options(model, ds.in_chans, ds.image_size, input_sizes(cfg, name)[1])
     aug = protocol.augment if protocol.augment.enabled else None
     bs = protocol.batch_size
-    train_ld = DeviceLoader(train, bs, device, shuffle=True, seed=seed, augment=aug, **lo)
+    train_ld: Any = DeviceLoader(train, bs, device, shuffle=True, seed=seed, augment=aug, **lo)
     held_ld: Any = DeviceLoader(held, bs, device, **lo)
     amp = amp_in_use(device, protocol)
     trainee = model
@@ -280,8 +280,9 @@ def _fit_fold(name: str, cfg: StudyConfig, protocol: Protocol, ds: Any, train: A
 
         key = feature_key(fold_id, name, json.dumps(model.weights_info(), sort_keys=True),
                           ds.image_size, lo, amp)
-        feats, _, _ = cached_features(key, model.backbone, {"train": train_ld, "val": held_ld},
-                                      device, amp is not None)
+        feats, _, _ = cached_features(key, cast(Any, model).backbone,
+                                      {"train": train_ld, "val": held_ld}, device,
+                                      amp is not None)
         trainee = model.feature_head()
         train_ld = TensorLoader(*feats["train"], bs, shuffle=True, seed=seed)
         held_ld = TensorLoader(*feats["val"], bs)
@@ -359,7 +360,7 @@ def run_tune(cfg: StudyConfig, opts: TuneOptions, progress: bool = True,
     space = search_space(cfg)
     optuna = _optuna()
     cfg = resolve_threads(cfg)
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads or 1)  # resolve_threads set it
     device = resolve_device(cfg.device)
     out = Path(cfg.out).expanduser().absolute()
     folder = OutputFolder(out, "tune", inputs=_local_inputs(cfg), what="tuning folder (--out)")

@@ -56,7 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         if action.dest == "executor":
             action.help = f"where trials run; {executors}"
         if action.dest == "protocol":
-            action.help = (f"{action.help.partition(' (default')[0]} (default: {CLI_PROTOCOL}, "
+            action.help = (f"{(action.help or '').partition(' (default')[0]} (default: "
+                           f"{CLI_PROTOCOL}, "
                            "unless the YAML or --tuned says otherwise)")
 
 

@@ -163,7 +163,10 @@ def _grey(arr: np.ndarray, ds: Any) -> np.ndarray:
     try:
         from pydicom.pixels import apply_modality_lut, apply_voi
     except ImportError:  # pydicom 2
-        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi
+        from pydicom.pixel_data_handlers.util import (  # type: ignore[no-redef]
+            apply_modality_lut,
+            apply_voi,
+        )
 
     if arr.dtype == np.uint8 and not _has_voi_lut(ds) and not _has_window(ds) \
             and _rescale(ds) is None and "ModalityLUTSequence" not in ds:

@@ -222,7 +222,7 @@ def plan_splits(
         shown = ", ".join(f"{k} {v}" for k, v in across.items() if v)
         notes.append(f"exact duplicate images across splits (distinct images in both): {shown}")
 
-    patient_info = None
+    patient_info: dict[str, Any] | None = None
     if patients is not None and patient_pattern and any(p is not None for p in patients):
         per_split = {s: {patients[i] for i in idx} - {None} for s, idx in indices.items()}
         n_classes = int(labels.max()) + 1 if len(labels) else 0

@@ -251,8 +251,8 @@ def main_size(trials: list[dict[str, Any]]) -> str | None:
         return None
     images: dict[str | None, int] = {}
     for t in trials:
-        if train_images(t) is not None:
-            images[train_size(t)] = max(images.get(train_size(t), 0), int(train_images(t)))
+        if (n := train_images(t)) is not None:
+            images[train_size(t)] = max(images.get(train_size(t), 0), int(n))
 
     def order(size: str | None) -> tuple[int, float]:
         parsed = parse_train_size(size)

@@ -13,10 +13,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from lightlayers.models.interface import ClassifierBase
 
 __all__ = ["DEPLOYMENT_METRICS", "Speed", "alternate", "compare_speed", "deployment_metrics",
            "torch_runner"]
@@ -58,9 +61,12 @@ def compare_speed(runners: dict[str, Callable[[np.ndarray], Any]], one: np.ndarr
                   many: np.ndarray, budget_s: float = 2.0) -> dict[str, Speed]:
     """Batch-1 latency on ``one`` (1, C, H, W) and throughput on ``many`` (B, C, H, W) of
     each runner (``x -> outputs``), measured alternately (:func:`alternate`)."""
-    lat = alternate({k: (lambda r=r: r(one)) for k, r in runners.items()}, budget_s / 2,
+    def on(r: Callable[[np.ndarray], Any], x: np.ndarray) -> Callable[[], Any]:
+        return lambda: r(x)
+
+    lat = alternate({k: on(r, one) for k, r in runners.items()}, budget_s / 2,
                     min_rounds=10, max_rounds=500)
-    thr = alternate({k: (lambda r=r: r(many)) for k, r in runners.items()}, budget_s / 2,
+    thr = alternate({k: on(r, many) for k, r in runners.items()}, budget_s / 2,
                     min_rounds=3, max_rounds=100)
     out = {}
     for k in runners:
@@ -100,7 +106,7 @@ DEPLOYMENT_METRICS = {
 }
 
 
-def deployment_metrics(model: torch.nn.Module, train: Any, test: Any,
+def deployment_metrics(model: ClassifierBase, train: Any, test: Any,
                        loader_options: dict[str, Any], budget_s: float = 2.0,
                        threads: int | None = None, calibration: int = 256,
                        batch: int = 64) -> dict[str, float]:

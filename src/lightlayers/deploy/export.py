@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from lightlayers.deploy.card import ModelCard
 from lightlayers.deploy.errors import DeployError, require
 from lightlayers.deploy.graph import Deployable, reference_cam
 from lightlayers.scratch import scratch_dir
+
+if TYPE_CHECKING:
+    from lightlayers.models.interface import ClassifierBase
 
 __all__ = ["FP32_TOLERANCE", "Verification", "batches", "card_of_bytes", "check_graph",
            "compact", "deployable_for", "evaluate", "onnx_session", "quantize_int8", "read_card",
@@ -40,7 +43,7 @@ CAM_TOLERANCE = 1e-4
 # softmax and the Grad-CAM maps stay float), and one weight scale per output channel.
 INT8_OPS = ("Conv", "Gemm", "MatMul", "Relu", "Add", "MaxPool")
 PER_CHANNEL = True
-def deployable_for(model: torch.nn.Module, card: ModelCard, finer_cam: bool = True,
+def deployable_for(model: ClassifierBase, card: ModelCard, finer_cam: bool = True,
                    cam_min_side: int | None = None) -> tuple[Any, torch.Tensor]:
     """The module to export, and an example input batch (two zero images). Its Grad-CAM
     output is the last feature map's, or with ``finer_cam``, when that map is smaller than
@@ -70,7 +73,8 @@ def cam_fields(deployable: Any) -> dict[str, Any]:
 
     layer = deployable.cam_layer if isinstance(deployable, LayerCamDeployable) else None
     stretched = layer is not None and layer.padded > layer.input_size
-    return {"cam": deployable.with_cam, "cam_side": layer.side if stretched else None}
+    return {"cam": deployable.with_cam,
+            "cam_side": layer.side if layer is not None and stretched else None}
 
 
 @contextlib.contextmanager
@@ -96,6 +100,8 @@ def to_onnx(deployable: Deployable, example: torch.Tensor, card: ModelCard) -> b
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DeployError(f"{card.model} cannot be exported to ONNX by this PyTorch "
                           f"({torch.__version__}): {first}; try --format torchscript") from e
+    if program is None:  # only without an output path and with dynamo off, neither of them here
+        raise DeployError(f"{card.model}: the ONNX exporter returned no program")
     proto = compact(program.model_proto)
     set_card(proto, card.replace(**cam_fields(deployable)))
     return proto.SerializeToString()

@@ -30,12 +30,15 @@ forward computation, so its backward pass is traced once into plain operations.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
+
+if TYPE_CHECKING:
+    from lightlayers.models.interface import ClassifierBase
 
 __all__ = ["CAM_MIN_SIDE", "CamLayer", "Deployable", "LayerCamDeployable", "choose_cam_layer",
            "count_global_pools", "head_matrix", "layer_cam", "over_image", "reference_cam"]
@@ -79,7 +82,7 @@ def count_global_pools(model: nn.Module, example: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def head_matrix(model: nn.Module, num_features: int) -> torch.Tensor:
+def head_matrix(model: ClassifierBase, num_features: int) -> torch.Tensor:
     """The effective (classes, features) matrix of the model's affine head (``forward_head``
     in eval mode; a LightLinear head is the product of its factors)."""
     eye = torch.eye(num_features)
@@ -92,7 +95,9 @@ class Deployable(nn.Module):
     of every class on the last feature map (see the module docstring), or absent when the
     model has no global average pooling (``with_cam`` False)."""
 
-    def __init__(self, model: nn.Module, example: torch.Tensor) -> None:
+    cam_weight: torch.Tensor  # a buffer, when with_cam
+
+    def __init__(self, model: ClassifierBase, example: torch.Tensor) -> None:
         super().__init__()
         self.model = model.eval()
         self.pool_input = nn.Identity()

@@ -134,6 +134,15 @@ def _slug(rel: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem.replace("/", "__")).strip("_") or "image"
 
 
+def _to_nchw(arrays: list[np.ndarray], chans: int) -> np.ndarray:
+    """Decoded (H, W) / (H, W, 3) images as one (N, C, H, W) uint8 batch."""
+    h, w = arrays[0].shape[:2]
+    out = np.empty((len(arrays), chans, h, w), np.uint8)
+    for i, a in enumerate(arrays):
+        out[i] = a if a.ndim == 2 else a.transpose(2, 0, 1)
+    return out
+
+
 def _crop(u8: np.ndarray, card: ModelCard) -> np.ndarray:
     """The center crop DeviceLoader takes (the image the model sees, before normalising)."""
     c = card.crop
@@ -158,7 +167,7 @@ def predict(run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]],
 
     min_side = CAM_MIN_SIDE if cam_min_side is None else cam_min_side
     from lightlayers.data import DeviceLoader, Split
-    from lightlayers.data.preprocess import _decode_job, _progress, _to_nchw, parallel_map
+    from lightlayers.data.preprocess import _decode_job, _progress, parallel_map
 
     if cam_dir is not None and not card.cam:
         raise DeployError(f"{card.model}: the model file carries no Grad-CAM output (the model "
@@ -174,7 +183,7 @@ def predict(run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]],
         if not pending:
             return
         batch = [a for _, a in pending]
-        u8 = _to_nchw(batch, card.image_chans)
+        u8 = _to_nchw(batch, card.image_chans)  # a grey (H, W) image fills every channel
         split = Split(u8, np.zeros(len(u8), np.int64), None)
         x = next(iter(DeviceLoader(split, len(u8), "cpu", **card.loader_options())))[0]
         probs, cams = run(np.ascontiguousarray(x.numpy(), dtype=np.float32))

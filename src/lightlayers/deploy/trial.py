@@ -271,7 +271,7 @@ class Trial:
         got_p = measured.get("probs")
         if recorded is not None and got_p is not None and \
                 np.shape(recorded["probs"]) == np.shape(got_p) and \
-                np.array_equal(recorded["labels"], measured.get("labels")):
+                np.array_equal(recorded["labels"], np.asarray(measured.get("labels"))):
             worst = float(np.max(np.abs(np.asarray(got_p) - recorded["probs"]), initial=0.0))
             if worst <= TEST_PROB_TOLERANCE:
                 return None
@@ -332,8 +332,11 @@ class Trial:
         if not source:
             raise DeployError(f"{self.run_dir}: the results store does not say which data the "
                               "run used; pass --data PATH")
-        size = int(self.checkpoint_metadata().get("image_size")
-                   or self.extra.get("image_size"))
+        side = self.checkpoint_metadata().get("image_size") or self.extra.get("image_size")
+        if side is None:
+            raise DeployError(f"{self.run_dir}: {self.label} records no image size; rerun it "
+                              "with `lightlayers run` into a new folder")
+        size = int(side)
         key = (source, size, cfg.get("in_chans"), cfg.get("resize") or "stretch",
                cfg.get("val_fraction", 0.1), cfg.get("split_seed", 0),
                cfg.get("on_bad_image") or "error", bool(cfg.get("allow_missing_classes", False)))

@@ -55,6 +55,7 @@ def classification_metrics(
     n_classes = probs.shape[1]
     binary = positive_class is not None and n_classes == 2
     if binary:
+        assert positive_class is not None  # binary says so
         thr = 0.5 if threshold is None else float(threshold)
         preds = np.where(probs[:, positive_class] >= thr, positive_class, 1 - positive_class)
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -102,7 +103,7 @@ class Classifier(ClassifierBase):
 
 
 def _in_features(head: nn.Module) -> int:
-    return int(head.in_features)  # nn.Linear and LightLinear alike
+    return int(cast(Any, head).in_features)  # nn.Linear and LightLinear alike
 
 
 def head(cin: int, num_classes: int, light_k: int | None = None) -> nn.Module:

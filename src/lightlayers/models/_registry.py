@@ -120,7 +120,7 @@ def model_info(name: str) -> ModelInfo:
 
 def create_model(
     name: str, num_classes: int | None = None, in_chans: int | None = None, **kwargs: Any
-) -> nn.Module:
+) -> ClassifierBase:
     """Build a registered model by name; it returns logits.
 
     ``num_classes`` and ``in_chans`` default (``None``) to the model's own: 2 and 3 for the

@@ -18,9 +18,13 @@ a new family is one subclass, never a new ``hasattr`` probe somewhere in the har
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from lightlayers.models._registry import ModelInfo
 
 __all__ = ["ClassifierBase", "FeatureHead", "Preprocess"]
 
@@ -55,6 +59,8 @@ class ClassifierBase(nn.Module):
 
     head: nn.Module
     num_features: int
+    # Set by create_model: the registry's entry with this instance's classes and channels.
+    model_info: ModelInfo
     weights: str = "none"
     preprocess: Preprocess = Preprocess()
 

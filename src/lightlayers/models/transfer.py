@@ -69,8 +69,9 @@ def _headless(model: nn.Module) -> tuple[nn.Module, int]:
     """Drop the ImageNet classifier (every torchvision classifier's last child) and, for
     InceptionV3, the auxiliary one, which only exists for ImageNet training."""
     if getattr(model, "AuxLogits", None) is not None:
-        model.aux_logits = False
-        model.AuxLogits = None
+        # Plain attributes of torchvision's Inception3, set as such.
+        setattr(model, "aux_logits", False)  # noqa: B010
+        setattr(model, "AuxLogits", None)  # noqa: B010
     name, head = list(model.named_children())[-1]
     linear = next(m for m in head.modules() if isinstance(m, nn.Linear))
     setattr(model, name, nn.Identity())
@@ -230,8 +231,8 @@ def backbone_stages(backbone: nn.Module) -> list[nn.Module]:
     """The backbone's stages in forward order: the blocks of ``features`` (MobileNet,
     EfficientNet, DenseNet) or its top-level children (ResNet, Inception), parameter-free
     ones (pooling, dropout) left out."""
-    root = backbone.features if isinstance(getattr(backbone, "features", None),
-                                           nn.Sequential) else backbone
+    features = getattr(backbone, "features", None)
+    root = features if isinstance(features, nn.Sequential) else backbone
     return [m for m in root.children() if any(True for _ in m.parameters())]
 
 
@@ -258,7 +259,7 @@ def _make_builder(backbone: str):
         model, features, resolved = build_backbone(backbone, weights)
         named = isinstance(weights, str) and not is_file_spec(weights) \
             and weights.lower() != "none"
-        preprocess = backbone_preprocess(backbone, weights if named else "DEFAULT")
+        preprocess = backbone_preprocess(backbone, str(weights) if named else "DEFAULT")
         return TransferModel(model, features, num_classes, resolved, preprocess, finetune)
 
     return build

@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -176,8 +176,9 @@ def _reach(points: Sequence[Point], sizes: Sequence[tuple[str, int | None]], met
     given = bool(targets)
     if not given:
         largest = sizes[-1][0]
-        best = max((p.stats[metric].mean for p in points
-                    if p.size == largest and p.stats[metric].mean is not None), default=None)
+        best = max((m for p in points
+                    if p.size == largest and (m := p.stats[metric].mean) is not None),
+                   default=None)
         # Rounded down to 0.01, so "reaches 0.86" reads as a plain number.
         targets = tuple(sorted({math.floor(best * f * 100) / 100 for f in DEFAULT_SHARES}
                                )) if best else ()
@@ -186,8 +187,8 @@ def _reach(points: Sequence[Point], sizes: Sequence[tuple[str, int | None]], met
     for label in dict.fromkeys(p.label for p in points):
         mine = sorted((p for p in points if p.label == label), key=lambda p: rank[p.size])
         smallest[label] = tuple(
-            next((p.size for p in mine if p.stats[metric].mean is not None
-                  and p.stats[metric].mean >= x), None) for x in targets)
+            next((p.size for p in mine if (m := p.stats[metric].mean) is not None
+                  and m >= x), None) for x in targets)
     return Reach(metric, targets, given, smallest)
 
 
@@ -359,7 +360,7 @@ def _budget_figure(curve: LearningCurve, metric: str) -> Any:
                 continue
             st = F.style(i, len(curve.labels))
             xs = [getattr(p, attr) for p in mine]
-            ys = [p.stats[metric].mean for p in mine]
+            ys = [cast(float, p.stats[metric].mean) for p in mine]
             ax.plot(xs, ys, color=st["color"], marker=st["marker"], linestyle="none",
                     markeredgecolor="black", markersize=7, label=label)
             for p, x, y in zip(mine, xs, ys, strict=True):
@@ -371,7 +372,7 @@ def _budget_figure(curve: LearningCurve, metric: str) -> Any:
             if len(here) < 2:
                 continue
             xs = [getattr(p, attr) for p in here]
-            ys = [p.stats[metric].mean for p in here]
+            ys = [cast(float, p.stats[metric].mean) for p in here]
             front = pareto_front(xs, ys)
             # Darker and in another dash pattern as the size grows (greyscale print).
             shade = 0.4 + 0.6 * j / max(1, len(curve.sizes) - 1)

@@ -55,17 +55,16 @@ def ensembles(run: RunData) -> tuple[list[Ensemble], list[str]]:
             notes.append(f"{g.label}: no seed ensemble, its seeds' test labels differ")
             continue
         probs = np.mean([np.asarray(p["probs"], dtype=np.float64) for _, p in done], axis=0)
-        thresholds = [t.get("threshold") for t, _ in done]
-        threshold = (float(np.mean(thresholds))
-                     if all(x is not None for x in thresholds) else None)
+        thresholds = [x for t, _ in done if (x := t.get("threshold")) is not None]
+        threshold = float(np.mean(thresholds)) if len(thresholds) == len(done) else None
         m = classification_metrics(labels, probs, positive, threshold)
         m.pop("confusion", None)
-        counts = [t.get("params_total") for t, _ in done]
-        sizes = [t.get("size_mb") for t, _ in done]
+        counts = [c for t, _ in done if (c := t.get("params_total")) is not None]
+        sizes = [s for t, _ in done if (s := t.get("size_mb")) is not None]
         out.append(Ensemble(
             g, tuple(t["seed"] for t, _ in done),
-            int(sum(counts)) if all(c is not None for c in counts) else 0,
-            float(sum(sizes)) if all(s is not None for s in sizes) else float("nan"),
+            int(sum(counts)) if len(counts) == len(done) else 0,
+            float(sum(sizes)) if len(sizes) == len(done) else float("nan"),
             threshold, m,
             float(np.mean([t["accuracy"] for t, _ in done if t.get("accuracy") is not None]))))
     return out, notes

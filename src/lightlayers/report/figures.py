@@ -13,7 +13,7 @@ import io
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import matplotlib
 
@@ -39,7 +39,8 @@ SAVE_OPTIONS: dict[str, dict[str, Any]] = {
     "png": {"dpi": DPI, "metadata": {"Software": None}},
     "svg": {"metadata": {"Date": None}},
 }
-RC = {"svg.hashsalt": "lightlayers-report", "svg.fonttype": "path", "font.size": 9}
+RC: Any = {"svg.hashsalt": "lightlayers-report", "svg.fonttype": "path",
+          "font.size": 9}
 
 
 def criteria() -> tuple[tuple[str, str, str], ...]:
@@ -120,7 +121,7 @@ def criterion_chart(rows: Sequence[Row], key: str, ylabel: str, title: str,
     styled = [(i, r) for i, r in enumerate(rows) if r.stats[key].mean is not None]
     if not styled:
         return None
-    means = [r.stats[key].mean for _, r in styled]
+    means = [cast(float, r.stats[key].mean) for _, r in styled]  # None left out above
     stds = [r.stats[key].std or 0.0 for _, r in styled]
     log = use_log(means)
     fig = _new(max(4.8, 1.15 * len(styled) + 2.2), 4.2)
@@ -230,8 +231,8 @@ def tradeoff_figure(rows: Sequence[Row], ensembles: Sequence[Ensemble] = ()
            if r.stats["params_total"].mean and r.stats["accuracy"].mean is not None]
     if not pts:
         return None
-    xs = [r.stats["params_total"].mean for _, r in pts]
-    ys = [r.stats["accuracy"].mean for _, r in pts]
+    xs = [cast(float, r.stats["params_total"].mean) for _, r in pts]  # None left out above
+    ys = [cast(float, r.stats["accuracy"].mean) for _, r in pts]
     front = pareto_front(xs, ys)
     fig = _new(9.6, 4.8)
     ax = fig.add_subplot()

@@ -189,7 +189,8 @@ def summary_html(rows: Sequence[Row], comparisons: Sequence[Comparison],
         else:
             ci = f"{st.n} seed, no interval"
         text = f"Best {name}: <strong>{_e(best.label)}</strong> {st.mean:.3f} ({ci})."
-        if majority is not None and key in majority[1] and st.mean <= majority[1][key] + 1e-9:
+        if majority is not None and key in majority[1] and st.mean is not None \
+                and st.mean <= majority[1][key] + 1e-9:
             text += (f" No better than always answering {_e(majority[0])}, the test split's "
                      "majority class: no model has learnt this score.")
         pairs = [c for c in comparisons if c.metric == key
@@ -362,13 +363,13 @@ def comparisons_html(comps: Sequence[Comparison], n_boot: int) -> str:
     for (a, b), by_metric in sorted(pairs.items(), key=size):
         cells = []
         for m in metrics:
-            c = by_metric.get(m)
-            if c is None:
+            cm = by_metric.get(m)
+            if cm is None:
                 cells.append("<td class='num'>—</td><td class='num'>—</td>")
                 continue
-            text = _e(f"{c.difference:+.4f} [{c.low:+.4f}, {c.high:+.4f}]")
-            cells.append(f"<td class='num'>{f'<strong>{text}</strong>' if c.real else text}</td>"
-                         f"<td class='num'>{c.p_holm:.3f}</td>")
+            text = _e(f"{cm.difference:+.4f} [{cm.low:+.4f}, {cm.high:+.4f}]")
+            cells.append(f"<td class='num'>{f'<strong>{text}</strong>' if cm.real else text}"
+                         f"</td><td class='num'>{cm.p_holm:.3f}</td>")
         body.append(f"<tr><th scope='row'>{_e(a)}</th><td>{_e(b)}</td>{''.join(cells)}</tr>")
     return (f"<div class='scroll'><table id='comparisons'><thead><tr><th scope='col'>Model A"
             f"</th><th scope='col'>Model B</th>{head}</tr></thead><tbody>{''.join(body)}"
