@@ -5,7 +5,9 @@ test). Before the file is written, its outputs are compared with the PyTorch che
 every validation image (an fp32 file differing by more than 1e-4 in any probability is
 refused), and its Grad-CAM maps with Captum's. ``--int8`` quantizes it (ONNX Runtime static
 quantization, calibrated on training images) and prints the int8 test accuracy and AUC beside
-the fp32 ones, with both file sizes.
+the fp32 ones, with both file sizes. Beside the file goes its Markdown model card
+(``model.onnx`` -> ``model.md``, :mod:`lightlayers.deploy.card_md`), under the same rules: a
+card the tool did not write is never replaced.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def main(args: argparse.Namespace) -> int:
         from lightlayers.outputs import check_output_file
 
         check_output_file(args.out, _inputs(args), is_export, "--out")
+        _check_card_file(args)
     if args.out and Path(args.out).suffix.lower() != ext:
         # The name says what the file is: ONNX bytes under .pt would be loaded as TorchScript.
         other = next((f for f, e in FORMATS.items() if e == Path(args.out).suffix.lower()), None)
@@ -157,10 +160,13 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
             + (f" ({size / len(blob):.2f}x fp32)" if m is int8 else ""))
     say(f"  {'recorded (PyTorch)':24s} {_fmt(recorded.get('accuracy')):>8s} "
         f"{_fmt(recorded.get('auc')):>8s}")
-    out = write_export(args, trial, out_blob)
-    say(f"wrote {out} ({_kb(len(out_blob))}, {'int8' if args.int8 else 'fp32'})")
+    card_text = _model_card(args, trial, card, key, candidates, out_blob, len(test), int8)
+    out = write_export(args, trial, out_blob, card_text)
+    say(f"wrote {out} ({_kb(len(out_blob))}, {'int8' if args.int8 else 'fp32'}) and its "
+        f"model card {out.with_suffix('.md').name}")
     return {
-        "out": str(out), "model": trial.model_name, "seed": trial.seed,
+        "out": str(out), "model_card": str(out.with_suffix(".md")),
+        "model": trial.model_name, "seed": trial.seed,
         "protocol": card.protocol, "format": args.format,
         "precision": "int8" if args.int8 else "fp32",
         "chosen_on": {"key": key, **chosen, "candidates": candidates},
@@ -176,18 +182,63 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def write_export(args: argparse.Namespace, trial: Any, blob: bytes) -> Path:
+def write_export(args: argparse.Namespace, trial: Any, blob: bytes,
+                 card_text: str | None = None) -> Path:
     """The exported file: ``--out`` (a new path, or a file an earlier export wrote; never in a
-    run folder or an input), else the run folder's own ``exports/`` folder."""
+    run folder or an input), else the run folder's own ``exports/`` folder; with
+    ``card_text``, its Markdown model card beside it (``.md``), under the same rules. Both
+    places are checked before either file is written."""
+    from lightlayers.deploy.card_md import card_path, is_model_card
     from lightlayers.outputs import OutputFolder, write_output_file
 
-    name = (f"{trial.model_name}__seed{trial.seed}{'.int8' if args.int8 else ''}"
-            f"{FORMATS[args.format]}")
+    name = _default_name(args, trial)
     if args.out:
-        return write_output_file(args.out, blob, _inputs(args), is_export, "--out")
+        if card_text is not None:
+            _check_card_file(args)
+        out = write_output_file(args.out, blob, _inputs(args), is_export, "--out")
+        if card_text is not None:
+            write_output_file(card_path(out), card_text, _inputs(args), is_model_card,
+                              "model card")
+        return out
     with OutputFolder(Path(trial.run_dir) / "exports", "exports", adopt=_adopt_exports,
                       what="exports folder") as folder:
-        return folder.write(name, blob)
+        md = card_path(name).name
+        if card_text is not None:
+            folder.claim(md)
+        out = folder.write(name, blob)
+        if card_text is not None:
+            folder.write(md, card_text)
+        return out
+
+
+def _default_name(args: argparse.Namespace, trial: Any) -> str:
+    return (f"{trial.model_name}__seed{trial.seed}{'.int8' if args.int8 else ''}"
+            f"{FORMATS[args.format]}")
+
+
+def _check_card_file(args: argparse.Namespace) -> None:
+    """The model card's path beside ``--out`` may be written (before any work is done)."""
+    from lightlayers.deploy.card_md import card_path, is_model_card
+    from lightlayers.outputs import check_output_file
+
+    check_output_file(card_path(args.out), _inputs(args), is_model_card, "model card")
+
+
+def _model_card(args: argparse.Namespace, trial: Any, card: Any, key: str, candidates: int,
+                blob: bytes, test_images: int, int8: dict[str, Any] | None) -> str:
+    """The Markdown card of the file about to be written (lightlayers.deploy.card_md)."""
+    from lightlayers.deploy.card_md import model_card_markdown
+    from lightlayers.deploy.trial import find_trials
+
+    size = (trial.row.get("config") or {}).get("train_size")
+    siblings = [t for t in find_trials(trial.run_dir, trial.model_name)
+                if (t.row.get("config") or {}).get("train_size") == size]
+    name = Path(args.out).name if args.out else _default_name(args, trial)
+    if int8 is not None:
+        card = card.replace(precision="int8")
+    return model_card_markdown(card, trial, siblings, file_name=name, file_format=args.format,
+                               file_bytes=len(blob), test_images=test_images,
+                               chosen_key=key, candidates=candidates, measured=int8)
 
 
 def _inputs(args: argparse.Namespace) -> list[str]:
