@@ -134,7 +134,7 @@ class Protocol:
     compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = setting(
         "off", "torch.compile the training step with this mode")
     memory_format: Literal["auto", "channels_last", "contiguous"] = setting(
-        "auto", "layout of weights and batches")
+        "auto", "layout of weights and batches; auto: contiguous, or timed with amp: auto")
 
 
 # The improved recipe; every ingredient can be switched off in the YAML's `protocol_overrides`.
