@@ -121,27 +121,39 @@ def test_mlflow_and_tensorboard_hold_what_the_store_holds(tmp_path, monkeypatch)
 
 def test_a_failing_tracker_is_one_warning_and_the_study_goes_on(tmp_path):
     run = tmp_path / "study"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": "nosuchscheme://nowhere", "COLUMNS": "80"}
-    done = subprocess.run([*LIGHTLAYERS, *NO_REPORT, "--seeds", "0", "--log", "mlflow,tensorboard",
-                           "--out", str(run)], env=env, capture_output=True, text=True,
-                          timeout=300, stdin=subprocess.DEVNULL)
-    assert done.returncode == 0, done.stderr
-    lines = [s for s in done.stderr.splitlines() if s.strip()]
-    warned = [s for s in lines if "warning" in s]
-    assert len(warned) == 1, done.stderr
-    assert warned[0].startswith("lightlayers: warning: --log mlflow failed to start ("), \
-        warned[0]
-    assert "the study goes on without mlflow" in warned[0]
-    assert "Traceback" not in done.stderr
+
+    def study(seeds: str, log: str, **env: str) -> list[str]:
+        done = subprocess.run([*LIGHTLAYERS, *NO_REPORT, "--seeds", seeds, "--log", log,
+                               "--out", str(run)], env={**os.environ, "COLUMNS": "80", **env},
+                              capture_output=True, text=True, timeout=300,
+                              stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr
+        return [s for s in done.stderr.splitlines() if "warning" in s]
+
+    (warned,) = study("0", "mlflow", MLFLOW_TRACKING_URI="nosuchscheme://nowhere")
+    assert warned.startswith("lightlayers: warning: --log mlflow failed to start ("), warned
+    assert f"the study goes on without mlflow, its results are in {run / 'results.db'}" in warned
     assert stored(run)[0]["accuracy"] is not None
-    assert (run / "tensorboard" / "paper-conv_seed0").is_dir()  # the other tracker logged
+
+    # A folder the tool did not write where a tracker would write: kept as it is.
+    planted = run / "tensorboard" / "mine.txt"
+    planted.parent.mkdir()
+    planted.write_text("my notes\n")
+    (warned,) = study("0,1", "tensorboard")
+    assert warned.startswith("lightlayers: warning: --log tensorboard failed to start ("), warned
+    assert "was not written by lightlayers; it is kept" in warned
+    assert stored(run)[1]["accuracy"] is not None
+    assert [p.name for p in planted.parent.iterdir()] == ["mine.txt"]
+    assert planted.read_text() == "my notes\n"
 
 
 def test_a_missing_package_is_one_line_before_anything_runs(tmp_path):
     run = tmp_path / "study"
     # A None in sys.modules is how Python marks a package as not importable.
+    argv = [*NO_REPORT, "--seeds", "0", "--log", "mlflow", "--out", str(run)]
     code = ("import sys; sys.modules['mlflow'] = None; from lightlayers.cli import main; "
-            f"sys.exit(main({[*NO_REPORT, '--seeds', '0', '--log', 'mlflow', '--out', str(run)]!r}))")
+            f"sys.exit(main({argv!r}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, stdin=subprocess.DEVNULL)
     assert done.returncode == 2, done.stderr
