@@ -20,7 +20,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from typing import Protocol as TypingProtocol
 
 import numpy as np
@@ -501,7 +501,8 @@ class _Stepper:
         # speeds up recompiling the same graph).
         torch.compiler.reset()
         # dynamic=False: one graph for the one full-batch shape, no symbolic-shape guards.
-        self.compiled = torch.compile(self.model, mode=mode, dynamic=False)
+        # torch.compile of a module returns the (optimized) module; its stubs say callable.
+        self.compiled = cast(nn.Module, torch.compile(self.model, mode=mode, dynamic=False))
         self.compiled_mode = mode
         self.first_compiled = True
 
