@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import io
+import itertools
 import multiprocessing
 import os
 import re
@@ -56,6 +57,8 @@ RESAMPLE = "bilinear"
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "lanczos": Image.Resampling.LANCZOS}
 # Below this many images a pool costs more than it saves.
 _MIN_PARALLEL = 256
+# Jobs handed to the pool at a time (see parallel_map).
+_JOB_BLOCK = 1024
 # Largest image (width x height) decoded, in training and prediction: far above any medical or
 # photographic dataset (a 6000 x 6000 scan is 36 MP), and at 4 bytes a pixel still < 200 MB.
 MAX_IMAGE_PIXELS = 40_000_000
@@ -416,13 +419,25 @@ def parallel_map(
                 advance(1)
             return
         chunk = max(1, min(64, total // (workers * 8)))
+        # Executor.map takes every job at once, and a job may hold an encoded image: submitted
+        # a block at a time (the next one while this one is read), the jobs in flight stay
+        # within two blocks whatever the dataset's size.
+        block = max(_JOB_BLOCK, chunk * workers * 4)
+        it = iter(jobs)
         with warnings.catch_warnings():
             # Python >= 3.12 warns on fork() in a process with threads (torch's pool).
             warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
             with _executor(workers) as ex:
-                for result in ex.map(fn, jobs, chunksize=chunk):
-                    yield result
-                    advance(1)
+                running = None
+                while True:
+                    jobs_now = list(itertools.islice(it, block))
+                    following = ex.map(fn, jobs_now, chunksize=chunk) if jobs_now else None
+                    for result in running or ():
+                        yield result
+                        advance(1)
+                    if following is None:
+                        break
+                    running = following
     finally:
         stop()
 

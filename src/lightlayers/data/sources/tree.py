@@ -20,9 +20,10 @@ import os
 import posixpath
 import re
 import tarfile
+import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -433,8 +434,49 @@ def _member_name(raw: str, archive: Path) -> str:
     return posixpath.normpath(raw).removeprefix("./")
 
 
-def _read_zip(path: Path, budget: Budget) -> tuple[dict[str, bytes], list[str], list[str]]:
-    blobs: dict[str, bytes] = {}
+class _Spool(Mapping[str, bytes]):
+    """Image members copied out of an archive one at a time into an unnamed temporary file (in
+    the cache folder, deleted when closed or when the process ends), so an archive is never
+    held in memory whole: member name -> its bytes, read back by offset when asked for."""
+
+    def __init__(self) -> None:
+        from lightlayers.data.cache import cache_root
+
+        root = cache_root()
+        root.mkdir(parents=True, exist_ok=True)
+        # Closed by its owner, or with the spool when it is garbage-collected.
+        self.file = tempfile.TemporaryFile(dir=root, prefix=".archive-")  # noqa: SIM115
+        self.where: dict[str, tuple[int, int]] = {}
+        self.end = 0
+
+    def __getitem__(self, name: str) -> bytes:
+        return self.read(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.where)
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def add(self, name: str, data: bytes) -> None:
+        self.file.write(data)
+        self.where[name] = (self.end, len(data))
+        self.end += len(data)
+
+    def read(self, name: str) -> bytes:
+        offset, size = self.where[name]
+        self.file.flush()  # nothing to do after the first read: writing is over by then
+        parts, fd = [], self.file.fileno()
+        while size:
+            part = os.pread(fd, size, offset)
+            if not part:
+                raise OSError(f"the archive's spool ended early at {name}")
+            parts.append(part)
+            offset, size = offset + len(part), size - len(part)
+        return b"".join(parts)
+
+
+def _read_zip(path: Path, budget: Budget, spool: _Spool) -> tuple[list[str], list[str]]:
     dirs: list[str] = []
     with zipfile.ZipFile(path) as zf:
         infos = zf.infolist()
@@ -450,12 +492,11 @@ def _read_zip(path: Path, budget: Budget) -> tuple[dict[str, bytes], list[str], 
                         f"{path}: member {name} is encrypted; give an archive without a password."
                     )
                 with zf.open(info) as f:
-                    blobs[name] = budget.read(f, name, info.file_size)
-    return blobs, dirs, []
+                    spool.add(name, budget.read(f, name, info.file_size))
+    return dirs, []
 
 
-def _read_tar(path: Path, budget: Budget) -> tuple[dict[str, bytes], list[str], list[str]]:
-    blobs: dict[str, bytes] = {}
+def _read_tar(path: Path, budget: Budget, spool: _Spool) -> tuple[list[str], list[str]]:
     dirs: list[str] = []
     links: list[str] = []
     with tarfile.open(path, "r:*") as tf:
@@ -468,27 +509,30 @@ def _read_tar(path: Path, budget: Budget) -> tuple[dict[str, bytes], list[str], 
             elif member.isfile() and _is_image(name):
                 f = tf.extractfile(member)
                 assert f is not None  # a regular file always has data
-                blobs[name] = budget.read(f, name, member.size)
+                spool.add(name, budget.read(f, name, member.size))
             elif (member.issym() or member.islnk()) and _is_image(name):
                 links.append(name)
+            # tarfile keeps every header it has read; a million members are a lot of objects.
+            tf.members = []
     notes = []
     if links:
         notes.append(
             f"{len(links)} image(s) stored as links inside the archive were ignored (links in "
             f"archives are not followed): {_shown(links)}"
         )
-    return blobs, dirs, notes
+    return dirs, notes
 
 
-def _read_archive(path: Path) -> tuple[dict[str, bytes], list[str], list[str]]:
-    """All image members' bytes, all folder names and notes, in one pass (a .tar.gz can only be
-    read front to back; holding the encoded images costs about the archive's size in memory).
-    Sizes and member counts are checked against :mod:`~lightlayers.data.sources.limits`."""
+def _read_archive(path: Path) -> tuple[_Spool, list[str], list[str]]:
+    """Every image member spooled to a temporary file (see :class:`_Spool`), all folder names
+    and notes, in one pass (a .tar.gz can only be read front to back). Sizes and member counts
+    are checked against :mod:`~lightlayers.data.sources.limits`."""
     budget = Budget(str(path))
+    spool = _Spool()
     try:
         if path.name.lower().endswith(".zip"):
-            return _read_zip(path, budget)
-        return _read_tar(path, budget)
+            return spool, *_read_zip(path, budget, spool)
+        return spool, *_read_tar(path, budget, spool)
     except (
         tarfile.TarError,
         zipfile.BadZipFile,
@@ -500,12 +544,16 @@ def _read_archive(path: Path) -> tuple[dict[str, bytes], list[str], list[str]]:
         NotImplementedError,
         RuntimeError,
     ) as e:
+        spool.file.close()
         if isinstance(e, DataError):
             raise
         raise DataError(
             f"{path}: cannot read the archive ({type(e).__name__}: {e}). The file is damaged or "
             "not a .tar/.tar.gz/.tgz/.zip archive; download or copy it again."
         ) from e
+    except BaseException:
+        spool.file.close()
+        raise
 
 
 def archive_source(path: Path) -> Source:
@@ -517,12 +565,17 @@ def archive_source(path: Path) -> Source:
     """
 
     def read() -> FileSet:
-        blobs, dirs, archive_notes = _read_archive(path)
-        classes, items, original, notes = plan_tree(blobs, dirs, str(path))
+        spool, dirs, archive_notes = _read_archive(path)
+        try:
+            classes, items, original, notes = plan_tree(spool, dirs, str(path))
+        except BaseException:
+            spool.file.close()
+            raise
         return FileSet(
             classes=classes,
             items=items,
-            payload=lambda item: blobs[original[item.id]],
+            # Bytes read back from the spool, one member at a time (it closes with the FileSet).
+            payload=lambda item: spool.read(original[item.id]),
             notes=[*archive_notes, *notes],
         )
 
