@@ -234,16 +234,22 @@ def _one_line(e: BaseException) -> str:
 def _plain_warnings(debug: bool) -> Iterator[None]:
     """Every warning, lightlayers' own or a library's, as one ``lightlayers: warning: ...``
     line (no source file, line number or source line: they say nothing to a user and make one
-    warning three lines); under --debug as Python shows them. Only the format changes: filters,
-    and tools that record warnings, see them as before."""
+    warning three lines), and each text once per command (a study's trials would otherwise
+    repeat a model's warning once each); under --debug as Python shows them. Only the format
+    changes: filters, and tools that record warnings, see them as before."""
     if debug:
         yield
         return
     original = warnings.formatwarning
+    shown: set[str] = set()
 
     def one_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                  line: str | None = None) -> str:
-        return plain_warning(message, category)
+        text = plain_warning(message, category)
+        if text in shown:
+            return ""
+        shown.add(text)
+        return text
 
     warnings.formatwarning = one_line
     try:
