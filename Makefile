@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_deploy.py --threads 1
 	$(PY) benchmarks/bench_threads.py
 	$(PY) benchmarks/bench_report.py
+	$(PY) benchmarks/bench_scale.py --json benchmarks/results/scale.json
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
