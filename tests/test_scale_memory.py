@@ -175,3 +175,15 @@ def test_grey_for_a_three_channel_model_is_stored_once(tmp_path: Path,
                                 DeviceLoader(plain, 7, shuffle=True, seed=3, mean=[0.5] * 3,
                                              std=[0.2, 0.3, 0.4]), strict=True):
         assert torch.equal(x, xp) and torch.equal(y, yp)
+
+
+def _echo(job: tuple[int, bytes]) -> tuple[int, int]:
+    return job[0], len(job[1])
+
+
+def test_the_decoding_pool_keeps_order_across_job_blocks() -> None:
+    from lightlayers.data.preprocess import _JOB_BLOCK, parallel_map
+
+    n = 3 * _JOB_BLOCK + 17  # several blocks, the last one partial
+    jobs = ((i, b"x" * (i % 7)) for i in range(n))
+    assert list(parallel_map(_echo, jobs, n, "", False)) == [(i, i % 7) for i in range(n)]
