@@ -23,6 +23,7 @@ install: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/mypy
 
 test: lint chromium
 	$(PY) -m pytest -q

@@ -207,7 +207,7 @@ class NewEntry:
         tmp = self.tmp
         if not self.images.exists():
             np.save(self.images, decoded.images, allow_pickle=False)
-        small = {"labels": np.asarray(decoded.labels, np.int64),
+        small: dict[str, np.ndarray] = {"labels": np.asarray(decoded.labels, np.int64),
                  "splits": np.asarray(decoded.split_codes, np.int8),
                  "digests": np.asarray(decoded.digests, np.uint64)}
         for name, a in small.items():

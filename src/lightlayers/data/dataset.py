@@ -81,7 +81,8 @@ class Rows:
     def take(self, indices: Any, axis: int | None = None, out: Any = None,
              mode: str = "raise") -> np.ndarray:
         if axis != 0 or out is not None or mode != "raise":
-            return np.asarray(self).take(indices, axis=axis, out=out, mode=mode)
+            return np.asarray(self).take(indices, axis=axis, out=out,
+                                         mode=mode)  # type: ignore[call-overload]
         return self._gather(self.index[np.asarray(indices)])
 
     def _gather(self, rows: np.ndarray) -> np.ndarray:
@@ -418,7 +419,8 @@ def load_dataset(
     chans = decoded.chans or int(decoded.images.shape[1])
     splits = {
         name: Split(
-            images=_view(decoded.images, chans, idx),
+            # Rows: an index over the memory map that reads like the array.
+            images=_view(decoded.images, chans, idx),  # type: ignore[arg-type]
             labels=_take(decoded.labels, idx),
             ids=None if decoded.ids is None else tuple(decoded.ids[i] for i in idx),
         )

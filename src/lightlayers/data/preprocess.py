@@ -428,7 +428,7 @@ def parallel_map(
             # Python >= 3.12 warns on fork() in a process with threads (torch's pool).
             warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
             with _executor(workers) as ex:
-                running = None
+                running: Any = None
                 while True:
                     jobs_now = list(itertools.islice(it, block))
                     following = ex.map(fn, jobs_now, chunksize=chunk) if jobs_now else None

@@ -24,12 +24,13 @@ def _named_source(entry: NamedSource) -> Source:
     if entry.kind == "digits":
         return digits_source()
     assert entry.url and entry.md5 and entry.filename  # every download entry has all three
+    url, md5, filename = entry.url, entry.md5, entry.filename
 
     def read() -> ArraySet:
         from lightlayers.data.cache import cache_root
         from lightlayers.data.download import fetch
 
-        path = fetch(entry.url, entry.md5, cache_root() / "downloads" / entry.filename)
+        path = fetch(url, md5, cache_root() / "downloads" / filename)
         arrays = read_npz(path, classes=entry.classes)
         counts = {s: len(arrays.splits[s][1]) for s in SPLITS if s in arrays.splits}
         if entry.n_samples is not None and counts != entry.n_samples:

@@ -147,8 +147,8 @@ def _read_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> np.ndar
             )
         # Read into the array itself (one allocation, of the size already checked), in chunks.
         out = np.empty(nbytes, np.uint8)
-        view, got = memoryview(out), 0
-        while got < nbytes and (n := f.readinto(view[got : got + (1 << 20)])):
+        view, got = memoryview(out), 0  # type: ignore[arg-type]  # an ndarray is a buffer
+        while got < nbytes and (n := f.readinto(view[got : got + (1 << 20)])):  # type: ignore[attr-defined]
             got += n
         if got != nbytes or f.read(1):
             raise DataError(

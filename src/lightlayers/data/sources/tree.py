@@ -187,8 +187,7 @@ def _plan_split_tree(
         )
     per_split: dict[str, tuple[tuple[str, ...], list[FileItem]]] = {}
     for split in SPLITS:
-        top = folder_of.get(split)
-        if top is None:
+        if (top := folder_of.get(split, "")) == "":
             continue
         if not any(f.startswith(top + "/") for f in rel):
             notes.append(f"{top}/ holds no images and was treated as absent")
@@ -251,8 +250,8 @@ def _walk(root: Path) -> _Walk:
     h = hashlib.sha256()
     hashes = _HashCache(root_real)
     manifest: dict[str, str] = {}
-    st = os.stat(root)
-    seen = {(st.st_dev, st.st_ino)}
+    top_st = os.stat(root)
+    seen = {(top_st.st_dev, top_st.st_ino)}
     # (folder on disk, its path relative to root + "/", reached through a link out of root)
     stack: list[tuple[str, str, bool]] = [(str(root), "", False)]
     while stack:
@@ -267,33 +266,34 @@ def _walk(root: Path) -> _Walk:
             ) from e
         subfolders: list[tuple[str, str, bool]] = []
         file_lines: list[str] = []  # hashed after the folder lines, in os.walk's order
-        for e in entries:
-            rel = rel_dir + e.name
-            if _ignored(e.name):
+        for entry in entries:
+            rel = rel_dir + entry.name
+            if _ignored(entry.name):
                 continue
+            st: os.stat_result | None
             try:
-                is_dir = e.is_dir()  # follows a link
-                st = e.stat()
+                is_dir = entry.is_dir()  # follows a link
+                st = entry.stat()
             except OSError:
                 is_dir, st = False, None  # a broken link: decoding reports it as unreadable
             if is_dir:
                 assert st is not None
-                link = e.is_symlink()
-                target = os.path.realpath(e.path)
+                link = entry.is_symlink()
+                target = os.path.realpath(entry.path)
                 # A link into the tree itself would count its images twice (under another class
                 # when it crosses class folders); one to an ancestor, or to a folder already
                 # read, would loop. A link to a folder outside is followed, once.
                 if (st.st_dev, st.st_ino) in seen or (
                     link and (_within(target, root_real) or _within(root_real, target))
                 ):
-                    shown = os.readlink(e.path) if link else target
+                    shown = os.readlink(entry.path) if link else target
                     not_followed.append(f"{rel} -> {shown}")
                     h.update(f"L\t{rel}\t{shown}\n".encode())
                     continue
                 seen.add((st.st_dev, st.st_ino))
                 dirs.append(rel)
                 h.update(f"D\t{rel}\n".encode())
-                subfolders.append((e.path, rel + "/", out or link))
+                subfolders.append((entry.path, rel + "/", out or link))
             elif st is not None and (kind := special_file_kind(st.st_mode)) is not None:
                 # Hashing or decoding would open it: a FIFO blocks until a writer comes.
                 special.append(f"{rel} ({kind})")
@@ -302,11 +302,11 @@ def _walk(root: Path) -> _Walk:
                 if st is None:
                     file_lines.append(f"F\t{rel}\tbroken link\n")
                     continue
-                digest = hashes.sha256(e.path, rel, st)
+                digest = hashes.sha256(entry.path, rel, st)
                 manifest[rel] = f"{st.st_size}:{digest[:16]}"
                 file_lines.append(f"F\t{rel}\t{st.st_size}\t{digest}\n")
-                if out or e.is_symlink():
-                    target = os.path.realpath(e.path)
+                if out or entry.is_symlink():
+                    target = os.path.realpath(entry.path)
                     if not _within(target, root_real):
                         outside.append(f"{rel} -> {target}")
         for line in file_lines:
@@ -513,7 +513,7 @@ def _read_tar(path: Path, budget: Budget, spool: _Spool) -> tuple[list[str], lis
             elif (member.issym() or member.islnk()) and _is_image(name):
                 links.append(name)
             # tarfile keeps every header it has read; a million members are a lot of objects.
-            tf.members = []
+            setattr(tf, "members", [])  # noqa: B010  (no public way to drop them)
     notes = []
     if links:
         notes.append(
