@@ -3,10 +3,11 @@
 Each measurement runs in a fresh child process, so its peak RSS (``ru_maxrss``) is that of one
 load and nothing the test process did before. The allowance above 1.3x the decoded size is
 the child's own RSS after importing torch and lightlayers, measured in the same child before it
-loads anything, plus 48 MiB for what does not grow with the dataset: PIL, the decoding pool's
+loads anything, plus 64 MiB for what does not grow with the dataset: PIL, the decoding pool's
 bookkeeping, the per-file lists (5,000 ids, labels, digests: a few MiB) and the loader's batches
-in flight (64 images: 1 MiB of uint8, 4 MiB of float32, and what the allocator keeps of them;
-27 MiB of private memory in all, measured here).
+in flight (64 images: 1 MiB of uint8, 4 MiB of float32, and what the allocator keeps of them:
+23 to 40 MiB of private memory in all, measured here). The code that held two copies while
+decoding peaked 240 MiB above its baseline here, over this budget by 74 MiB.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from PIL import Image
 
 N_IMAGES = 5000
 SIDE = 128  # 82 MB decoded: large enough that a second copy stands out from the noise
-FIXED_ALLOWANCE = 48 << 20
+FIXED_ALLOWANCE = 64 << 20
 
 # Runs in the child: the baseline after imports, the load, one pass over every split with the
 # loader (which touches every image), then the peak; /proc's RssAnon is private memory only,
@@ -106,12 +107,12 @@ def test_first_and_warm_loads_hold_one_copy(folder: Path, tmp_path: Path) -> Non
     warm = _measure(folder, env)
     assert warm["mapped"] and "Rows" in warm["views"], warm["views"]
     # The splits are views of the memory-mapped cache: loading copies nothing into private
-    # memory, and reading all of them adds file pages plus the batches in flight (a float
-    # batch of 64 is 4 MiB here), not a copy of the decoded size.
+    # memory, and reading all of them adds file pages plus the batches in flight (23-40 MiB
+    # measured, see above), not a copy of the splits (the decoded size, 78 MiB, on top).
     loaded = warm["anon_loaded"] - warm["anon_before"]
     assert loaded < 0.1 * decoded, f"a warm load took {loaded / 2**20:.0f} MiB of private memory"
     grown = warm["anon_after"] - warm["anon_loaded"]
-    assert grown < 0.5 * decoded, (
+    assert grown < 0.75 * decoded, (
         f"private memory grew by {grown / 2**20:.0f} MiB while reading "
         f"{decoded / 2**20:.0f} MiB of splits")
     assert warm["peak"] <= warm["baseline"] + 1.3 * decoded + FIXED_ALLOWANCE
