@@ -114,6 +114,21 @@ def check_not_inside(out: Path, inputs: Iterable[Path | str], what: str) -> None
             raise OutputError(f"{what} {out} lies inside the input {given}; write outside it")
 
 
+# What `lightlayers run` writes in a run folder: its results store, lock, settings, tables,
+# checkpoints and report.
+STORE_FILES = ("results.db", "results.db-wal", "results.db-shm")
+RUN_FILES = (*STORE_FILES, ".lock", "config.yaml", "results.csv", "skipped_images.csv",
+             "checkpoints", "report")
+
+
+def adopt_run_folder(folder: Path) -> set[str] | None:
+    """A run folder written before folders carried a manifest: its results store says it is
+    one, and the names a run writes are its own; any other folder is not adopted."""
+    if not is_run_folder(folder):
+        return None
+    return {name for name in RUN_FILES if (folder / name).exists()}
+
+
 def is_run_folder(folder: Path) -> bool:
     """A folder ``lightlayers run`` made: its manifest says so, or (folders written before the
     manifest existed) it holds a results store with the ``trials`` table."""

@@ -30,7 +30,7 @@ from lightlayers.fingerprint import (
 )
 from lightlayers.ledger import StudyLedger
 from lightlayers.models.weights import ResolvedWeights, WeightsError
-from lightlayers.outputs import MANIFEST, OutputFolder
+from lightlayers.outputs import MANIFEST, STORE_FILES, OutputFolder, adopt_run_folder
 from lightlayers.progress import ProgressReporter
 from lightlayers.runtime import resolve_device, resolve_threads
 from lightlayers.store import ResultsStore, StoreError
@@ -347,19 +347,7 @@ def resolve_study_weights(cfg: StudyConfig, log: Any, progress: bool = True
 
 # What a run folder holds besides results.csv, config.yaml and the lock (SQLite's write-ahead
 # log and shared memory sit beside the store).
-_STORE_FILES = ("results.db", "results.db-wal", "results.db-shm")
-_RUN_FILES = (*_STORE_FILES, ".lock", "config.yaml", "results.csv", "skipped_images.csv",
-              "checkpoints", "report")
-
-
-def adopt_run_folder(folder: Path) -> set[str] | None:
-    """A run folder written before folders carried a manifest: its results store says it is
-    one, and the names a run writes are its own; any other folder is not adopted."""
-    from lightlayers.outputs import is_run_folder
-
-    if not is_run_folder(folder):
-        return None
-    return {name for name in _RUN_FILES if (folder / name).exists()}
+_STORE_FILES = STORE_FILES
 
 
 def _local_inputs(cfg: StudyConfig) -> list[Path]:

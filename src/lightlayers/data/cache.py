@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import struct
 import uuid
 import warnings
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from lightlayers.data.npyfile import write_npy_header
 from lightlayers.data.preprocess import Decoded, PreprocessOptions
 from lightlayers.data.sources.base import SPLITS
 
@@ -164,21 +164,6 @@ def load_entry(path: Path) -> Decoded | None:
     """The entry at ``path``, or None when it is missing or unusable (then it is rebuilt, and
     :func:`store_entry` names the entry it replaces)."""
     return read_entry(path)[0]
-
-
-# Room for images.npy's header, written last once the image count is known; a page, so the
-# pixels that follow are page-aligned for the memory map.
-NPY_HEADER_BYTES = 4096
-
-
-def write_npy_header(f: Any, shape: tuple[int, ...]) -> None:
-    """Write at the start of the open file ``f`` the .npy v1 header of a C-order uint8 array of
-    ``shape``, padded to :data:`NPY_HEADER_BYTES` (the data must start there)."""
-    magic = b"\x93NUMPY\x01\x00"
-    text = repr({"descr": "|u1", "fortran_order": False, "shape": tuple(shape)})
-    room = NPY_HEADER_BYTES - len(magic) - 2
-    f.seek(0)
-    f.write(magic + struct.pack("<H", room) + (text.ljust(room - 1) + "\n").encode("latin1"))
 
 
 class NewEntry:

@@ -458,7 +458,7 @@ class _ImageFile:
     place, from the last row back (a row's new place never lies before its old one)."""
 
     def __init__(self, path: Path) -> None:
-        from lightlayers.data.cache import NPY_HEADER_BYTES
+        from lightlayers.data.npyfile import NPY_HEADER_BYTES
 
         self.path = path
         self.f = open(path, "wb")  # noqa: SIM115 (closed by close)
@@ -478,7 +478,7 @@ class _ImageFile:
 
     def finish(self, in_chans: int) -> tuple[int, ...]:
         """Write the header for ``in_chans`` stored channels; returns the stored shape."""
-        from lightlayers.data.cache import write_npy_header
+        from lightlayers.data.npyfile import write_npy_header
 
         n = len(self.chans)
         h, w = self.hw if self.hw is not None else (0, 0)

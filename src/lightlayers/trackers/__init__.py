@@ -251,11 +251,9 @@ def log_report(names: tuple[str, ...] | list[str], config: dict[str, Any], run_d
     it (an error is one warning, as during the study)."""
     if not names:
         return
-    from lightlayers.outputs import OutputError, OutputFolder
+    from lightlayers.outputs import OutputError, OutputFolder, adopt_run_folder
 
     try:
-        from lightlayers.study import adopt_run_folder
-
         folder = OutputFolder(run_dir, "run", adopt=adopt_run_folder, what="run folder")
     except (OutputError, OSError) as e:
         for name in dict.fromkeys(names):
