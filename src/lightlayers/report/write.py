@@ -165,8 +165,11 @@ def write_report(
     notes = (pooled_notes(run) + partial_notes(run) + skipped_notes(run) + ledger_notes(run)
              + [settings_sentence(run.meta)])
     out = Path(out_dir) if out_dir is not None else run.run_dir / "report"
+    from lightlayers.deploy.graph import CAM_MIN_SIDE
     from lightlayers.report import source
 
+    # The default spelled out or left out draws the same report.
+    cam_min_side = CAM_MIN_SIDE if cam_min_side is None else cam_min_side
     want = None if run.sources else source.digest(
         run, fmts, {"cam_min_side": cam_min_side, "reach": reach})
     prior = source.unchanged(out, want) if reuse and want else None
