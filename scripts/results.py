@@ -428,7 +428,7 @@ def export(run_dirs: Sequence[str], out: Path) -> int:
     data = predictions_csv_gz(run)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(data)
-    trials = sum(len(g.done) for g in run.groups)
+    trials = len(run.curve) or sum(len(g.done) for g in run.groups)
     print(f"results: {trials} trials' test predictions -> {out} ({len(data):,} bytes)")
     return 0
 

@@ -384,3 +384,22 @@ def test_export_and_teachers_choose_among_the_tables_size(curve_run):
     assert len(trials) == 4 and {t.row["config"].get("train_size") for t in trials} == {None}
     best, _, n = choose_trial(curve_run, "paper-conv")
     assert n == 2 and best.row["config"].get("train_size") is None
+
+
+def test_every_sizes_predictions_are_exported(curve_run, tmp_path):
+    import csv
+    import gzip
+    import io
+
+    from lightlayers.report import ReportError
+    from lightlayers.report.load import load_run
+    from lightlayers.report.predictions import predictions_csv_gz, read_predictions
+
+    out = tmp_path / "p.csv.gz"
+    out.write_bytes(predictions_csv_gz(load_run(curve_run)))
+    rows = list(csv.DictReader(io.StringIO(gzip.decompress(out.read_bytes()).decode())))
+    keys = {r["trial_key"] for r in rows}
+    assert len(keys) == 12  # 2 models x 2 seeds x 3 sizes
+    assert {k.rsplit("|train=", 1)[-1] for k in keys if "|train=" in k} == {"0.1", "0.5"}
+    with pytest.raises(ReportError, match="learning curve's sizes"):
+        read_predictions(out)

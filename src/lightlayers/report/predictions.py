@@ -34,9 +34,10 @@ _IDENTITY = ("model", "protocol", "seed")
 
 
 def predictions_csv_gz(run: RunData) -> bytes:
-    """``predictions.csv.gz`` of every finished trial of ``run``. Raises :class:`ReportError`
-    naming the trials that have no stored test predictions, or whose class counts differ."""
-    trials = [t for g in run.groups for t in g.done]
+    """``predictions.csv.gz`` of every finished trial of ``run`` (of every training size, in a
+    learning-curve study). Raises :class:`ReportError` naming the trials that have no stored
+    test predictions, or whose class counts differ."""
+    trials = list(run.curve) or [t for g in run.groups for t in g.done]
     missing = [t for t in trials if t["id"] not in run.predictions]
     if missing:
         names = ", ".join(f"{t['model']} seed {t['seed']} ({t['protocol']})" for t in missing)
@@ -60,7 +61,8 @@ def predictions_csv_gz(run: RunData) -> bytes:
         for i, (label, row) in enumerate(zip(np.asarray(p["labels"]), cols, strict=True)):
             rows.append((key, t["model"], t["protocol"], int(t["seed"]), i, int(label),
                          *(PROB_FORMAT.format(float(v)) for v in row)))
-    rows.sort(key=lambda r: (r[1], r[2], r[3], r[4]))
+    # The key last but one: a learning curve's sizes of one model and seed stay apart.
+    rows.sort(key=lambda r: (r[1], r[2], r[3], r[0], r[4]))
     text = io.StringIO()
     w = csv.writer(text, lineterminator="\n")
     w.writerow(header)
@@ -95,6 +97,7 @@ def read_predictions(path: str | Path) -> dict[tuple[str, str, int], dict[str, n
                           "export the file again")
     binary = header[len(FIELDS):] == ["probability"]
     found: dict[tuple[str, str, int], tuple[list[int], list[list[float]]]] = {}
+    first_key: dict[tuple[str, str, int], str] = {}
     for line, row in enumerate(reader, start=2):
         try:
             if len(row) != len(header):
@@ -103,6 +106,10 @@ def read_predictions(path: str | Path) -> dict[tuple[str, str, int], dict[str, n
             probs = [float(v) for v in row[len(FIELDS):]]
         except ValueError as e:
             raise ReportError(f"{path} line {line}: {e}; export the file again") from None
+        if first_key.setdefault((row[1], row[2], seed), row[0]) != row[0]:
+            raise ReportError(f"{path} line {line}: a second trial of {row[1]} seed {seed} "
+                              f"({row[0]}): the file holds a learning curve's sizes, which "
+                              "are read with their trial keys, not by model and seed")
         labels, rows = found.setdefault((row[1], row[2], seed), ([], []))
         if image != len(labels):
             raise ReportError(f"{path} line {line}: image {image} of {row[1]} seed {seed} "
