@@ -129,26 +129,14 @@ register_executor(ExecutorInfo(
     "ray", "lightlayers.executors.ray:create",
     "one Ray task per trial, on a local Ray instance or a cluster "
     "(pip install 'lightlayers[ray]'; see docs/ray.md)", options=RayOptions))
-_loaded_entry_points = False
 
 
 def load_plugins() -> None:
     """Register the executors other installed packages declare (entry point group
     ``lightlayers.executors``), once."""
-    global _loaded_entry_points
-    if _loaded_entry_points:
-        return
-    _loaded_entry_points = True
-    from importlib.metadata import entry_points
+    from lightlayers.plugins import load_entry_points
 
-    for ep in entry_points(group="lightlayers.executors"):
-        try:
-            ep.load()()
-        except Exception as e:  # one broken plugin must not take the built-in executors down
-            import warnings
-
-            warnings.warn(f"executor plugin {ep.name} ({ep.value}) failed to load: {e}",
-                          stacklevel=2)
+    load_entry_points("lightlayers.executors", "executor")
 
 __all__ = ["EXECUTORS", "Executor", "ExecutorInfo", "RayOptions", "Task", "TaskOutcome",
            "create_executor", "executor_info", "load_plugins", "register_executor"]

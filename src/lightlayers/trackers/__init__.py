@@ -112,24 +112,14 @@ register_tracker(TrackerInfo(
     "tensorboard", "lightlayers.trackers.tensorboard:create",
     "TensorBoard event files per trial in RUN/tensorboard/",
     requires=("tensorboard",), install="pip install 'lightlayers[tensorboard]'"))
-_loaded_entry_points = False
 
 
 def load_plugins() -> None:
     """Register the trackers other installed packages declare (entry point group
     ``lightlayers.trackers``), once."""
-    global _loaded_entry_points
-    if _loaded_entry_points:
-        return
-    _loaded_entry_points = True
-    from importlib.metadata import entry_points
+    from lightlayers.plugins import load_entry_points
 
-    for ep in entry_points(group="lightlayers.trackers"):
-        try:
-            ep.load()()
-        except Exception as e:  # one broken plugin must not take the built-in trackers down
-            warnings.warn(f"tracker plugin {ep.name} ({ep.value}) failed to load: {e}",
-                          TrackerWarning, stacklevel=2)
+    load_entry_points("lightlayers.trackers", "tracker", TrackerWarning)
 
 
 def _one_line(e: BaseException) -> str:
