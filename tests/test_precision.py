@@ -96,6 +96,10 @@ def test_a_trial_with_amp_auto_records_its_timed_choice(shared_data, tmp_path, c
         extra = json.loads(c.execute("SELECT extra FROM trials").fetchone()[0])
     precision = extra["speed"]["precision"]
     assert shown["precision"] == precision["chosen"]
+    # The report says which precision the numbers were trained in.
+    assert cli(["report", str(out), "--format", "md", "--quiet"]) == 0
+    assert (f"study-light-k1: amp auto trained in {precision['chosen']} (1 of 1 seeds)"
+            in (out / "report" / "table.md").read_text())
     if not HAS_BF16:
         assert precision["chosen"] == "fp32 contiguous" and extra["amp"] is None
         assert "no bf16 units" in precision["reason"]

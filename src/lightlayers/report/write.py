@@ -76,6 +76,21 @@ def skipped_notes(run: RunData) -> list[str]:
             f"skipped_images.csv): {shown}"]
 
 
+def precision_notes(run: RunData) -> list[str]:
+    """What ``amp: auto`` chose per model (lightlayers.precision): numbers trained in bf16 and
+    in float32 are not the same numbers, so the page says which these are."""
+    out = []
+    for g in run.groups:
+        chosen = [str(p["chosen"]) for t in g.done
+                  if isinstance(p := ((t.get("extra") or {}).get("speed") or {})
+                                .get("precision"), dict) and p.get("chosen")]
+        if chosen:
+            counts = ", ".join(f"{c} ({chosen.count(c)} of {len(g.done)} seeds)"
+                               for c in dict.fromkeys(chosen))
+            out.append(f"{g.label}: amp auto trained in {counts}")
+    return out
+
+
 def ledger_notes(run: RunData) -> list[str]:
     """How many distinct settings the test split of the run's data has been scored under
     (lightlayers.ledger, read from the cache, not the run folder: it counts every folder)."""
@@ -163,7 +178,7 @@ def write_report(
     if console:
         console_columns(columns, rows)  # a mistyped column fails before anything is written
     notes = (pooled_notes(run) + partial_notes(run) + skipped_notes(run) + ledger_notes(run)
-             + [settings_sentence(run.meta)])
+             + precision_notes(run) + [settings_sentence(run.meta)])
     out = Path(out_dir) if out_dir is not None else run.run_dir / "report"
     from lightlayers.deploy.graph import CAM_MIN_SIDE
     from lightlayers.report import source
