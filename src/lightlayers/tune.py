@@ -290,10 +290,12 @@ def _fit_fold(name: str, cfg: StudyConfig, protocol: Protocol, ds: Any, train: A
     def score(ev: Any) -> dict[str, float]:
         return {"objective": objective_value(objective, ev.labels, ev.probs, ev.loss)}
 
-    fit(trainee, train_ld, held_ld, protocol, device, train_labels=np.asarray(train.labels),
-        num_classes=ds.num_classes, positive_class=ds.positive_class,
-        on_epoch=lambda row: on_epoch(row["epoch"], row["objective"]), score=score)
-    ev = evaluate(trainee, held_ld, device, amp is not None)
+    result = fit(trainee, train_ld, held_ld, protocol, device,
+                 train_labels=np.asarray(train.labels), num_classes=ds.num_classes,
+                 positive_class=ds.positive_class,
+                 on_epoch=lambda row: on_epoch(row["epoch"], row["objective"]), score=score)
+    # Scored in the precision training used ("amp: auto" on the CPU decides by timing in fit).
+    ev = evaluate(trainee, held_ld, device, result.amp is not None)
     return objective_value(objective, ev.labels, ev.probs, ev.loss)
 
 
