@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU benchmark suite of issue #7 in one command, under 8 minutes on one H100/H200:
+# The GPU benchmark suite in one command, under 8 minutes on one H100/H200:
 # whole study (7 models x 20 epochs at 224 px, InceptionV3 at 299), per-model epoch time of our
 # trainer vs a plain PyTorch loop, LightConv2d vs two nn.Conv2d, data pipeline, other settings.
 #
