@@ -44,8 +44,8 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; 
 h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #999; padding-bottom: .2em; }
 table { border-collapse: collapse; margin: .5em 0 1em; font-size: .9em; }
 th, td { border: 1px solid #bbb; padding: .25em .5em; vertical-align: top; }
-th { background: #eee; } td.num { text-align: right; }
-tbody th { white-space: nowrap; text-align: left; }
+th { background: #eee; } td.num { text-align: right; white-space: nowrap; }
+tbody th, td.name { white-space: nowrap; text-align: left; }
 tr.incomplete th { font-style: italic; }
 .notes { border-left: 4px solid #555; background: #f4f4f4; padding: .5em 1em; }
 figure { display: inline-block; margin: .5em; vertical-align: top; max-width: 100%; }
@@ -370,7 +370,8 @@ def comparisons_html(comps: Sequence[Comparison], n_boot: int) -> str:
             text = _e(f"{cm.difference:+.4f} [{cm.low:+.4f}, {cm.high:+.4f}]")
             cells.append(f"<td class='num'>{f'<strong>{text}</strong>' if cm.real else text}"
                          f"</td><td class='num'>{cm.p_holm:.3f}</td>")
-        body.append(f"<tr><th scope='row'>{_e(a)}</th><td>{_e(b)}</td>{''.join(cells)}</tr>")
+        body.append(f"<tr><th scope='row'>{_e(a)}</th><td class='name'>{_e(b)}</td>"
+                    f"{''.join(cells)}</tr>")
     return (f"<div class='scroll'><table id='comparisons'><thead><tr><th scope='col'>Model A"
             f"</th><th scope='col'>Model B</th>{head}</tr></thead><tbody>{''.join(body)}"
             f"</tbody></table></div><p>Paired bootstrap over the test images ({n_boot:,} "
