@@ -68,6 +68,50 @@ def test_cli_reports_sigterm_in_one_line_exit_143(monkeypatch, capsys) -> None:
     assert any(line.split()[:1] == ["143"] and "SIGTERM" in line for line in EPILOG.splitlines())
 
 
+# A process whose interpreter teardown aborts, as one interrupted inside a library's native
+# setup can: the object below aborts when the teardown frees it. The real `models` command is
+# stopped by SIGTERM while it runs.
+_TEARDOWN_HAZARD = """
+import atexit, os, signal, sys, time
+from pathlib import Path
+import lightlayers.commands.models as models
+from lightlayers.cli import entry
+
+class Hazard:
+    def __del__(self):
+        os.abort()
+
+hazard = Hazard()
+marker, how = Path(sys.argv[1]), sys.argv[2]
+atexit.register(lambda: marker.write_text("exit handlers ran"))
+real = models.main
+
+def stopped(args):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+    return real(args)
+
+models.main = stopped
+sys.argv[1:] = ["models"] if how == "stop" else ["models", "--help"]
+entry()
+"""
+
+
+def test_an_interrupted_process_ends_with_its_code_not_in_teardown(tmp_path) -> None:
+    marker = tmp_path / "atexit.txt"
+    stopped = subprocess.run([sys.executable, "-c", _TEARDOWN_HAZARD, str(marker), "stop"],
+                             capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == EXIT_TERMINATED, (stopped.returncode, stopped.stderr[-2000:])
+    assert stopped.stderr.strip().splitlines()[-1] == MESSAGE
+    assert marker.read_text() == "exit handlers ran"
+    # The hazard is real: a command that ends normally goes through the teardown, and aborts.
+    marker.unlink()
+    normal = subprocess.run([sys.executable, "-c", _TEARDOWN_HAZARD, str(marker), "help"],
+                            capture_output=True, text=True, timeout=120)
+    assert normal.returncode == -signal.SIGABRT, (normal.returncode, normal.stderr[-2000:])
+    assert marker.read_text() == "exit handlers ran"
+
+
 def test_scratch_folder_goes_on_error_interrupt_and_sigterm(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     for exc in (RuntimeError("boom"), KeyboardInterrupt(), Terminated()):

@@ -18,6 +18,7 @@ import traceback
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 # name -> one-line help; the module lightlayers.commands.<name> defines
 # ``add_arguments(parser)`` and ``main(args) -> int``.
@@ -266,9 +267,30 @@ def plain_warning(message: Warning | str, category: type[Warning]) -> str:
     return f"lightlayers: warning: {text if own else f'{category.__name__}: {text}'}\n"
 
 
-if __name__ == "__main__":
-    # `python -m lightlayers.cli`: run the imported module's main, so that the CliError the
-    # commands raise (lightlayers.cli.CliError) is the class main catches, not __main__'s copy.
-    from lightlayers.cli import main as _main
+def entry() -> NoReturn:
+    """The ``lightlayers`` program: :func:`main`, then the process's exit.
 
-    sys.exit(_main())
+    An interrupted command has already removed its temporary files and closed its stores
+    (context managers, on the way out of :func:`main`). The interrupt may have landed inside a
+    library, in the middle of an import or of building a native thread pool; tearing such a
+    half-built state down at interpreter exit has aborted the process (SIGABRT) after the
+    "interrupted" line was printed. So an interrupted process runs the exit handlers, flushes
+    its output and ends there, with the exit code it reported."""
+    code = main()
+    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+        import atexit
+
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    # `python -m lightlayers.cli`: run the imported module's entry, so that the CliError the
+    # commands raise (lightlayers.cli.CliError) is the class main catches, not __main__'s copy.
+    from lightlayers.cli import entry as _entry
+
+    _entry()
