@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 WIDTH = 80  # the narrowest terminal the lines are laid out for
@@ -141,6 +142,28 @@ class ProgressReporter:
                                   stats=self._study_stats())
         elif self._total > 1:
             self.log(f"  {self._done}/{self._total} trials done, {self._study_stats()}")
+
+    def steps(self, label: str, total: int) -> Callable[[str], None]:
+        """A bar of its own for a step after the trials; the returned function advances it
+        by one item (named by its argument). Without a terminal, a line every tenth."""
+        done = 0
+        if self._progress is not None:
+            task = self._progress.add_task(label, total=max(1, total), stats="")
+
+            def advance(name: str) -> None:
+                nonlocal done
+                done += 1
+                self._progress.update(task, advance=1, stats=self._fit(name))
+                if done >= total:
+                    self._progress.remove_task(task)
+            return advance
+
+        def log_every_tenth(name: str) -> None:
+            nonlocal done
+            done += 1
+            if done == total or done * 10 // total != (done - 1) * 10 // total:
+                self.log(f"  {label}: {done}/{total}")
+        return log_every_tenth
 
     def close(self) -> None:
         if self._progress is not None:

@@ -429,6 +429,30 @@ class ResultsStore:
                 )
 
     @_named_errors
+    def add_metrics(self, key: str, metrics: dict[str, Any]) -> list[str]:
+        """Add to a finished trial the registered ``metrics`` it has not recorded (numbers
+        measured later from its checkpoint, lightlayers.deploy.backfill); one it has keeps
+        its first value. Returns the names added."""
+        known = {m.name for m in trial_metrics()}
+        unknown = set(metrics) - known
+        if unknown:
+            raise StoreError(f"unknown metrics {sorted(unknown)}: not in the metric registry "
+                             "(lightlayers.metrics.registry)")
+        with self._tx() as c:
+            row = c.execute("SELECT id, status FROM trials WHERE key=?", (key,)).fetchone()
+            if row is None:
+                raise StoreError(f"no trial {key} in {self.path}")
+            if row["status"] != "done":
+                raise StoreError(f"trial {key} is {row['status']}, not done: nothing to add to")
+            have = {r[0] for r in c.execute("SELECT name FROM trial_metrics WHERE trial_id=?",
+                                            (row["id"],))}
+            rows = [(name, *cell) for name, v in sorted(metrics.items())
+                    if name not in have and (cell := _cell(v, name)) is not None]
+            c.executemany("INSERT INTO trial_metrics VALUES (?, ?, ?, ?)",
+                          [(row["id"], *r) for r in rows])
+        return [r[0] for r in rows]
+
+    @_named_errors
     def record_failed(self, key: str, error: str, extra: dict[str, Any] | None = None) -> None:
         with self._tx() as c:
             c.execute(

@@ -273,6 +273,8 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
             raise
         finally:
             trackers.close()
+        if cfg.deployment:
+            _measure_finished(out, store, keyed, cfg.split_seed, reporter)
         write_results_csv(store, folder)
         counts = store.counts()
         return StudyOutcome(out, counts, ran=len(todo), skipped=skipped)
@@ -283,6 +285,26 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
         folder.close()
         if created and not recorded_any:
             _remove_new_folders(created)
+
+
+def _measure_finished(out: Path, store: ResultsStore, keyed: list[Any], split_seed: int,
+                      reporter: ProgressReporter) -> None:
+    """``--deployment``: the study's finished trials that lack the deployment numbers (done
+    before the flag was given) are measured from their checkpoints (lightlayers.deploy.backfill)."""
+    from lightlayers.deploy.backfill import measure_finished, missing
+
+    data = {dk: ds for _, ds, dk in keyed}
+    rows = missing(store.trials(status="done", keys=[sp.key(dk) for sp, _, dk in keyed]))
+    if not rows:
+        return
+    reporter.log(f"measuring the deployment numbers of {len(rows)} trial(s) finished without "
+                 "them, from their checkpoints")
+    done = measure_finished(out, store, rows, lambda row: data[row["data"]], split_seed,
+                            reporter.steps("deployment numbers", len(rows)))
+    import warnings
+
+    for line in done.failed:  # a warning: shown under --quiet too, the trial stays as it was
+        warnings.warn(f"deployment numbers not measured for {line}", stacklevel=2)
 
 
 def _trackers(cfg: StudyConfig, folder: OutputFolder) -> Any:
