@@ -352,6 +352,51 @@ def predictions_block(root: Path) -> str:
     return "\n".join(lines)
 
 
+CURVE_SIZES = ("25/class", "50/class", "100/class", "250/class", "500/class", "all")
+
+
+def curves_block(folder: str) -> Callable[[Path], str]:
+    """Balanced accuracy and AUC per model and training size (means over the seeds), with the
+    int8 CPU latency where the run measured it, from a learning curve's ``learning_curve.csv``."""
+    def build(root: Path) -> str:
+        rows = read_csv(root / folder / "learning_curve.csv")
+        by_model: dict[str, dict[str, dict[str, str]]] = {}
+        for r in rows:
+            by_model.setdefault(r["model"], {})[r["train_size"]] = r
+        missing = [(m, s) for m, sizes in by_model.items() for s in CURVE_SIZES
+                   if s not in sizes]
+        if missing:
+            raise BuildError(f"{folder}/learning_curve.csv has no row for {missing[0][0]} at "
+                             f"{missing[0][1]}; rerun the curve's study")
+        whole = {r["train_images"] for r in rows if r["train_size"] == "all"}
+        latency = all(r["ort_int8_latency_ms"] for r in rows)
+        trial_latency: dict[str, float] = {}
+        if latency:
+            per_trial: dict[str, list[float]] = {}
+            for r in read_csv(root / folder / "results.csv"):
+                if r["status"] == "done" and r["ort_int8_latency_ms"]:
+                    per_trial.setdefault(r["model"], []).append(float(r["ort_int8_latency_ms"]))
+            trial_latency = {m: sum(v) / len(v) for m, v in per_trial.items()}
+        header = ["model", "params", *(("int8 ms",) if latency else ()),
+                  *(s.removesuffix("/class") for s in CURVE_SIZES)]
+        align = ["---", "---:", *(("---:",) if latency else ()), *("---:" for _ in CURVE_SIZES)]
+        out = []
+        for key, name in (("balanced_accuracy", "Balanced accuracy"), ("auc", "AUC")):
+            body = []
+            for model, sizes in by_model.items():
+                first = sizes[CURVE_SIZES[-1]]
+                lat = [f"{trial_latency[model]:.3f}"] if latency else []
+                body.append([model, f"{float(first['params_total']):,.0f}", *lat,
+                             *(f"{float(sizes[s][f'{key}_mean']):.3f}" for s in CURVE_SIZES)])
+            out.append(f"{name}, mean over the seeds (training images per class; all = "
+                       f"{', '.join(sorted(whole))} images):\n\n" + table(header, align, body))
+        if latency:
+            out.append("int8 ms: ONNX Runtime int8 on the CPU, batch 1, median, mean over every "
+                       "trial of the model (the architecture's cost, the same at every size).")
+        return "\n\n".join(out)
+    return build
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "predictions": predictions_block,
     "targets": targets_block,
@@ -362,6 +407,8 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "protocols-jpeg": protocols_block(("results/seed", "results/improved")),
     "ablation": ablation_block,
     "preprocessing": preprocessing_block,
+    "curves-pmnist": curves_block("results/curves/pmnist"),
+    "curves-jpeg": curves_block("results/curves/jpeg"),
 }
 
 

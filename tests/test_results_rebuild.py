@@ -80,6 +80,26 @@ def test_a_tampered_row_fails_the_check_and_names_the_file(copy: Path) -> None:
     assert _script("build", "--check", "--root", str(copy)).returncode == 0
 
 
+def test_the_learning_curve_tables_come_from_the_curves_file(copy: Path) -> None:
+    curve = copy / "results/curves/pmnist/learning_curve.csv"
+    text = curve.read_text()
+    line = next(ln for ln in text.splitlines() if ln.startswith("study-conv,improved,100/class,"))
+    header = text.splitlines()[0].split(",")
+    cells = line.split(",")
+    cells[header.index("balanced_accuracy_mean")] = "0.123"
+    curve.write_text(text.replace(line, ",".join(cells)))
+    assert _script("build", "--check", "--root", str(copy)).returncode == 1
+    assert _script("build", "--root", str(copy)).returncode == 0
+    rows = [ln for ln in (copy / DOC).read_text().splitlines()
+            if ln.startswith("| study-conv | 31,074 | ") and ln.count("|") in (9, 10)]
+    assert len(rows) == 2 and "| 0.123 |" in rows[0], rows  # balanced accuracy, then AUC
+    # A size missing from the file is one line naming the file, not a KeyError.
+    curve.write_text("\n".join(ln for ln in text.splitlines() if ",250/class," not in ln))
+    out = _script("build", "--root", str(copy))
+    assert out.returncode != 0 and "learning_curve.csv has no row for" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_bad_input_is_one_line_naming_what_and_where(copy: Path) -> None:
     (copy / "results/tta/npz/results.csv").unlink()
     out = _script("build", "--check", "--root", str(copy))
