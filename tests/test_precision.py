@@ -186,3 +186,38 @@ def test_the_precision_benchmark_runs_and_prints_the_choice(tmp_path, capsys):
     assert row["chosen"] in FOUR and row["ours_epoch_s"] > 0 and row["plain_epoch_s"] > 0
     assert (set(row["step_ms"]) == set(FOUR)) == HAS_BF16
     assert f"| study-light-k1 | 28 | 96 | {row['chosen']} |" in capsys.readouterr().out
+
+
+def test_tune_with_amp_auto_scores_each_fold_in_the_precision_it_trained_in(
+        tmp_path, monkeypatch, capsys):
+    pytest.importorskip("optuna")
+    import lightlayers.train as train
+
+    # In order: each evaluation's precision, and each training's chosen one as it ends. fit's
+    # own per-epoch validation evaluates too; the fold's score is the evaluation right after.
+    events: list[tuple[str, bool]] = []
+    real_fit, real_evaluate = train.fit, train.evaluate
+
+    def fit_spy(*args, **kwargs):
+        result = real_fit(*args, **kwargs)
+        events.append(("trained", result.amp is not None))
+        return result
+
+    def evaluate_spy(model, loader, device, amp=False):
+        events.append(("scored", bool(amp)))
+        return real_evaluate(model, loader, device, amp)
+
+    monkeypatch.setattr(train, "fit", fit_spy)
+    monkeypatch.setattr(train, "evaluate", evaluate_spy)
+    forget_choices()
+    assert cli(["tune", "--data", "digits", "--models", "paper-light-k1", "--epochs", "1",
+                "--folds", "2", "--budget", "2", "--threads", "1", "--set", "amp=auto",
+                "--out", str(tmp_path / "T"), "--json"]) == 0
+    (model,) = json.loads(capsys.readouterr().out)["models"]
+    assert model["trials"] == 2 and 0 <= model["best"]["value"] <= 1
+    ends = [i for i, (what, _) in enumerate(events) if what == "trained"]
+    assert ends, events  # at least one fold trained to its end (the rest may be pruned)
+    for i in ends:
+        assert events[i + 1] == ("scored", events[i][1]), events
+    if not HAS_BF16:
+        assert not any(amp for _, amp in events)
