@@ -391,8 +391,9 @@ def curves_block(folder: str) -> Callable[[Path], str]:
             out.append(f"{name}, mean over the seeds (training images per class; all = "
                        f"{', '.join(sorted(whole))} images):\n\n" + table(header, align, body))
         if latency:
-            out.append("int8 ms: ONNX Runtime int8 on the CPU, batch 1, median, mean over every "
-                       "trial of the model (the architecture's cost, the same at every size).")
+            out.append("int8 ms: ONNX Runtime int8 on the CPU, batch 1, median, mean over every\n"
+                       "trial of the model (the architecture's cost: the training size does not "
+                       "change it).")
         return "\n\n".join(out)
     return build
 

@@ -390,7 +390,9 @@ def _budget_figure(curve: LearningCurve, metric: str) -> Any:
         ax.grid(which="both", linewidth=0.4, alpha=0.5)
     axes[0].set_ylabel(f"Test {NAMES[metric]} (mean over seeds)")
     axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-    fig.suptitle(f"{NAMES[metric].capitalize()} against the hardware budget, per training size")
+    name = NAMES[metric]
+    # First letter only: "AUC" stays as it is spelled.
+    fig.suptitle(f"{name[:1].upper()}{name[1:]} against the hardware budget, per training size")
     return fig
 
 
