@@ -309,7 +309,7 @@ def _decoded(
     try:
         with NewEntry() as new:
             if isinstance(raw, ArraySet):
-                decoded = decode_arrays(raw, opts)
+                decoded = decode_arrays(raw, opts, new.images)
             else:
                 decoded = decode_files(raw, opts, on_bad_image, src.location, progress,
                                        new.images)

@@ -587,44 +587,53 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
 
 
-def decode_arrays(arrays: ArraySet, opts: PreprocessOptions) -> Decoded:
-    images_l, labels_l, codes_l = [], [], []
-    for split, (images, labels) in arrays.splits.items():
-        images_l.append(images)
-        labels_l.append(labels)
-        codes_l.append(np.full(len(labels), SPLITS.index(split) if split else -1, np.int8))
-    images = np.concatenate(images_l)
-    rgb = images.ndim == 4
+def decode_arrays(arrays: ArraySet, opts: PreprocessOptions, out: Path) -> Decoded:
+    """The images of ``arrays`` at the options' size and channels, written one by one into the
+    .npy file ``out`` (see :class:`_ImageFile`) and returned memory-mapped from it: memory holds
+    one image at a time, whatever the arrays' size (a .npz's arrays are themselves mapped from
+    a file, lightlayers.data.sources.arrays). Two passes: the first only reads whether every
+    image is grey, which decides how each is stored and what its digest covers."""
+    parts = list(arrays.splits.items())
+    rgb = parts[0][1][0].ndim == 4
+    all_gray = True
     if rgb:
-        gray_each = (images[..., 0] == images[..., 1]).all(axis=(1, 2)) & (
-            images[..., 0] == images[..., 2]
-        ).all(axis=(1, 2))
-        all_gray = bool(gray_each.all())
-        if all_gray:
-            images, rgb = images[..., 0], False
-    else:
-        all_gray = True
-    shape = images.shape[1:] if rgb else (*images.shape[1:], 1)
-    digests = np.fromiter(
-        (_digest(im.tobytes(), shape) for im in images), np.uint64, count=len(images)
-    )
+        for images, _ in (p for _, p in parts):
+            for start in range(0, len(images), 256):
+                block = images[start:start + 256]
+                if not ((block[..., 0] == block[..., 1]).all()
+                        and (block[..., 0] == block[..., 2]).all()):
+                    all_gray = False
+                    break
+            if not all_gray:
+                break
     in_chans = _resolve_chans(opts.in_chans, all_gray)
-    if in_chans == 1 and rgb:
-        images = _luma(images)
+    keep_rgb = rgb and not all_gray
+    shape = parts[0][1][0].shape[1:3]
+    digest_shape = (*shape, 3 if keep_rgb else 1)
     # A square image at the wanted size needs no resampling, unless part of it is cut away.
-    unchanged = (images.shape[1] == images.shape[2] == opts.size
-                 and center_fractions(opts.resize) in (None, (1.0, 1.0)))
-    if opts.size is not None and not unchanged:
-        images = np.stack(
-            [np.asarray(_resize(Image.fromarray(im), opts.size, opts.resize)) for im in images]
-        )
-    # Grey: one channel stored, repeated where batches are built.
-    images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
+    unchanged = (opts.size is None or (shape[0] == shape[1] == opts.size and
+                                       center_fractions(opts.resize) in (None, (1.0, 1.0))))
+    digests: list[int] = []
+    sink = _ImageFile(out)
+    try:
+        for images, _ in (p for _, p in parts):
+            for im in images:
+                im = np.ascontiguousarray(im if keep_rgb or not rgb else im[..., 0])
+                digests.append(_digest(im.tobytes(), digest_shape))
+                if in_chans == 1 and keep_rgb:
+                    im = _luma(im)
+                if opts.size is not None and not unchanged:
+                    im = np.asarray(_resize(Image.fromarray(im), opts.size, opts.resize))
+                sink.add(im)
+    finally:
+        sink.close()
+    sink.finish(3 if keep_rgb and in_chans == 3 else 1)
     return Decoded(
-        images=np.ascontiguousarray(images),
-        labels=np.concatenate(labels_l),
-        split_codes=np.concatenate(codes_l),
-        digests=digests,
+        images=np.load(out, mmap_mode="r", allow_pickle=False),
+        labels=np.concatenate([labels for _, (_, labels) in parts]),
+        split_codes=np.concatenate([np.full(len(labels), SPLITS.index(split) if split else -1,
+                                            np.int8) for split, (_, labels) in parts]),
+        digests=np.array(digests, np.uint64),
         classes=arrays.classes,
         ids=None,
         source_is_gray=all_gray,

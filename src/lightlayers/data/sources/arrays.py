@@ -8,6 +8,7 @@ import math
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -145,16 +146,54 @@ def _read_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> np.ndar
                 f"{where}: the header says {shape} {dtype} ({nbytes:,} bytes) but "
                 f"{info.file_size - f.tell():,} bytes follow it; the file is truncated or damaged."
             )
-        # Read into the array itself (one allocation, of the size already checked), in chunks.
-        out = np.empty(nbytes, np.uint8)
-        view, got = memoryview(out), 0  # type: ignore[arg-type]  # an ndarray is a buffer
-        while got < nbytes and (n := f.readinto(view[got : got + (1 << 20)])):  # type: ignore[attr-defined]
-            got += n
+        out = _spooled(f, nbytes, where)
+    return out.view(dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def _spooled(f: Any, nbytes: int, where: str) -> np.ndarray:
+    """The next ``nbytes`` of ``f``, copied in chunks into an unnamed temporary file in the
+    cache folder and memory-mapped read-only from it: an array, decompressed, takes page cache
+    that the kernel can drop, not private memory (a 100k-image .npz is gigabytes). The file
+    has no name from the start; its space returns to the disk when the array is released."""
+    import tempfile
+
+    from lightlayers.data.cache import cache_root
+
+    if nbytes == 0:  # nothing to map (an empty file cannot be)
+        if f.read(1):
+            raise DataError(f"{where}: the array data is truncated or damaged; copy the file "
+                            "again.")
+        return np.empty(0, np.uint8)
+    root = cache_root()
+
+    def cannot_write(e: OSError) -> DataError:
+        return DataError(f"{where}: cannot write a temporary file in the cache folder {root} "
+                         f"({e.strerror or e}); point LIGHTLAYERS_CACHE at a writable folder "
+                         "with room for the decompressed arrays.")
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        spool = tempfile.TemporaryFile(dir=root, prefix=".array-")  # noqa: SIM115
+    except OSError as e:
+        raise cannot_write(e) from e
+    with spool:
+        got = 0
+        while got < nbytes and (chunk := f.read(min(1 << 20, nbytes - got))):
+            try:
+                spool.write(chunk)
+            except OSError as e:  # a full disk
+                raise cannot_write(e) from e
+            got += len(chunk)
         if got != nbytes or f.read(1):
             raise DataError(
                 f"{where}: the array data is truncated or damaged; copy the file again."
             )
-    return out.view(dtype).reshape(shape, order="F" if fortran else "C")
+        try:
+            spool.flush()
+        except OSError as e:
+            raise cannot_write(e) from e
+        # The map keeps its own handle on the file: closing the spool here is safe.
+        return np.asarray(np.memmap(spool, dtype=np.uint8, mode="r", shape=(nbytes,)))
 
 
 def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -286,16 +325,22 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
             dims = tuple(int(d) for d in np.frombuffer(header, ">u4", count=ndim, offset=4))
             n = math.prod(dims)
             Budget(str(path)).member(path.name, n)
-            data = f.read(n)
-            extra = f.read(1)
+            # Images are mapped from a temporary file (see _spooled), labels read as they are.
+            data = (_spooled(f, n, f"{path} (header: {dims} values)") if ndim > 1
+                    else np.frombuffer(_read_exactly(f, n, path, dims), np.uint8))
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: damaged file or gzip data ({e}); copy the file again.") from e
+    return data.reshape(dims)
+
+
+def _read_exactly(f: Any, n: int, path: Path, dims: tuple[int, ...]) -> bytes:
+    data, extra = f.read(n), f.read(1)
     if len(data) != n or extra:
         raise DataError(
             f"{path}: header says {dims} values but the file holds "
             f"{'more than ' if extra else ''}{len(data)} bytes; it is truncated or damaged."
         )
-    return np.frombuffer(data, np.uint8).reshape(dims)
+    return bytes(data)
 
 
 def idx_source(folder: Path, files: dict[str, tuple[Path, Path]]) -> Source:
