@@ -118,3 +118,76 @@ def test_the_cycle_check_finds_a_cycle(tmp_path):
     assert graph["pkg.a"] == {"pkg.sub.b"} and graph["pkg.sub.b"] == {"pkg.a"}
     assert graph["pkg.c"] == set() and graph["pkg.d"] == {"pkg.c"}
     assert cycles(graph) == [["pkg.a", "pkg.sub.b"]]
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module ``start`` imports, directly or through others."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for dep in graph.get(todo.pop(), set()) - seen:
+            seen.add(dep)
+            todo.append(dep)
+    return seen
+
+
+def _within(module: str, names: tuple[str, ...]) -> bool:
+    return any(module == n or module.startswith(f"{n}.") for n in names)
+
+
+def forbidden_imports(graph: dict[str, set[str]], package: str, direct: tuple[str, ...],
+                      through: tuple[str, ...]) -> dict[str, list[str]]:
+    """Per module of ``package`` (it and its submodules): the modules of ``direct`` (or their
+    submodules) it imports itself, and those of ``through`` it imports directly or through
+    other modules."""
+    found = {}
+    for m in sorted(graph):
+        if not _within(m, (package,)):
+            continue
+        bad = {d for d in graph[m] if _within(d, direct)}
+        bad |= {d for d in reachable(graph, m) if _within(d, through)}
+        if bad:
+            found[m] = sorted(bad)
+    return found
+
+
+def test_the_report_never_imports_the_runner():
+    """The report reads a run folder's files: no report module imports the study runner or
+    the executors, not even from inside a function, and none reaches the runner or an
+    executor that runs trials through other modules. (The executors' registry itself is
+    reached through lightlayers.config, whose settings name the executors.)"""
+    graph = import_graph(PACKAGE)
+    assert "lightlayers.report.write" in graph and "lightlayers.report.pool" in graph
+    found = forbidden_imports(
+        graph, "lightlayers.report", direct=("lightlayers.study", "lightlayers.executors"),
+        through=("lightlayers.study", "lightlayers.executors.local", "lightlayers.executors.ray"))
+    assert not found, "the report imports the runner:\n" + "\n".join(
+        f"{m} -> {deps}" for m, deps in found.items())
+
+
+def test_the_runner_check_finds_function_level_and_indirect_imports(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "report").mkdir(parents=True)
+    (pkg / "executors").mkdir()
+    for d in (pkg, pkg / "report", pkg / "executors"):
+        (d / "__init__.py").write_text("")
+    (pkg / "executors" / "local.py").write_text("")
+    (pkg / "study.py").write_text("from pkg.executors import local\n")
+    (pkg / "config.py").write_text("import pkg.executors\n")
+    (pkg / "csvfile.py").write_text("def f():\n    from pkg import study\n")
+    (pkg / "report" / "write.py").write_text("def g():\n    from pkg import csvfile\n")
+    (pkg / "report" / "pool.py").write_text("def h():\n    from pkg.executors import local\n")
+    (pkg / "report" / "load.py").write_text("import json\nfrom pkg import config\n")
+    graph = import_graph(pkg)
+    found = forbidden_imports(graph, "pkg.report", direct=("pkg.study", "pkg.executors"),
+                              through=("pkg.study", "pkg.executors.local"))
+    assert found == {"pkg.report.write": ["pkg.executors.local", "pkg.study"],
+                     "pkg.report.pool": ["pkg.executors.local"]}
+
+def test_run_trial_returns_a_trial_result():
+    import typing
+
+    from lightlayers.trial import run_trial
+    from lightlayers.trial_result import TrialResult
+
+    assert typing.get_type_hints(run_trial)["return"] is TrialResult

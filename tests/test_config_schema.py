@@ -108,8 +108,7 @@ class InlineExecutor:
                 continue
             res = run_trial(task.spec, task.data, task.data_key, self.cfg, self.protocol,
                             self.device, self.out, None, weights=task.weights)
-            res["extra"]["inline_label"] = self.opts.inline_label
-            yield task, res, None
+            yield task, res.with_extra(inline_label=self.opts.inline_label), None
 
 
 @pytest.fixture

@@ -196,7 +196,7 @@ def test_a_ray_worker_draws_the_trials_size_from_the_data_it_loads(tmp_path):
                       base_key(key))
     out = trial_task(TrialSpec("paper-conv", 0, "seed", "0.25"), node, key, cfg.to_dict())
     assert "result" in out, out.get("failure")
-    record = out["result"]["extra"]["train_set"]
+    record = out["result"].extra["train_set"]
     assert record["size"] == "0.25"
     assert record["indices"] == draw_subset(ds, parse_train_size("0.25"), 0).members.tolist()
     assert record["images"] < record["of"] == len(ds.splits["train"])

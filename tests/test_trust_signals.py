@@ -182,9 +182,12 @@ def test_sweep_removes_only_dead_owners_folders(tmp_path) -> None:
 def test_a_ray_trial_removes_its_scratch_and_a_killed_workers(tmp_path, monkeypatch) -> None:
     """The Ray task body, run here: its scratch folder goes whether the trial returns or
     fails, and a folder left by a worker killed by force goes with the next trial."""
+    import numpy as np
+
     from lightlayers.config import StudyConfig
     from lightlayers.executors.ray import trial_task
     from lightlayers.trial import TrialSpec
+    from lightlayers.trial_result import TrialPredictions, TrialResult
 
     dead = _killed_owner(tmp_path, "trial")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
@@ -196,11 +199,12 @@ def test_a_ray_trial_removes_its_scratch_and_a_killed_workers(tmp_path, monkeypa
         (out / "ck.safetensors").write_bytes(b"weights")
         if spec.seed == 1:
             raise RuntimeError("trial failed")
-        return {"checkpoint": "ck.safetensors", "extra": {}}
+        return TrialResult({}, [], [], TrialPredictions([], np.zeros(0), np.zeros((0, 0))), {},
+                           "ck.safetensors")
 
     cfg = StudyConfig(data="digits").to_dict()
     ok = trial_task(TrialSpec("paper-conv", 0, "seed"), object(), "k", cfg, fake_trial)
-    assert ok["result"]["checkpoint_bytes"] == b"weights"
+    assert ok["checkpoint_bytes"] == b"weights" and ok["result"].extra["node"]
     failed = trial_task(TrialSpec("paper-conv", 1, "seed"), object(), "k", cfg, fake_trial)
     assert "failure" in failed
     assert len(seen) == 2 and not any(p.exists() for p in seen)

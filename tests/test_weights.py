@@ -289,7 +289,7 @@ def test_a_trial_given_resolved_weights_never_looks_for_files(use_hub, tiny_npz,
     out = trial_task(TrialSpec("transfer-resnet18", 0, "seed"), ds, data_key(ds),
                      cfg.to_dict(), None, resolved)
     assert "result" in out, out.get("failure")
-    extra = out["result"]["extra"]
+    extra = out["result"].extra
     assert extra["weights_file"] == resolved.file and extra["weights_sha256"] == resolved.sha256
     assert not (tmp_path / "worker-has-nothing").exists()
     # Without them the trial fails with the fetch hint rather than downloading.

@@ -29,60 +29,14 @@ from lightlayers.fingerprint import (
     same_data,
 )
 from lightlayers.ledger import StudyLedger
-from lightlayers.models.weights import ResolvedWeights, WeightsError
 from lightlayers.outputs import MANIFEST, STORE_FILES, OutputFolder, adopt_run_folder
 from lightlayers.progress import ProgressReporter
+from lightlayers.runfolder import csv_columns as csv_columns  # still importable from here
+from lightlayers.runfolder import local_inputs, settings_diff, write_results_csv
+from lightlayers.runfolder import results_csv_text as results_csv_text  # as csv_columns
 from lightlayers.runtime import resolve_device, resolve_threads
 from lightlayers.store import ResultsStore, StoreError
-from lightlayers.trial import TrialSpec, data_size_for, model_kwargs, takes_weights, weights_request
-
-
-def csv_columns() -> list[str]:
-    """results.csv's columns: the trial, every registered trial metric in its declaration order
-    (:mod:`lightlayers.metrics.registry`), then the attempts and the error."""
-    from lightlayers.metrics.registry import trial_metrics
-
-    return ["model", "seed", "protocol", "status", *(m.name for m in trial_metrics()),
-            "attempts", "error"]
-
-
-
-def results_csv_text(trials: Any, extra_columns: tuple[str, ...] = ()) -> str:
-    """results.csv of ``trials`` (the store's trial dicts), with ``extra_columns`` last; a
-    study with training sizes adds each trial's size and training images after its protocol."""
-    buf = io.StringIO()
-    trials = list(trials)
-    names = csv_columns()
-    if any((t.get("config") or {}).get("train_size") for t in trials):
-        at = names.index("protocol") + 1
-        names[at:at] = ["train_size", "train_images"]
-        trials = [{**t, "train_size": (t.get("config") or {}).get("train_size") or "all",
-                   "train_images": ((t.get("extra") or {}).get("train_set") or {}).get("images")}
-                  for t in trials]
-    # csvsafe: a text cell a spreadsheet would run as a formula (an error message, a name)
-    # is written as text.
-    w = csvsafe.DictWriter(buf, fieldnames=[*names, *extra_columns],
-                           extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for t in trials:
-        # Booleans (collapsed) as 0/1; a non-finite value as nan, inf or -inf, a missing one
-        # as an empty cell.
-        w.writerow({k: int(v) if isinstance(v, bool) else v for k, v in t.items()})
-    return buf.getvalue()
-
-
-def write_results_csv(store: ResultsStore, folder: OutputFolder) -> None:
-    folder.write("results.csv", results_csv_text(store.trials()))
-
-
-def settings_diff(previous: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
-    """Settings that differ from a run folder's. A setting the folder predates counts as its
-    default value, so folders written before it was added still resume."""
-    if previous is None:
-        return []
-    defaults = _settings(StudyConfig())
-    return sorted(k for k in set(previous) | set(now)
-                  if previous.get(k, defaults.get(k)) != now.get(k, defaults.get(k)))
+from lightlayers.trial import TrialSpec, data_size_for, model_kwargs, resolve_study_weights
 
 
 def _record_skipped(folder: OutputFolder, datasets: Any, log: Any) -> None:
@@ -135,7 +89,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
         from lightlayers.trackers import check_trackers
 
         check_trackers(cfg.log)
-    folder = OutputFolder(out, "run", inputs=_local_inputs(cfg), adopt=adopt_run_folder,
+    folder = OutputFolder(out, "run", inputs=local_inputs(cfg), adopt=adopt_run_folder,
                           what="run folder (--out)")
     try:
         lock = _lock_run_folder(folder)
@@ -262,10 +216,10 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
                     reporter.end_trial(f"  FAILED {spec.label}: {error['error']}")
                     continue
                 assert res is not None
-                store.record_done(task.key, res["metrics"], res["history"], res["predictions"],
-                                  res["confusion"], res["extra"], res["checkpoint"])
+                store.record_done(task.key, res.metrics, res.history, res.predictions.as_dict(),
+                                  res.confusion, res.extra, res.checkpoint)
                 ledger.scored(spec.model, spec.seed, task.data, task.data_key)
-                reporter.end_trial(_done_line(spec, res["metrics"]))
+                reporter.end_trial(_done_line(spec, res.metrics))
                 trackers.trial_done(spec, task.key, res)  # after the record: never logged twice
         except KeyboardInterrupt:
             # Finished trials stay recorded; the interrupted one is redone by the next run.
@@ -338,44 +292,9 @@ def _tuned_source(tuned: dict[str, Any]) -> dict[str, Any]:
                                                       "folds", "objective")}}
 
 
-def resolve_study_weights(cfg: StudyConfig, log: Any, progress: bool = True
-                          ) -> tuple[dict[str, ResolvedWeights], dict[str, str]]:
-    """Resolve every transfer model's weights once (cache, download or file), before training.
-
-    Returns the resolved weights per model and, per model whose weights cannot be had, the
-    message saying what to do; those models' trials are recorded as failed at once.
-    """
-    from lightlayers.models.transfer import resolve_model_weights
-
-    resolved: dict[str, ResolvedWeights] = {}
-    errors: dict[str, str] = {}
-    for name in cfg.models:
-        if not takes_weights(name):
-            continue
-        try:
-            rw = resolve_model_weights(name, weights_request(cfg, name), progress=progress)
-        except WeightsError as e:
-            errors[name] = str(e)
-            log(f"weights: {name} cannot run, its {len(cfg.seeds)} trial(s) are recorded as "
-                f"failed and the other models train: {e}")
-            continue
-        resolved[name] = rw
-        where = f" from {rw.file}" if rw.file else ""
-        log(f"weights: {name} uses {rw.label}{where}")
-        for note in rw.notes:
-            log(f"  warning: {note}")
-    return resolved, errors
-
-
 # What a run folder holds besides results.csv, config.yaml and the lock (SQLite's write-ahead
 # log and shared memory sit beside the store).
 _STORE_FILES = STORE_FILES
-
-
-def _local_inputs(cfg: StudyConfig) -> list[Path]:
-    """The study's data, when it is a local path: a run folder inside it is refused."""
-    p = Path(cfg.data).expanduser()
-    return [p] if p.exists() else []
 
 
 def _new_folders(out: Path) -> list[Path]:

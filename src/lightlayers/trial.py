@@ -1,5 +1,6 @@
 """One trial: build a model, train it under a protocol, evaluate it on the test split,
-write its checkpoint and measure it; returns what the results store records."""
+write its checkpoint and measure it; returns what the results store records
+(:class:`lightlayers.trial_result.TrialResult`)."""
 
 from __future__ import annotations
 
@@ -21,12 +22,13 @@ from lightlayers.measure import count_macs, measure_inference
 from lightlayers.metrics import classification_metrics
 from lightlayers.models import create_model, model_info
 from lightlayers.models.interface import ClassifierBase
-from lightlayers.models.weights import ResolvedWeights
+from lightlayers.models.weights import ResolvedWeights, WeightsError
 from lightlayers.params import count_params
 from lightlayers.progress import ProgressReporter
 from lightlayers.runtime import seed_everything
 from lightlayers.store import trial_key
 from lightlayers.train import TensorLoader, TrialError, amp_in_use, autocast, evaluate, fit
+from lightlayers.trial_result import TrialPredictions, TrialResult
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,35 @@ def model_kwargs(cfg: StudyConfig, name: str) -> dict[str, Any]:
     return kw
 
 
+def resolve_study_weights(cfg: StudyConfig, log: Any, progress: bool = True
+                          ) -> tuple[dict[str, ResolvedWeights], dict[str, str]]:
+    """Resolve every transfer model's weights once (cache, download or file), before training.
+
+    Returns the resolved weights per model and, per model whose weights cannot be had, the
+    message saying what to do; those models' trials are recorded as failed at once.
+    """
+    from lightlayers.models.transfer import resolve_model_weights
+
+    resolved: dict[str, ResolvedWeights] = {}
+    errors: dict[str, str] = {}
+    for name in cfg.models:
+        if not takes_weights(name):
+            continue
+        try:
+            rw = resolve_model_weights(name, weights_request(cfg, name), progress=progress)
+        except WeightsError as e:
+            errors[name] = str(e)
+            log(f"weights: {name} cannot run, its {len(cfg.seeds)} trial(s) are recorded as "
+                f"failed and the other models train: {e}")
+            continue
+        resolved[name] = rw
+        where = f" from {rw.file}" if rw.file else ""
+        log(f"weights: {name} uses {rw.label}{where}")
+        for note in rw.notes:
+            log(f"  warning: {note}")
+    return resolved, errors
+
+
 def _loader_options(model: ClassifierBase, data_chans: int, image_size: int,
                     crop: int | None) -> dict[str, Any]:
     pre = model.preprocess
@@ -116,7 +147,7 @@ def apply_protocol(model: ClassifierBase, protocol: Protocol) -> None:
 def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
               protocol: Protocol, device: torch.device, out_dir: Path,
               reporter: ProgressReporter | None = None,
-              weights: ResolvedWeights | None = None) -> dict[str, Any]:
+              weights: ResolvedWeights | None = None) -> TrialResult:
     """Train and evaluate one model with one seed; returns what the store records.
 
     ``weights``: the model's pretrained weights as resolved before the study (a transfer
@@ -240,7 +271,7 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
         if isinstance(deployed, str):
             notes.append(deployed)
     counts = count_params(model)
-    metrics = {
+    metrics: dict[str, float | int | None] = {
         "params_total": counts.total, "params_trainable": counts.trainable, "size_mb": size_mb,
         "macs": macs, "test_loss": test.loss,
         # Every registered score of the test predictions (lightlayers.metrics.registry).
@@ -268,11 +299,11 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
         # What every reader of the checkpoint checks the file against (deploy.trial.Trial).
         "checkpoint_sha256": checkpoint_sha256(ckpt),
     }
-    return {
-        "metrics": metrics, "history": result.history, "confusion": m["confusion"],
-        "predictions": {"classes": list(ds.classes), "labels": test.labels, "probs": test.probs},
-        "extra": extra, "checkpoint": str(ckpt.relative_to(out_dir)),
-    }
+    return TrialResult(
+        metrics=metrics, history=result.history, confusion=m["confusion"],
+        predictions=TrialPredictions(list(ds.classes), test.labels, test.probs),
+        extra=extra, checkpoint=str(ckpt.relative_to(out_dir)),
+    )
 
 
 def _with_tta(plain: Any, model: nn.Module, ds: Dataset, views: int, batch: int,

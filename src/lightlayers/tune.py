@@ -345,9 +345,9 @@ def run_tune(cfg: StudyConfig, opts: TuneOptions, progress: bool = True,
 
     from lightlayers.data import load_dataset
     from lightlayers.outputs import OutputFolder
+    from lightlayers.runfolder import local_inputs
     from lightlayers.runtime import resolve_device, resolve_threads
-    from lightlayers.study import _local_inputs, resolve_study_weights
-    from lightlayers.trial import data_size_for
+    from lightlayers.trial import data_size_for, resolve_study_weights
 
     say = log or (lambda msg: print(msg, file=sys.stderr) if progress else None)
     if cfg.tuned is not None or cfg.model_protocols:
@@ -365,7 +365,7 @@ def run_tune(cfg: StudyConfig, opts: TuneOptions, progress: bool = True,
     torch.set_num_threads(cfg.threads or 1)  # resolve_threads set it
     device = resolve_device(cfg.device)
     out = Path(cfg.out).expanduser().absolute()
-    folder = OutputFolder(out, "tune", inputs=_local_inputs(cfg), what="tuning folder (--out)")
+    folder = OutputFolder(out, "tune", inputs=local_inputs(cfg), what="tuning folder (--out)")
     try:
         for name in _DB_FILES:
             folder.claim(name)

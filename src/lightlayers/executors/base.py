@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+
+from lightlayers.trial_result import TrialResult
 
 if TYPE_CHECKING:
     from lightlayers.data import Dataset
@@ -31,9 +33,14 @@ class Task:
         return self.spec.key(self.data_key)
 
 
-# (task, result, None) for a finished trial, (task, None, failure) for a failed one; a failure
-# is :func:`lightlayers.trial.failure`'s dict (``error``, ``traceback``, extra fields).
-TaskOutcome = tuple[Task, dict[str, Any] | None, dict[str, Any] | None]
+class TaskOutcome(NamedTuple):
+    """One task's end: ``(task, result, None)`` for a finished trial, ``(task, None, failure)``
+    for a failed one. ``failure`` is :func:`lightlayers.trial.failure`'s dict (``error``,
+    ``traceback``, extra fields such as ``retries``)."""
+
+    task: Task
+    result: TrialResult | None
+    failure: dict[str, Any] | None
 
 
 @runtime_checkable
@@ -41,7 +48,7 @@ class Executor(Protocol):
     """Where a study's trials run.
 
     ``run`` calls ``start(task)`` when a task really begins (the store marks it running) and
-    yields one :data:`TaskOutcome` per task, in any order. A trial's own exception is a
+    yields one :class:`TaskOutcome` per task, in any order. A trial's own exception is a
     failure outcome, never raised: the study goes on. ``KeyboardInterrupt`` may propagate; the
     executor then stops what it started. ``reporter`` is set by ``run_study`` before ``run``.
     """

@@ -31,9 +31,9 @@ class LocalExecutor:
                 res = run_trial(task.spec, task.data, task.data_key, self.cfg, self.protocol,
                                 self.device, self.out, self.reporter, weights=task.weights)
             except Exception as e:  # the study goes on; the reason is recorded with the trial
-                yield task, None, failure(e)
+                yield TaskOutcome(task, None, failure(e))
                 continue
-            yield task, res, None
+            yield TaskOutcome(task, res, None)
 
 
 def create(cfg: StudyConfig, protocol: Protocol, device: torch.device,

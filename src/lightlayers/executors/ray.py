@@ -3,8 +3,9 @@
 The driver (``lightlayers run``) stays the only writer of the run folder. Each trial is one Ray
 task that gets the dataset from Ray's object store (or loads it from shared storage into the
 node's own cache, for large sets), trains with ``trial.run_trial`` exactly as the local executor
-does, and returns the result together with the checkpoint's bytes; the driver writes the
-checkpoint and records the result. See docs/ray.md.
+does, and returns the result (a :class:`lightlayers.trial_result.TrialResult`, pickled)
+together with the checkpoint's bytes; the driver writes the checkpoint and records the result.
+See docs/ray.md.
 
 Example::
 
@@ -21,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import torch
 
@@ -38,6 +39,7 @@ from lightlayers.runtime import resolve_device, resolve_threads
 from lightlayers.scratch import scratch_dir, sweep
 from lightlayers.signals import reclaim_sigterm
 from lightlayers.trial import TrialSpec, data_size_for, failure, run_trial
+from lightlayers.trial_result import TrialResult
 
 INSTALL_HINT = "pip install 'lightlayers[ray]'"
 # Decoded arrays up to this size go through Ray's object store (by default 30% of a node's
@@ -47,7 +49,18 @@ OBJECT_STORE_MAX_BYTES = 2 * 1024**3
 # max_retries). Other Ray errors (e.g. lightlayers missing on a node) would fail again.
 _RETRYABLE = ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError", "ObjectLostError")
 
-TrialFn = Callable[..., dict[str, Any]]
+TrialFn = Callable[..., TrialResult]
+
+
+class TaskReturn(TypedDict, total=False):
+    """What one Ray task sends back: ``result`` (with ``extra["node"]``) and the checkpoint's
+    bytes (``checkpoint_bytes``, which the driver writes to ``result.checkpoint``) for a
+    finished trial; ``failure`` (:func:`lightlayers.trial.failure`'s dict with ``node``) for a
+    failed one."""
+
+    result: TrialResult
+    checkpoint_bytes: bytes
+    failure: dict[str, Any]
 
 
 def import_ray() -> Any:
@@ -95,8 +108,9 @@ class DataOnNode:
 
 def trial_task(spec: TrialSpec, data: Dataset | DataOnNode, key: str, cfg_values: dict[str, Any],
                trial_fn: TrialFn | None = None,
-               weights: ResolvedWeights | None = None) -> dict[str, Any]:
-    """The body of one Ray task: ``{"result": ...}`` or ``{"failure": ...}``, never raises.
+               weights: ResolvedWeights | None = None) -> TaskReturn:
+    """The body of one Ray task: a :class:`TaskReturn` with the result or the failure; never
+    raises.
 
     A trial's own exception is returned as a failure, not raised, so Ray does not retry it (it
     would fail the same way); only a dying worker or node makes the driver resubmit a trial.
@@ -121,9 +135,8 @@ def trial_task(spec: TrialSpec, data: Dataset | DataOnNode, key: str, cfg_values
         with scratch_dir("trial") as scratch:
             res = (trial_fn or run_trial)(spec, ds, key, cfg, cfg.resolved_protocol(), device,
                                           scratch, None, weights=weights)
-            res["checkpoint_bytes"] = (scratch / res["checkpoint"]).read_bytes()
-        res["extra"]["node"] = node
-        return {"result": res}
+            checkpoint = (scratch / res.checkpoint).read_bytes()
+        return {"result": res.with_extra(node=node), "checkpoint_bytes": checkpoint}
     except Exception as e:  # recorded with the trial; the study goes on
         return {"failure": {**failure(e), "node": node}}
 
@@ -290,28 +303,26 @@ class RayExecutor:
                     continue
                 task, retries = running.pop(done[0])
                 try:
-                    out = ray.get(done[0])
+                    out: TaskReturn = ray.get(done[0])
                 except retryable as e:
                     if retries < self.opts.max_retries:
                         self._log(f"  {task.spec.label}: {type(e).__name__}"
                                   f"; retry {retries + 1}/{self.opts.max_retries}")
                         submit(task, retries + 1)
                         continue
-                    yield task, None, {**failure(e), "retries": retries}
+                    yield TaskOutcome(task, None, {**failure(e), "retries": retries})
                     continue
                 except ray.exceptions.RayError as e:
-                    yield task, None, {**failure(e), "retries": retries}
+                    yield TaskOutcome(task, None, {**failure(e), "retries": retries})
                     continue
                 if "failure" in out:
-                    yield task, None, {**out["failure"], "retries": retries}
+                    yield TaskOutcome(task, None, {**out["failure"], "retries": retries})
                     continue
                 res = out["result"]
                 # The driver writes every checkpoint, through the run folder's own rules (a
                 # fresh file renamed in place; no link followed).
-                write_atomic(self.out / res["checkpoint"], res.pop("checkpoint_bytes"),
-                             root=self.out)
-                res["extra"]["retries"] = retries
-                yield task, res, None
+                write_atomic(self.out / res.checkpoint, out.pop("checkpoint_bytes"), root=self.out)
+                yield TaskOutcome(task, res.with_extra(retries=retries), None)
         finally:
             # Ctrl-C, or the caller stopped: nothing keeps running on the cluster. Finished
             # trials are already recorded; the cancelled ones go back to pending.
@@ -324,4 +335,5 @@ def create(cfg: StudyConfig, protocol: Protocol, device: torch.device,
     return RayExecutor(cfg, protocol, out)
 
 
-__all__ = ["OBJECT_STORE_MAX_BYTES", "DataOnNode", "RayExecutor", "import_ray", "trial_task"]
+__all__ = ["OBJECT_STORE_MAX_BYTES", "DataOnNode", "RayExecutor", "TaskReturn", "import_ray",
+           "trial_task"]

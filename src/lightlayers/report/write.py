@@ -112,7 +112,7 @@ def pooled_notes(run: RunData) -> list[str]:
 def pooled_results_csv(run: RunData) -> str:
     """A pooled report's ``results.csv``: one row per trial, the columns of a run folder's
     ``results.csv`` plus the folder each trial ran in."""
-    from lightlayers.study import results_csv_text
+    from lightlayers.runfolder import results_csv_text
 
     # A study with training sizes: every size's trials, not only the tables' size.
     done = run.curve or [t for g in run.groups for t in g.done]

@@ -22,9 +22,12 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightlayers.trackers.base import StudyContext, Tracker, TrialRecord, number
+
+if TYPE_CHECKING:
+    from lightlayers.trial_result import TrialResult
 
 Factory = Callable[[StudyContext], Tracker]
 
@@ -192,7 +195,7 @@ class TrackerSet:
                 self._close_one(name, tracker, warn=False)
         self.logged += 1
 
-    def trial_done(self, spec: Any, key: str, res: dict[str, Any]) -> None:
+    def trial_done(self, spec: Any, key: str, res: TrialResult) -> None:
         """Log a trial the study has just recorded as done (``res``: what
         :func:`lightlayers.trial.run_trial` returned)."""
         if not self:
@@ -285,11 +288,11 @@ def _plain(obj: Any) -> Any:
     return json_safe(obj)
 
 
-def trial_record(spec: Any, key: str, res: dict[str, Any], run_dir: Path,
+def trial_record(spec: Any, key: str, res: TrialResult, run_dir: Path,
                  config: dict[str, Any]) -> TrialRecord:
     """What trackers log of a trial the study has just recorded as done (``res``: the trial's
     result as :func:`lightlayers.trial.run_trial` returns it)."""
-    extra = res.get("extra") or {}
+    extra = res.extra
     params: dict[str, Any] = {
         "model": spec.model, "seed": spec.seed, "protocol": spec.protocol,
         "train_size": spec.train_size or "all", "data": config.get("data"),
@@ -302,19 +305,19 @@ def trial_record(spec: Any, key: str, res: dict[str, Any], run_dir: Path,
     name = f"{spec.model} seed {spec.seed}" + (f" size {spec.train_size}"
                                                if spec.train_size else "")
     # A flag (collapsed) as 0/1, as results.csv writes it.
-    metrics = {k: float(v) for k, v in (res.get("metrics") or {}).items()
-               if number(int(v) if isinstance(v, bool) else v) is not None}
-    ckpt = res.get("checkpoint")
+    metrics = {k: float(v) for k, v in res.metrics.items()
+               if v is not None and number(int(v) if isinstance(v, bool) else v) is not None}
+    ckpt = res.checkpoint
     files = {"checkpoint": run_dir / ckpt} if ckpt else {}
     record = _plain({"trial": key, "model": spec.model, "seed": spec.seed,
                         "protocol": spec.protocol, "train_size": spec.train_size,
-                        "metrics": res.get("metrics"), "confusion": res.get("confusion"),
-                        "history": res.get("history"), "extra": extra,
+                        "metrics": res.metrics, "confusion": res.confusion,
+                        "history": res.history, "extra": extra,
                         "checkpoint": ckpt})
     return TrialRecord(key=key, name=name, model=spec.model, seed=spec.seed,
                        protocol=spec.protocol, train_size=spec.train_size,
                        params=flat_params({k: v for k, v in params.items() if v is not None}),
-                       history=list(res.get("history") or []), metrics=metrics, files=files,
+                       history=list(res.history), metrics=metrics, files=files,
                        record=record)
 
 
