@@ -66,7 +66,7 @@ def test_writers_neutralise_every_row() -> None:
 
 
 def test_results_csv_error_and_names_are_text() -> None:
-    from lightlayers.study import results_csv_text
+    from lightlayers.runfolder import results_csv_text
 
     text = results_csv_text([{"model": "=m", "seed": 0, "protocol": "seed",
                               "status": "failed", "accuracy": -0.5,

@@ -12,7 +12,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from lightlayers import study
+from lightlayers import runfolder
 from lightlayers.cli import main as cli
 from lightlayers.metrics import classification_metrics
 from lightlayers.metrics.registry import (
@@ -89,7 +89,7 @@ def _script(name: str) -> ModuleType:
 def _views() -> dict[str, list]:
     """Each consumer's list of metrics, as the consumer itself reports it."""
     return {
-        "csv": study.csv_columns()[4:-2],
+        "csv": runfolder.csv_columns()[4:-2],
         "table": [c.name for c in table.columns()],
         "headers": list(table.headers()[1:-2]),
         "charts": [k for k, _, _ in figures.criteria()],
@@ -115,7 +115,7 @@ def _registry_views() -> dict[str, list]:
 
 
 def test_consumers_show_what_they_showed_before() -> None:
-    assert study.csv_columns() == CSV_BEFORE
+    assert runfolder.csv_columns() == CSV_BEFORE
     # A study that measured no deployment numbers shows the table it showed before; one that
     # did gains their columns.
     assert table.headers([]) == HEADERS_BEFORE
@@ -137,7 +137,7 @@ def test_every_consumer_reads_the_registry() -> None:
         assert views == _registry_views()
         # No second list anywhere: the new metric reached each of them.
         assert all("mcc" in names or "MCC" in names for names in views.values()), views
-        assert study.csv_columns()[-4:] == ["epochs_run", "mcc", "attempts", "error"]
+        assert runfolder.csv_columns()[-4:] == ["epochs_run", "mcc", "attempts", "error"]
     assert all("mcc" not in names for names in _views().values())
 
 
@@ -192,7 +192,7 @@ def test_a_registered_metric_reaches_every_output(tmp_path: Path) -> None:
     assert "id='fig-criterion_mcc'" in html
     assert (report / "figures" / "criterion_mcc.png").is_file()
     # Outside the block the metric is no longer known, and no longer accepted.
-    assert "mcc" not in study.csv_columns()
+    assert "mcc" not in runfolder.csv_columns()
     with ResultsStore(tmp_path / "other.db") as store:
         store.add_trials([{"model": "m", "seed": 0, "protocol": "p", "data": "d"}])
         store.mark_running("m|seed=0|p|d")

@@ -140,8 +140,7 @@ def test_every_backbone_trains_one_epoch_with_its_default_weights(use_hub, tiny_
 
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_every_model_of_every_shipped_config_builds_with_its_weights(use_hub, config):
-    from lightlayers.study import resolve_study_weights
-    from lightlayers.trial import model_kwargs
+    from lightlayers.trial import model_kwargs, resolve_study_weights
 
     cfg = load_config(CONFIGS / config)
     resolved, errors = resolve_study_weights(cfg, lambda _: None, progress=False)

@@ -31,9 +31,7 @@ from lightlayers.fingerprint import (
 from lightlayers.ledger import StudyLedger
 from lightlayers.outputs import MANIFEST, STORE_FILES, OutputFolder, adopt_run_folder
 from lightlayers.progress import ProgressReporter
-from lightlayers.runfolder import csv_columns as csv_columns  # still importable from here
 from lightlayers.runfolder import local_inputs, settings_diff, write_results_csv
-from lightlayers.runfolder import results_csv_text as results_csv_text  # as csv_columns
 from lightlayers.runtime import resolve_device, resolve_threads
 from lightlayers.store import ResultsStore, StoreError
 from lightlayers.trial import TrialSpec, data_size_for, model_kwargs, resolve_study_weights
