@@ -374,6 +374,8 @@ def test_measured_int8_latency_gets_its_own_panel(tmp_path, capsys):
     curve = learning_curve(load_run(out))
     budget = {s.name: s.figure for s in curve_figures(curve) if s.name.startswith("budget")}
     assert [len(f.axes) for f in budget.values()] == [2, 2]  # parameters, then latency
+    assert [f.get_suptitle().split(" against")[0] for f in budget.values()] == ["Accuracy",
+                                                                                "AUC"]
 
 
 def test_export_and_teachers_choose_among_the_tables_size(curve_run):
