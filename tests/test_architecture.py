@@ -1,8 +1,9 @@
 """The package's shape: no import cycles, and the harness seams (executors, settings) are real.
 
-Imports are read from the source (every ``import`` of a module, at its top or inside a
-function, except under ``if TYPE_CHECKING``): a cycle through a function-level import still
-couples two modules both ways, even when Python happens to import them in a working order.
+Imports are read from the source: every ``import`` of a module, at its top, inside a function
+or under ``if TYPE_CHECKING``. A cycle through a function-level import still couples two modules
+both ways, even when Python happens to import them in a working order; one through a type-only
+import couples them for whoever reads or type-checks them.
 """
 
 from __future__ import annotations
@@ -46,13 +47,9 @@ def import_graph(root: Path) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for module, path in mods.items():
         tree = ast.parse(path.read_text())
-        typing_only = [(n.lineno, n.end_lineno or n.lineno) for n in ast.walk(tree)
-                       if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test)]
         deps = set()
         for node in ast.walk(tree):
             if not isinstance(node, ast.Import | ast.ImportFrom):
-                continue
-            if any(a <= node.lineno <= b for a, b in typing_only):
                 continue
             deps.update(d for d in _imported(module, path, node, mods)
                         if d in mods and d != module)
@@ -112,12 +109,12 @@ def test_the_cycle_check_finds_a_cycle(tmp_path):
     (pkg / "a.py").write_text("from pkg.sub import b\n")
     (pkg / "sub" / "b.py").write_text("def f():\n    from .. import a\n")  # lazy, still a cycle
     (pkg / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-                              "    from pkg import a\n")
+                              "    from pkg import d\n")  # type-only, still a cycle
     (pkg / "d.py").write_text("import pkg.c\n")
     graph = import_graph(pkg)
     assert graph["pkg.a"] == {"pkg.sub.b"} and graph["pkg.sub.b"] == {"pkg.a"}
-    assert graph["pkg.c"] == set() and graph["pkg.d"] == {"pkg.c"}
-    assert cycles(graph) == [["pkg.a", "pkg.sub.b"]]
+    assert graph["pkg.c"] == {"pkg.d"} and graph["pkg.d"] == {"pkg.c"}
+    assert cycles(graph) == [["pkg.a", "pkg.sub.b"], ["pkg.c", "pkg.d"]]
 
 
 def reachable(graph: dict[str, set[str]], start: str) -> set[str]:

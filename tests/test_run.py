@@ -18,8 +18,9 @@ import lightlayers as L
 from lightlayers.cli import main as cli
 from lightlayers.config import load_config
 from lightlayers.metrics import classification_metrics
+from lightlayers.runfolder import csv_columns
 from lightlayers.store import ResultsStore
-from lightlayers.study import csv_columns, run_study
+from lightlayers.study import run_study
 
 # The real chest X-rays, the first few hundred of each official split: seconds, not minutes.
 SUBSET = {"train": 400, "val": 100, "test": 200}

@@ -186,7 +186,7 @@ def test_sizes_key_their_own_trials_and_the_whole_split_resumes_an_older_folder(
 def test_a_ray_worker_draws_the_trials_size_from_the_data_it_loads(tmp_path):
     from lightlayers.executors.ray import DataOnNode, trial_task
     from lightlayers.fingerprint import data_key
-    from lightlayers.trial import TrialSpec
+    from lightlayers.spec import TrialSpec
 
     cfg = load_config(data="digits", models=("paper-conv",), epochs=1, threads=1,
                       protocol="seed", report=False, out=str(tmp_path / "R"))

@@ -13,8 +13,8 @@ from data_fixtures import write_tree
 
 from lightlayers.checkpoint import checkpoint_name, save_checkpoint
 from lightlayers.cli import main as cli
+from lightlayers.spec import TrialSpec
 from lightlayers.store import ResultsStore
-from lightlayers.trial import TrialSpec
 
 MODEL = "paper-light-k1"
 COUNTS = {"train/a": 24, "train/b": 24, "test/a": 8, "test/b": 8}

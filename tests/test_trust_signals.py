@@ -186,7 +186,7 @@ def test_a_ray_trial_removes_its_scratch_and_a_killed_workers(tmp_path, monkeypa
 
     from lightlayers.config import StudyConfig
     from lightlayers.executors.ray import trial_task
-    from lightlayers.trial import TrialSpec
+    from lightlayers.spec import TrialSpec
     from lightlayers.trial_result import TrialPredictions, TrialResult
 
     dead = _killed_owner(tmp_path, "trial")

@@ -278,7 +278,7 @@ def test_a_trial_given_resolved_weights_never_looks_for_files(use_hub, tiny_npz,
     from lightlayers.data import load_dataset
     from lightlayers.executors.ray import trial_task
     from lightlayers.fingerprint import data_key
-    from lightlayers.trial import TrialSpec
+    from lightlayers.spec import TrialSpec
 
     resolved = resolve_model_weights("transfer-resnet18", "DEFAULT", download=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "worker-has-nothing"))

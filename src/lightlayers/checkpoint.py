@@ -12,7 +12,7 @@ from lightlayers.outputs import write_atomic
 from lightlayers.store import StoreError
 
 if TYPE_CHECKING:
-    from lightlayers.trial import TrialSpec
+    from lightlayers.spec import TrialSpec
 
 
 def checkpoint_name(spec: TrialSpec, data_id: str) -> str:

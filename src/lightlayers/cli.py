@@ -82,7 +82,7 @@ class CliError(Exception):
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    from lightlayers import __version__
+    from lightlayers.version import __version__
 
     parser = argparse.ArgumentParser(prog="lightlayers", description=DESCRIPTION,
                                      epilog=EPILOG,

@@ -35,10 +35,10 @@ def environment(device: Any) -> dict[str, Any]:
     import torch
     import torchvision
 
-    import lightlayers
+    from lightlayers.version import __version__
 
     env: dict[str, Any] = {
-        "lightlayers": lightlayers.__version__,
+        "lightlayers": __version__,
         "commit": _git_commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,

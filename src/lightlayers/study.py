@@ -16,11 +16,11 @@ from typing import Any
 import torch
 
 from lightlayers import csvsafe
-from lightlayers.config import ConfigError, StudyConfig
+from lightlayers.config import ConfigError, Protocol, StudyConfig
 from lightlayers.config import comparable_settings as _settings
 from lightlayers.data import Dataset, load_dataset
 from lightlayers.data.subsets import sized_key
-from lightlayers.executors import Task, create_executor, executor_info
+from lightlayers.executors import Executor, Task, executor_info
 from lightlayers.fingerprint import (
     _data_change,
     _jsonable,
@@ -56,6 +56,17 @@ class StudyOutcome:
     counts: dict[str, int]
     ran: int
     skipped: int
+
+
+def create_executor(cfg: StudyConfig, protocol: Protocol, device: torch.device,
+                    out: Path) -> Executor:
+    """The executor ``cfg.executor`` names; built before any data is loaded, so that a missing
+    optional dependency (Ray) is reported at once."""
+    executor = executor_info(cfg.executor).load()(cfg, protocol, device, out)
+    if not isinstance(executor, Executor):
+        raise TypeError(f"executor {cfg.executor!r} built {type(executor).__name__}, which has no "
+                        "run(tasks, start) or reporter (see lightlayers.executors.base.Executor)")
+    return executor
 
 
 def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:

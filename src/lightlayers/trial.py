@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,28 +25,9 @@ from lightlayers.models.weights import ResolvedWeights, WeightsError
 from lightlayers.params import count_params
 from lightlayers.progress import ProgressReporter
 from lightlayers.runtime import seed_everything
-from lightlayers.store import trial_key
+from lightlayers.spec import TrialSpec
 from lightlayers.train import TensorLoader, TrialError, amp_in_use, autocast, evaluate, fit
 from lightlayers.trial_result import TrialPredictions, TrialResult
-
-
-@dataclass(frozen=True)
-class TrialSpec:
-    model: str
-    seed: int
-    protocol: str
-    # The training size's label (lightlayers.data.subsets.TrainSize); None: the whole
-    # training split. The size is also in the trial's data key, hence in its key.
-    train_size: str | None = None
-
-    @property
-    def label(self) -> str:
-        """How progress lines name the trial; a size is named, the whole split is not."""
-        size = f" (train {self.train_size})" if self.train_size is not None else ""
-        return f"{self.model} seed {self.seed}{size}"
-
-    def key(self, data_key: str) -> str:
-        return trial_key(self.model, self.seed, self.protocol, data_key)
 
 
 def input_sizes(cfg: StudyConfig, model: str) -> tuple[int | None, int | None]:

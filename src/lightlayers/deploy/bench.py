@@ -120,10 +120,10 @@ def deployment_metrics(model: ClassifierBase, train: Any, test: Any,
     Runtime gets ``threads`` threads (default: PyTorch's, which it should equal)."""
     import copy
 
-    from lightlayers import __version__
     from lightlayers.data import Split
     from lightlayers.deploy import export as ex
     from lightlayers.deploy.card import ModelCard
+    from lightlayers.version import __version__
 
     net = copy.deepcopy(model).float().cpu().eval()
     images = np.asarray(test.images)

@@ -203,7 +203,7 @@ class Trial:
 
     def card(self, model: Any, lightlayers_version: str | None = None) -> ModelCard:
         """The model card of this trial's model (fp32; the export fills in ``cam``)."""
-        from lightlayers import __version__
+        from lightlayers.version import __version__
 
         meta = self.checkpoint_metadata()
         classes = json.loads(meta["classes"]) if "classes" in meta else self.classes()

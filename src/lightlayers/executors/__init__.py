@@ -15,18 +15,15 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lightlayers.executors.base import Executor, Task, TaskOutcome
 from lightlayers.schema import ConfigError, at_least, not_blank, setting
 
-if TYPE_CHECKING:
-    import torch
-
-    from lightlayers.config import Protocol, StudyConfig
-
-Factory = Callable[["StudyConfig", "Protocol", "torch.device", Path], Executor]
+# (study settings, protocol, torch device, run folder) -> the executor. Typed loosely: the
+# registry sits below the settings (lightlayers.config routes each executor's own settings
+# through it), so it names none of their types.
+Factory = Callable[..., Executor]
 
 
 @dataclass(frozen=True)
@@ -75,17 +72,6 @@ def executor_info(name: str) -> ExecutorInfo:
     except KeyError:
         raise ValueError(f"unknown executor {name!r}; registered: "
                          f"{', '.join(sorted(EXECUTORS))}") from None
-
-
-def create_executor(cfg: StudyConfig, protocol: Protocol, device: torch.device,
-                    out: Path) -> Executor:
-    """The executor ``cfg.executor`` names; built before any data is loaded, so that a missing
-    optional dependency (Ray) is reported at once."""
-    executor = executor_info(cfg.executor).load()(cfg, protocol, device, out)
-    if not isinstance(executor, Executor):
-        raise TypeError(f"executor {cfg.executor!r} built {type(executor).__name__}, which has no "
-                        "run(tasks, start) or reporter (see lightlayers.executors.base.Executor)")
-    return executor
 
 
 def _gpu_share(v: float) -> str | None:
@@ -139,5 +125,5 @@ def load_plugins() -> None:
     load_entry_points("lightlayers.executors", "executor")
 
 __all__ = ["EXECUTORS", "Executor", "ExecutorInfo", "RayOptions", "Task", "TaskOutcome",
-           "create_executor", "executor_info", "load_plugins", "register_executor"]
+           "executor_info", "load_plugins", "register_executor"]
 

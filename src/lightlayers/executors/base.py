@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from lightlayers.data import Dataset
     from lightlayers.models.weights import ResolvedWeights
     from lightlayers.progress import ProgressReporter
-    from lightlayers.trial import TrialSpec
+    from lightlayers.spec import TrialSpec
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from lightlayers.models import paper, study, transfer  # noqa: F401  (registers the models)
 from lightlayers.models._registry import (
-    ModelInfo,
     check_options,
     create_model,
     list_models,
@@ -10,7 +9,7 @@ from lightlayers.models._registry import (
     model_options,
     model_params,
 )
-from lightlayers.models.interface import ClassifierBase, Preprocess
+from lightlayers.models.interface import ClassifierBase, ModelInfo, Preprocess
 
 __all__ = ["ClassifierBase", "ModelInfo", "Preprocess", "check_options", "create_model",
            "list_models", "model_info", "model_options", "model_params"]

@@ -6,34 +6,17 @@ import difflib
 import fnmatch
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from lightlayers.models.interface import ClassifierBase
+from lightlayers.models.interface import ClassifierBase, ModelInfo
 from lightlayers.params import ParamCount, count_params
 
 __all__ = ["ModelInfo", "check_options", "create_model", "list_models", "model_info",
            "model_options", "model_params", "register_model"]
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What a model is, before it is built: its defaults and where it comes from."""
-
-    name: str
-    family: str
-    num_classes: int
-    in_chans: int
-    input_size: int
-    reference: str
-    description: str = ""
-    k: int | None = None
-    # Smallest square input the topology accepts as published (smaller ones are zero-padded).
-    min_input_size: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 Builder = Callable[..., nn.Module]

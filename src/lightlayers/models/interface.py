@@ -17,16 +17,30 @@ a new family is one subclass, never a new ``hasattr`` probe somewhere in the har
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from lightlayers.models._registry import ModelInfo
+__all__ = ["ClassifierBase", "FeatureHead", "ModelInfo", "Preprocess"]
 
-__all__ = ["ClassifierBase", "FeatureHead", "Preprocess"]
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model is, before it is built: its defaults and where it comes from."""
+
+    name: str
+    family: str
+    num_classes: int
+    in_chans: int
+    input_size: int
+    reference: str
+    description: str = ""
+    k: int | None = None
+    # Smallest square input the topology accepts as published (smaller ones are zero-padded).
+    min_input_size: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

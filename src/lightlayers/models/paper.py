@@ -14,7 +14,8 @@ from lightlayers.models._blocks import (
     plain_conv,
     separable_conv,
 )
-from lightlayers.models._registry import ModelInfo, register_model
+from lightlayers.models._registry import register_model
+from lightlayers.models.interface import ModelInfo
 from lightlayers.models.study import _residual_net
 
 PAPER_REF = "Jha et al. 2021, LightLayers: Parameter Efficient Dense and Convolutional Layers"

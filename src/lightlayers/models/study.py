@@ -14,7 +14,8 @@ from lightlayers.models._blocks import (
     light_conv,
     plain_conv,
 )
-from lightlayers.models._registry import ModelInfo, register_model
+from lightlayers.models._registry import register_model
+from lightlayers.models.interface import ModelInfo
 
 STUDY_REF = "LightLayers chest X-ray study (pneumonia vs normal, Kermany et al. 2018)"
 STUDY_WIDTHS = (8, 16, 32)

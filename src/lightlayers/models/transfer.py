@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightlayers.models._registry import ModelInfo, register_model
-from lightlayers.models.interface import ClassifierBase, Preprocess
+from lightlayers.models._registry import register_model
+from lightlayers.models.interface import ClassifierBase, ModelInfo, Preprocess
 from lightlayers.models.weights import (
     ResolvedWeights,
     WeightsError,

@@ -452,7 +452,7 @@ def page(run: RunData, rows: Sequence[Row], notes: Sequence[str],
          figures: Sequence[FigureSpec], png: dict[str, bytes], svg_written: bool,
          comparisons: Sequence[Comparison] = (), n_boot: int = 0,
          ensembles: Sequence[Ensemble] = (), curve_section: str = "") -> str:
-    from lightlayers import __version__
+    from lightlayers.version import __version__
 
     meta = run.meta
     c = run.counts

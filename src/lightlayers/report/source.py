@@ -44,7 +44,7 @@ def _feed(h: Any, value: Any) -> None:
 def digest(run: RunData, formats: Sequence[str], options: dict[str, Any]) -> str:
     """SHA-256 of what a report of ``run`` shows: its trials (done, failed, unfinished), their
     predictions and histories, the run's metadata, the formats and options, the version."""
-    from lightlayers import __version__
+    from lightlayers.version import __version__
 
     h = hashlib.sha256()
     _feed(h, {"version": __version__, "formats": sorted(formats), "options": options,
