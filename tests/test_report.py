@@ -261,6 +261,8 @@ def test_report_html_loads_in_headless_chromium(run, tmp_path):
     assert attrs["data-window-width"] == "1280"
     assert int(attrs["data-scroll-width"]) <= 1280
     assert attrs["data-first-section"] == "summary"
+    # A header wraps between its words only ("Seeds" never as "Seed" / "s").
+    assert attrs["data-broken-headers"] == "", attrs["data-broken-headers"]
 
 
 def test_page_leads_with_a_summary_made_from_the_numbers(run):

@@ -54,6 +54,8 @@ figcaption { font-size: .85em; max-width: 60em; }
 pre { background: #f6f6f6; padding: .6em; font-size: .85em; white-space: pre-wrap;
       overflow-wrap: anywhere; }
 td, th, li, p, figcaption { overflow-wrap: anywhere; }
+/* A header breaks between its words, never inside one ("Seed" / "s"). */
+thead th { overflow-wrap: normal; }
 .scroll { overflow-x: auto; max-width: 100%; }
 #summary { border: 2px solid #333; padding: .3em 1em; background: #fafafa; }
 #summary li { margin: .2em 0; }
@@ -61,7 +63,7 @@ dl.glossary dt { font-weight: bold; } dl.glossary dd { margin: 0 0 .5em 1.5em; }
 """
 
 # Records the render check; it changes nothing visible.
-SCRIPT = """
+SCRIPT = r"""
 window.addEventListener("load", function () {
   var imgs = Array.prototype.slice.call(document.images);
   var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
@@ -73,6 +75,20 @@ window.addEventListener("load", function () {
   document.body.setAttribute("data-window-width", String(window.innerWidth));
   var first = document.querySelector("body > h1 + *");
   document.body.setAttribute("data-first-section", first ? (first.id || first.tagName) : "");
+  // Table headers laid out on more lines than they have words: one broke inside a word.
+  var broken = Array.prototype.slice.call(document.querySelectorAll("thead th"))
+    .filter(function (th) {
+      var words = th.textContent.trim().split(/\s+/).length;
+      var range = document.createRange();
+      range.selectNodeContents(th);
+      var tops = {};
+      Array.prototype.forEach.call(range.getClientRects(), function (r) {
+        if (r.width > 0) { tops[Math.round(r.top)] = true; }
+      });
+      return Object.keys(tops).length > words;
+    })
+    .map(function (th) { return th.textContent.trim(); });
+  document.body.setAttribute("data-broken-headers", broken.join("|"));
 });
 """
 
