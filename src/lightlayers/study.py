@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -264,8 +265,6 @@ def _measure_finished(out: Path, store: ResultsStore, keyed: list[Any], split_se
                  "them, from their checkpoints")
     done = measure_finished(out, store, rows, lambda row: data[row["data"]], split_seed,
                             reporter.steps("deployment numbers", len(rows)))
-    import warnings
-
     for line in done.failed:  # a warning: shown under --quiet too, the trial stays as it was
         warnings.warn(f"deployment numbers not measured for {line}", stacklevel=2)
 

@@ -595,17 +595,10 @@ def decode_arrays(arrays: ArraySet, opts: PreprocessOptions, out: Path) -> Decod
     image is grey, which decides how each is stored and what its digest covers."""
     parts = list(arrays.splits.items())
     rgb = parts[0][1][0].ndim == 4
-    all_gray = True
-    if rgb:
-        for images, _ in (p for _, p in parts):
-            for start in range(0, len(images), 256):
-                block = images[start:start + 256]
-                if not ((block[..., 0] == block[..., 1]).all()
-                        and (block[..., 0] == block[..., 2]).all()):
-                    all_gray = False
-                    break
-            if not all_gray:
-                break
+    # Read in blocks of 256 images, stopping at the first colour one.
+    blocks = (images[i:i + 256] for _, (images, _) in parts for i in range(0, len(images), 256))
+    all_gray = not rgb or all((b[..., 0] == b[..., 1]).all() and (b[..., 0] == b[..., 2]).all()
+                              for b in blocks)
     in_chans = _resolve_chans(opts.in_chans, all_gray)
     keep_rgb = rgb and not all_gray
     shape = parts[0][1][0].shape[1:3]
@@ -616,7 +609,7 @@ def decode_arrays(arrays: ArraySet, opts: PreprocessOptions, out: Path) -> Decod
     digests: list[int] = []
     sink = _ImageFile(out)
     try:
-        for images, _ in (p for _, p in parts):
+        for _, (images, _) in parts:
             for im in images:
                 im = np.ascontiguousarray(im if keep_rgb or not rgb else im[..., 0])
                 digests.append(_digest(im.tobytes(), digest_shape))
