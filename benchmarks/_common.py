@@ -433,7 +433,7 @@ def smoke_npz(dst: Path, n: int = 200) -> Path:
 
 
 def _study_child(spec_json: str) -> None:
-    from lightlayers.store import ResultsStore
+    from lightlayers.runfolder.store import ResultsStore
     from lightlayers.study import run_study
 
     spec = json.loads(spec_json)

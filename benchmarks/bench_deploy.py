@@ -84,14 +84,15 @@ def untrained(name: str, ds: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
 def trained(run_dir: Path, names: list[str] | None) -> list[tuple[str, torch.nn.Module,
                                                                   dict[str, Any], Any]]:
     """Each model's trial of ``run_dir`` that `lightlayers export` would choose."""
-    from lightlayers.deploy.trial import choose_trial, find_trials
+    from lightlayers.deploy.trial import trial_card
+    from lightlayers.runfolder.trials import choose_trial, find_trials
 
     models = names or sorted({t.model_name for t in find_trials(run_dir)})
     out = []
     for name in models:
         trial, _, _ = choose_trial(run_dir, name)
         model = trial.build_model()
-        out.append((name, model, trial.card(model).loader_options(), trial.load_data()))
+        out.append((name, model, trial_card(trial, model).loader_options(), trial.load_data()))
     return out
 
 

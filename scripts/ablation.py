@@ -71,7 +71,7 @@ def run_variant(name: str, sets: list[str], args: argparse.Namespace) -> Path:
 
 def summarize_variant(out: Path) -> dict[str, object]:
     from lightlayers.report.stats import summarize
-    from lightlayers.store import ResultsStore
+    from lightlayers.runfolder.store import ResultsStore
 
     with ResultsStore(out / "results.db", create=False) as store:
         done = [t for t in store.trials() if t["status"] == "done"]

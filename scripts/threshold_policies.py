@@ -56,9 +56,10 @@ def validation_scores(trial, data: str | None) -> tuple[np.ndarray, np.ndarray, 
     import torch
 
     from lightlayers.deploy.export import batches, deployable_for
+    from lightlayers.deploy.trial import trial_card
 
     net = trial.build_model()
-    card = trial.card(net)
+    card = trial_card(trial, net)
     if card.positive_class is None:
         raise SystemExit(f"{trial.run_dir}: not a binary task with a positive class")
     deployable, _ = deployable_for(net, card)
@@ -81,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from lightlayers.deploy.errors import DeployError
-    from lightlayers.deploy.trial import find_trials
-    from lightlayers.store import ResultsStore
+    from lightlayers.runfolder.store import ResultsStore
+    from lightlayers.runfolder.trials import find_trials
 
     try:
         trials = find_trials(args.run_dir)

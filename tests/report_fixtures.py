@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from lightlayers.metrics import classification_metrics
-from lightlayers.store import ResultsStore
+from lightlayers.runfolder.store import ResultsStore
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PNEUMONIA_NPZ = SHARED / "chest_xray_pneumonia" / "pneumoniamnist_28_reconstructed.npz"

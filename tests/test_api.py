@@ -15,7 +15,7 @@ import pytest
 import lightlayers as L
 from lightlayers.config import ConfigError
 from lightlayers.metrics.registry import trial_metrics
-from lightlayers.store import ResultsStore
+from lightlayers.runfolder.store import ResultsStore
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "python.md"
 TINY = {"data": "digits", "epochs": 1, "size": 8, "threads": 1, "report": False}

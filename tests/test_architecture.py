@@ -162,6 +162,45 @@ def test_the_report_never_imports_the_runner():
         f"{m} -> {deps}" for m, deps in found.items())
 
 
+# Who writes or reads a run folder: the runner, the report, export and prediction, distillation.
+_USERS = ("lightlayers.study", "lightlayers.trial", "lightlayers.tune", "lightlayers.executors",
+          "lightlayers.report", "lightlayers.deploy", "lightlayers.teacher", "lightlayers.commands",
+          "lightlayers.cli", "lightlayers.api")
+
+
+def test_the_run_folder_package_imports_none_of_its_users():
+    """lightlayers.runfolder owns the run folder and sits below everything that uses it: none of
+    its modules imports a user, and, apart from the settings check (which reads the settings
+    module, and through it whatever settings name), none reaches one through other modules."""
+    graph = import_graph(PACKAGE)
+    modules = [m for m in graph if _within(m, ("lightlayers.runfolder",))]
+    assert {"lightlayers.runfolder.store", "lightlayers.runfolder.trials",
+            "lightlayers.runfolder.layout", "lightlayers.runfolder.checkpoint"} <= set(modules)
+    found = forbidden_imports(graph, "lightlayers.runfolder", direct=_USERS, through=())
+    for m in modules:
+        if m not in ("lightlayers.runfolder", "lightlayers.runfolder.settings"):
+            bad = sorted(d for d in reachable(graph, m) if _within(d, _USERS))
+            if bad:
+                found[m] = bad
+    assert not found, "the run folder package imports its users:\n" + "\n".join(
+        f"{m} -> {deps}" for m, deps in found.items())
+
+
+def test_readers_of_finished_trials_go_through_the_run_folder_package():
+    """Distillation reads its teacher's trials through lightlayers.runfolder, not through the
+    deploy package; deploy reaches neither the runner nor distillation."""
+    graph = import_graph(PACKAGE)
+    assert "lightlayers.runfolder.trials" in graph["lightlayers.teacher"]
+    found = forbidden_imports(
+        graph, "lightlayers.teacher", direct=("lightlayers.deploy", "lightlayers.study"),
+        through=("lightlayers.deploy", "lightlayers.study", "lightlayers.report"))
+    found |= forbidden_imports(
+        graph, "lightlayers.deploy", direct=("lightlayers.study", "lightlayers.teacher"),
+        through=("lightlayers.study", "lightlayers.teacher", "lightlayers.executors.local",
+                 "lightlayers.executors.ray"))
+    assert not found, "\n".join(f"{m} -> {deps}" for m, deps in found.items())
+
+
 def test_the_runner_check_finds_function_level_and_indirect_imports(tmp_path):
     pkg = tmp_path / "pkg"
     (pkg / "report").mkdir(parents=True)

@@ -337,7 +337,7 @@ def test_damaged_caches_are_replaced_in_a_real_run(tmp_path: Path, capfd) -> Non
     import torchvision
 
     from lightlayers.cli import main as cli
-    from lightlayers.store import ResultsStore
+    from lightlayers.runfolder.store import ResultsStore
 
     torch.manual_seed(0)
     weights = tmp_path / "backbone.safetensors"  # random weights: no download

@@ -17,8 +17,8 @@ from lightlayers.commands import run as run_command
 from lightlayers.config import ConfigError, StudyConfig, config_from_dict, load_config
 from lightlayers.executors import EXECUTORS, ExecutorInfo, register_executor
 from lightlayers.executors.base import Task, TaskOutcome
+from lightlayers.runfolder.store import ResultsStore
 from lightlayers.schema import at_least, setting
-from lightlayers.store import ResultsStore
 
 TINY = ["--data", "digits", "--models", "paper-light-k1", "--size", "8", "--epochs", "1",
         "--quiet", "--no-report"]

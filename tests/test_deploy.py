@@ -23,8 +23,8 @@ from lightlayers.deploy import DeployError
 from lightlayers.deploy import export as ex
 from lightlayers.deploy.cam import peak
 from lightlayers.deploy.card import ModelCard
-from lightlayers.deploy.trial import choose_trial
-from lightlayers.store import ResultsStore
+from lightlayers.runfolder.store import ResultsStore
+from lightlayers.runfolder.trials import choose_trial
 
 # Quick runs: one thread (the test machine's cores are shared), BatchNorm statistics that
 # converge within a few steps.

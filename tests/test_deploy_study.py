@@ -64,7 +64,7 @@ def test_a_study_without_deployment_has_no_such_columns(tmp_path: Path) -> None:
 def test_trials_finished_without_deployment_numbers_are_measured_from_checkpoints(
         tmp_path: Path, capsys) -> None:
     pytest.importorskip("onnxruntime")
-    from lightlayers.store import ResultsStore
+    from lightlayers.runfolder.store import ResultsStore
 
     out = tmp_path / "R"
     # Not quiet: the step's own line is part of what is checked.

@@ -27,7 +27,7 @@ from pydicom.uid import (  # noqa: E402
 from lightlayers.cli import main as cli  # noqa: E402
 from lightlayers.data import DataError, load_dataset  # noqa: E402
 from lightlayers.data.preprocess import decode_image  # noqa: E402
-from lightlayers.store import ResultsStore  # noqa: E402
+from lightlayers.runfolder.store import ResultsStore  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from lightlayers.cli import main as cli
 from lightlayers.config import ConfigError, Protocol, load_config
-from lightlayers.store import ResultsStore
+from lightlayers.runfolder.store import ResultsStore
 from lightlayers.teacher import parse_teacher
 from lightlayers.train import _Stepper
 

@@ -17,7 +17,7 @@ from lightlayers.metrics import classification_metrics
 from lightlayers.report import write_report
 from lightlayers.report.ensemble import ensembles
 from lightlayers.report.load import Group, RunData, load_run
-from lightlayers.store import ResultsStore
+from lightlayers.runfolder.store import ResultsStore
 
 
 def test_ensemble_rows_are_the_averaged_stored_predictions(tmp_path: Path, capsys) -> None:

@@ -139,10 +139,11 @@ def test_predict_heatmaps_are_labelled(small_run, tmp_path, capsys):
 
 def test_card_records_the_cut_scaling_and_csv_names_model_and_threshold(small_run, tmp_path):
     run_dir, images = small_run
-    from lightlayers.deploy.trial import choose_trial
+    from lightlayers.deploy.trial import trial_card
+    from lightlayers.runfolder.trials import choose_trial
 
     trial, _, _ = choose_trial(run_dir, "paper-light-k1")
-    card = trial.card(trial.build_model())
+    card = trial_card(trial, trial.build_model())
     pre = card.preprocessing
     # PneumoniaMNIST's images are the centre squares of the X-rays: new ones are cut so.
     assert pre["source_cut"].startswith("centre square") and card.resize == "crop"
@@ -188,12 +189,13 @@ def test_export_carries_the_finer_layers_map_checked_against_captum(small_run, t
     from lightlayers.data import Split
     from lightlayers.deploy import export as ex
     from lightlayers.deploy.graph import LayerCamDeployable, reference_cam
-    from lightlayers.deploy.trial import choose_trial
+    from lightlayers.deploy.trial import trial_card
+    from lightlayers.runfolder.trials import choose_trial
 
     run_dir, _ = small_run
     trial, _, _ = choose_trial(run_dir, "paper-light-k1")
     net = trial.build_model()
-    card = trial.card(net)
+    card = trial_card(trial, net)
     deployable, example = ex.deployable_for(net, card)
     assert isinstance(deployable, LayerCamDeployable)
     assert deployable.cam_layer.label == "input of stages.20, 7x7 map at 28 px"
@@ -213,7 +215,7 @@ def test_export_carries_the_finer_layers_map_checked_against_captum(small_run, t
     # the padded input with the image's square cut out, as Captum's maps are; the card says 8.
     trial, _, _ = choose_trial(run_dir, "study-conv")
     net = trial.build_model()
-    card = trial.card(net)
+    card = trial_card(trial, net)
     deployable, example = ex.deployable_for(net, card)
     assert isinstance(deployable, LayerCamDeployable)
     assert deployable.cam_layer.padded == 50

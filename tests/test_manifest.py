@@ -14,7 +14,7 @@ from data_fixtures import CHEST_TAR, SHARED, image_bytes, needs_shared, session_
 
 from lightlayers.cli import main as cli
 from lightlayers.data import DataError, load_dataset
-from lightlayers.store import ResultsStore
+from lightlayers.runfolder.store import ResultsStore
 
 SHARED_MANIFEST = SHARED / "chest_xray_pneumonia" / "chest_xray_224_manifest.csv"
 PER_CLASS = 30

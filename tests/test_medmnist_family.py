@@ -15,7 +15,7 @@ import pytest
 from lightlayers.cli import main as cli
 from lightlayers.data import DataError, load_dataset, registry
 from lightlayers.data.medmnist_table import MEDMNIST, REFUSED
-from lightlayers.store import ResultsStore
+from lightlayers.runfolder.store import ResultsStore
 
 FLAGS = ("bloodmnist", "breastmnist", "dermamnist", "octmnist", "organamnist", "organcmnist",
          "organsmnist", "pathmnist", "pneumoniamnist", "retinamnist", "tissuemnist")

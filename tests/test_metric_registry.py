@@ -29,7 +29,7 @@ from lightlayers.metrics.registry import (
     unregister_metric,
 )
 from lightlayers.report import figures, table
-from lightlayers.store import ResultsStore, StoreError
+from lightlayers.runfolder.store import ResultsStore, StoreError
 
 ROOT = Path(__file__).resolve().parents[1]
 

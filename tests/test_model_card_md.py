@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from lightlayers.cli import main
-from lightlayers.store import ResultsStore
+from lightlayers.runfolder.store import ResultsStore
 
 pytest.importorskip("onnxruntime", reason="install lightlayers[test]")
 pytest.importorskip("captum", reason="install lightlayers[test]")

@@ -15,8 +15,8 @@ from procs import alive, cmdline, descendants
 
 from lightlayers.cli import main as cli
 from lightlayers.config import ConfigError, load_config
+from lightlayers.runfolder.store import ResultsStore
 from lightlayers.runtime import default_threads, resolve_threads
-from lightlayers.store import ResultsStore
 from lightlayers.study import run_study
 from lightlayers.trial import run_trial
 

@@ -23,7 +23,7 @@ from lightlayers.report.load import Group
 from lightlayers.report.source import SOURCE_FILE
 from lightlayers.report.stats import pareto_front, summarize
 from lightlayers.report.table import Row
-from lightlayers.store import ResultsStore
+from lightlayers.runfolder.store import ResultsStore
 
 MODELS = ("linear-8x8", "linear-4x4")
 # Student t, 97.5% quantile, from printed tables: df -> t.

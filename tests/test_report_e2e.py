@@ -8,7 +8,7 @@ from data_fixtures import pneumonia_subset
 from report_fixtures import PNEUMONIA_NPZ, browser_check
 
 from lightlayers.cli import main as cli
-from lightlayers.store import ResultsStore
+from lightlayers.runfolder.store import ResultsStore
 
 MODELS = ("study-light-k1", "study-conv")
 

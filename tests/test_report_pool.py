@@ -9,7 +9,7 @@ import pytest
 from data_fixtures import pneumonia_subset
 
 from lightlayers.cli import main as cli
-from lightlayers.store import ResultsStore
+from lightlayers.runfolder.store import ResultsStore
 
 
 def _run(data, out, seed: int, *extra: str) -> None:

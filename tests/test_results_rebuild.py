@@ -21,7 +21,7 @@ from lightlayers.report.load import ReportError, load_run
 from lightlayers.report.predictions import read_predictions, run_from_files
 from lightlayers.report.targets import Candidate, candidates, evaluate
 from lightlayers.runfolder import results_csv_text
-from lightlayers.store import ResultsStore
+from lightlayers.runfolder.store import ResultsStore
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = Path("docs/results.md")

@@ -19,7 +19,7 @@ from lightlayers.cli import main as cli
 from lightlayers.config import load_config
 from lightlayers.metrics import classification_metrics
 from lightlayers.runfolder import csv_columns
-from lightlayers.store import ResultsStore
+from lightlayers.runfolder.store import ResultsStore
 from lightlayers.study import run_study
 
 # The real chest X-rays, the first few hundred of each official split: seconds, not minutes.

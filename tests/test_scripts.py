@@ -75,7 +75,7 @@ def test_threshold_policies_choose_on_validation_and_score_the_recorded_test(tmp
     from data_fixtures import pneumonia_subset
 
     from lightlayers.cli import main as cli
-    from lightlayers.store import ResultsStore
+    from lightlayers.runfolder.store import ResultsStore
 
     data = pneumonia_subset(tmp_path / "pneumoniamnist_28_subset.npz")
     out = tmp_path / "run"

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lightlayers import store as store_module
 from lightlayers.cli import main as cli
 from lightlayers.metrics.registry import epoch_metrics, trial_metrics
 from lightlayers.runfolder import results_csv_text
-from lightlayers.store import SCHEMA_VERSION, ResultsStore, StoreError
+from lightlayers.runfolder import store as store_module
+from lightlayers.runfolder.store import SCHEMA_VERSION, ResultsStore, StoreError
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "run-v1"
 MODELS = ("paper-light-k1", "study-light-k1")

@@ -16,7 +16,7 @@ import pytest
 
 from lightlayers.cli import main
 from lightlayers.config import ConfigError, load_config
-from lightlayers.store import ResultsStore
+from lightlayers.runfolder.store import ResultsStore
 
 mlflow = pytest.importorskip("mlflow", reason="install lightlayers[test]")
 pytest.importorskip("tensorboard", reason="install lightlayers[test]")

@@ -379,7 +379,7 @@ def test_measured_int8_latency_gets_its_own_panel(tmp_path, capsys):
 
 
 def test_export_and_teachers_choose_among_the_tables_size(curve_run):
-    from lightlayers.deploy.trial import choose_trial, find_trials
+    from lightlayers.runfolder.trials import choose_trial, find_trials
 
     trials = find_trials(curve_run)
     # The curve's smaller sizes are not candidates: the whole split's trials are.

@@ -9,7 +9,7 @@ import lightlayers as L
 from lightlayers.cli import main as cli
 from lightlayers.features import compute_features
 from lightlayers.models.transfer import BACKBONES, WeightsError, backbone_stages
-from lightlayers.store import ResultsStore
+from lightlayers.runfolder.store import ResultsStore
 from lightlayers.train import TensorLoader
 
 

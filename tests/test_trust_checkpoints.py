@@ -22,10 +22,11 @@ import torch
 from hostile import Case, Planted, fresh_run, run_case
 from PIL import Image
 
-from lightlayers.checkpoint import save_checkpoint
-from lightlayers.deploy import DeployError
-from lightlayers.deploy.trial import CheckpointMismatchError, find_trials
-from lightlayers.store import ResultsStore
+from lightlayers.deploy.trial import trial_card
+from lightlayers.runfolder.checkpoint import save_checkpoint
+from lightlayers.runfolder.errors import CheckpointMismatchError
+from lightlayers.runfolder.store import ResultsStore
+from lightlayers.runfolder.trials import find_trials
 
 
 def _checkpoint(run: Path, model: str, seed: int) -> Path:
@@ -225,7 +226,7 @@ def test_a_changed_byte_is_found_and_each_file_is_hashed_once(
     run = fresh_run(hostile_run, tmp_path)
     (t,) = find_trials(run, "paper-conv", 0)
     model = t.build_model()
-    t.card(model)
+    trial_card(t, model)
     t.checkpoint_metadata()
     assert t.checkpoint_sha256 == t.extra["checkpoint_sha256"]
     (again,) = find_trials(run, "paper-conv", 0)
@@ -237,7 +238,7 @@ def test_a_changed_byte_is_found_and_each_file_is_hashed_once(
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(DeployError, match=r"\(SHA-256 [0-9a-f]{12}\.\.\. recorded, "
+    with pytest.raises(CheckpointMismatchError, match=r"\(SHA-256 [0-9a-f]{12}\.\.\. recorded, "
                                           r"[0-9a-f]{12}\.\.\. found\); restore the file"):
         again.build_model()
 

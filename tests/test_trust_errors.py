@@ -21,7 +21,7 @@ from lightlayers.cli import explain
 from lightlayers.cli import main as cli
 from lightlayers.config import Protocol
 from lightlayers.metrics import DIAGNOSIS, diagnose
-from lightlayers.store import ResultsStore, StoreError, sqlite_error
+from lightlayers.runfolder.store import ResultsStore, StoreError, sqlite_error
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = ["run", "--data", "digits", "--models", "paper-conv", "--epochs", "1", "--quiet",

@@ -11,10 +11,10 @@ import pytest
 import torch
 from data_fixtures import write_tree
 
-from lightlayers.checkpoint import checkpoint_name, save_checkpoint
 from lightlayers.cli import main as cli
+from lightlayers.runfolder.checkpoint import checkpoint_name, save_checkpoint
+from lightlayers.runfolder.store import ResultsStore
 from lightlayers.spec import TrialSpec
-from lightlayers.store import ResultsStore
 
 MODEL = "paper-light-k1"
 COUNTS = {"train/a": 24, "train/b": 24, "test/a": 8, "test/b": 8}
@@ -74,7 +74,7 @@ def test_no_two_trials_share_a_checkpoint(tmp_path):
     save_checkpoint(model, path, {"trial": "key-1"})
     before = path.read_bytes()
     save_checkpoint(model, path, {"trial": "key-1"})  # the same trial's retry may replace it
-    from lightlayers.store import StoreError
+    from lightlayers.runfolder.store import StoreError
 
     with pytest.raises(StoreError, match="another trial"):
         save_checkpoint(torch.nn.Linear(2, 2), path, {"trial": "key-2"})

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from lightlayers.cli import main as cli
 from lightlayers.config import ConfigError, load_config
 from lightlayers.data import DeviceLoader, load_dataset
-from lightlayers.deploy.trial import find_trials
-from lightlayers.store import ResultsStore
+from lightlayers.runfolder.store import ResultsStore
+from lightlayers.runfolder.trials import find_trials
 from lightlayers.train import evaluate
 
 RUN = ["run", "--data", "digits", "--models", "study-light-k1", "--seeds", "0", "--epochs",

@@ -113,7 +113,7 @@ def test_tune_folder_bound_to_its_settings(tuned: tuple[Path, dict]) -> None:
 
 def test_run_tuned_trains_each_model_with_its_best_settings(
         tuned: tuple[Path, dict], tmp_path: Path) -> None:
-    from lightlayers.store import ResultsStore
+    from lightlayers.runfolder.store import ResultsStore
 
     folder, result = tuned
     best = {m["model"]: m["best"]["params"] for m in result["models"]}

@@ -21,7 +21,7 @@ from lightlayers.cli import main as cli
 from lightlayers.config import load_config
 from lightlayers.models.transfer import BACKBONES, resolve_model_weights
 from lightlayers.models.weights import WeightsError, download_weights, hub_file
-from lightlayers.store import ResultsStore
+from lightlayers.runfolder.store import ResultsStore
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TRANSFER = [f"transfer-{b}" for b in BACKBONES]

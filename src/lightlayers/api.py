@@ -122,7 +122,7 @@ class Run:
         return f"Run({str(self.path)!r})"
 
     def _store(self) -> Any:
-        from lightlayers.store import ResultsStore, StoreError
+        from lightlayers.runfolder.store import ResultsStore, StoreError
 
         try:
             return ResultsStore(self.path / "results.db", create=False, readonly=True)
@@ -271,8 +271,9 @@ def run_study(config_or_path: StudyConfig | Mapping[str, Any] | str | os.PathLik
     prints the command's progress on stderr.
 
     Raises :class:`lightlayers.config.ConfigError` (settings),
-    :class:`lightlayers.data.DataError` (data) or :class:`lightlayers.store.StoreError` (the
-    run folder), each with a message naming what to fix. A failed trial does not raise: it is
+    :class:`lightlayers.data.DataError` (data) or
+    :class:`lightlayers.runfolder.RunFolderError` (the run folder), each with a message naming
+    what to fix. A failed trial does not raise: it is
     recorded (``Run.trials(status="failed")`` gives its error).
     """
     from lightlayers.commands.run import CLI_PROTOCOL

@@ -69,7 +69,7 @@ Python traceback of any error."""
 _USER_ERRORS = (
     ("lightlayers.schema", "ConfigError"),
     ("lightlayers.data.errors", "DataError"),
-    ("lightlayers.store", "StoreError"),
+    ("lightlayers.runfolder.errors", "RunFolderError"),
     ("lightlayers.report.load", "ReportError"),
     ("lightlayers.models.weights", "WeightsError"),
     ("lightlayers.deploy.errors", "DeployError"),

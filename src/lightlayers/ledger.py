@@ -172,8 +172,8 @@ def ledger_sentence(fingerprint: dict[str, Any] | None) -> str | None:
 
 
 def record_rescore(trial: Any, ds: Dataset) -> bool:
-    """A finished trial (:class:`lightlayers.deploy.trial.Trial`) scored on the test split
-    again, by an export's own check: appended under the settings it was trained with. A run
+    """A finished trial (:class:`lightlayers.runfolder.trials.FinishedTrial`) scored on the test
+    split again, by an export's own check: appended under the settings it was trained with. A run
     folder whose recorded config this lightlayers cannot rebuild is passed over."""
     from lightlayers.config import ConfigError, config_from_dict
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MANIFEST", "OutputError", "OutputFolder", "check_not_inside", "is_run_folder",
+__all__ = ["MANIFEST", "OutputError", "OutputFolder", "check_not_inside", "folder_kind",
            "write_atomic", "write_output_file"]
 
 MANIFEST = ".lightlayers.json"
@@ -114,34 +114,20 @@ def check_not_inside(out: Path, inputs: Iterable[Path | str], what: str) -> None
             raise OutputError(f"{what} {out} lies inside the input {given}; write outside it")
 
 
-# What `lightlayers run` writes in a run folder: its results store, lock, settings, tables,
-# checkpoints and report.
-STORE_FILES = ("results.db", "results.db-wal", "results.db-shm")
-RUN_FILES = (*STORE_FILES, ".lock", "config.yaml", "results.csv", "skipped_images.csv",
-             "checkpoints", "report")
-
-
-def adopt_run_folder(folder: Path) -> set[str] | None:
-    """A run folder written before folders carried a manifest: its results store says it is
-    one, and the names a run writes are its own; any other folder is not adopted."""
-    if not is_run_folder(folder):
-        return None
-    return {name for name in RUN_FILES if (folder / name).exists()}
-
-
-def is_run_folder(folder: Path) -> bool:
-    """A folder ``lightlayers run`` made: its manifest says so, or (folders written before the
-    manifest existed) it holds a results store with the ``trials`` table."""
+def folder_kind(folder: Path) -> str | None:
+    """The kind of output folder ``folder`` is ("run", "report", ...) when this tool made it:
+    its manifest says so. Folders written before manifests existed were run folders only, and
+    are known by their results store (a SQLite file with a ``trials`` table)."""
     kind = _manifest_kind(folder)
     if kind is not None:
-        return kind == "run"
+        return kind
     db = folder / "results.db"
     if db.is_symlink() or not db.is_file():
-        return False
+        return None
     try:
         with open(db, "rb") as f:
             if f.read(16) != b"SQLite format 3\x00":
-                return False
+                return None
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         try:
             row = con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND "
@@ -149,8 +135,8 @@ def is_run_folder(folder: Path) -> bool:
         finally:
             con.close()
     except (OSError, sqlite3.DatabaseError):
-        return False
-    return row is not None
+        return None
+    return "run" if row is not None else None
 
 
 def _manifest_kind(folder: Path) -> str | None:
@@ -166,7 +152,7 @@ def _manifest_kind(folder: Path) -> str | None:
 
 def _inside_run_folder(path: Path) -> Path | None:
     for folder in Path(path).absolute().parents:
-        if is_run_folder(folder):
+        if folder_kind(folder) == "run":
             return folder
     return None
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lightlayers.store import trial_key
+from lightlayers.runfolder.store import trial_key
 
 __all__ = ["TrialSpec"]
 

@@ -1,14 +1,13 @@
 """A study: plan trials (models x seeds), run each, record everything in the run folder.
 
-Run folder: ``results.db`` (the record), ``results.csv`` (one row per trial), ``config.yaml``
-(the resolved config) and ``checkpoints/`` (selected weights as float32 safetensors).
+The run folder (:mod:`lightlayers.runfolder`) is written only through its own package: the
+store, results.csv, config.yaml, the checkpoints and the lock.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,15 +29,16 @@ from lightlayers.fingerprint import (
     same_data,
 )
 from lightlayers.ledger import StudyLedger
-from lightlayers.outputs import MANIFEST, STORE_FILES, OutputFolder, adopt_run_folder
 from lightlayers.progress import ProgressReporter
-from lightlayers.runfolder import local_inputs, settings_diff, write_results_csv
+from lightlayers.runfolder.layout import RunFolder
+from lightlayers.runfolder.results_csv import write_results_csv
+from lightlayers.runfolder.settings import local_inputs, settings_diff
+from lightlayers.runfolder.store import ResultsStore
 from lightlayers.runtime import resolve_device, resolve_threads
-from lightlayers.store import ResultsStore, StoreError
 from lightlayers.trial import TrialSpec, data_size_for, model_kwargs, resolve_study_weights
 
 
-def _record_skipped(folder: OutputFolder, datasets: Any, log: Any) -> None:
+def _record_skipped(folder: RunFolder, datasets: Any, log: Any) -> None:
     """Undecodable files left out (``on_bad_image: skip``): listed in the run folder."""
     rows = sorted({(f, r) for ds in datasets for f, r in ds.skipped})
     if not rows:
@@ -83,10 +83,6 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
         tuned = {m: tuned_record(cfg, m) for m in cfg.models}
     # Not resolved: a link given as --out is refused by the folder's claim, never followed.
     out = Path(cfg.out).expanduser().absolute()
-    # A folder this run creates is removed again when the study fails before it records a
-    # trial (a typo in --data, weights or data errors): no empty run folder is left behind.
-    created = _new_folders(out)
-    recorded_any = False
     # With Ray the trials run on the workers' devices: a head node without a GPU must not
     # refuse --device cuda, so the driver only describes its own.
     device = resolve_device(cfg.device if executor_info(cfg.executor).runs_here else "auto")
@@ -99,20 +95,8 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
         from lightlayers.trackers import check_trackers
 
         check_trackers(cfg.log)
-    folder = OutputFolder(out, "run", inputs=local_inputs(cfg), adopt=adopt_run_folder,
-                          what="run folder (--out)")
-    try:
-        lock = _lock_run_folder(folder)
-        # The store's files and the checkpoints' folder: a link planted at any of them is
-        # refused here rather than written through.
-        for name in (*_STORE_FILES, "checkpoints"):
-            folder.claim(name)
-        store = ResultsStore(out / "results.db")
-    except BaseException:
-        folder.close()
-        if created:
-            _remove_new_folders(created)
-        raise
+    folder = RunFolder(out, inputs=local_inputs(cfg))
+    store = folder.store
     sizes = cfg.train_size_plan()
     reporter = ProgressReporter(len(cfg.models) * len(cfg.seeds) * len(sizes),
                                 enabled=progress)
@@ -191,7 +175,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
         redo = store.reset_interrupted()
         if redo:
             reporter.log(f"redoing {len(redo)} trial(s) interrupted by an earlier crash")
-        recorded_any = True
+        folder.recorded = True
         store.add_trials({"model": sp.model, "seed": sp.seed, "protocol": sp.protocol,
                           "data": dk, "config": {"model_options": model_kwargs(cfg, sp.model),
                                                  **({"tuned": tuned[sp.model]} if tuned
@@ -244,11 +228,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> StudyOutcome:
         return StudyOutcome(out, counts, ran=len(todo), skipped=skipped)
     finally:
         reporter.close()
-        store.close()
-        lock.close()
         folder.close()
-        if created and not recorded_any:
-            _remove_new_folders(created)
 
 
 def _measure_finished(out: Path, store: ResultsStore, keyed: list[Any], split_seed: int,
@@ -269,7 +249,7 @@ def _measure_finished(out: Path, store: ResultsStore, keyed: list[Any], split_se
         warnings.warn(f"deployment numbers not measured for {line}", stacklevel=2)
 
 
-def _trackers(cfg: StudyConfig, folder: OutputFolder) -> Any:
+def _trackers(cfg: StudyConfig, folder: RunFolder) -> Any:
     """The study's experiment trackers (``log``), which write nothing until a trial is done."""
     from lightlayers.trackers import StudyContext, TrackerSet
 
@@ -298,59 +278,6 @@ def _tuned_source(tuned: dict[str, Any]) -> dict[str, Any]:
     first = next(iter(tuned.values()))
     return {"kind": "tuned", **{k: first[k] for k in ("folder", "data_fingerprint", "budget",
                                                       "folds", "objective")}}
-
-
-# What a run folder holds besides results.csv, config.yaml and the lock (SQLite's write-ahead
-# log and shared memory sit beside the store).
-_STORE_FILES = STORE_FILES
-
-
-def _new_folders(out: Path) -> list[Path]:
-    """The folders ``out.mkdir(parents=True)`` would create, deepest first."""
-    new = []
-    for p in (out, *out.parents):
-        if p.exists():
-            break
-        new.append(p)
-    return new
-
-
-def _remove_new_folders(created: list[Path]) -> None:
-    """Remove what this run created (the store, the lock, config.yaml), only where nothing else
-    was written meanwhile: a folder holding anything unexpected stays."""
-    import shutil
-
-    ours = {*_STORE_FILES, ".lock", "config.yaml", "results.csv", "skipped_images.csv",
-            MANIFEST}
-    for folder in created:
-        try:
-            if folder == created[0]:
-                if {p.name for p in folder.iterdir()} <= ours:
-                    shutil.rmtree(folder)
-            else:
-                folder.rmdir()
-        except OSError:
-            return  # not empty or not ours: keep it
-
-
-def _lock_run_folder(folder: OutputFolder) -> Any:
-    """One process per run folder: a second one would reset the first one's running trial."""
-    import fcntl
-
-    out = folder.path
-    path = folder.claim(".lock")
-    # O_NOFOLLOW: a link planted as .lock is refused, not opened (claim checked it; this closes
-    # the gap between that check and the open).
-    handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666), "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise StoreError(
-            f"another `lightlayers run` is using {out}; wait for it to finish or use another "
-            "--out folder"
-        ) from None
-    return handle
 
 
 def _done_line(spec: TrialSpec, m: dict[str, Any]) -> str:

@@ -64,24 +64,25 @@ def _channels(x: torch.Tensor, wanted: int) -> torch.Tensor:
 
 def checkpoint_problem(spec: str) -> str | None:
     """Why a checkpoint of the trials ``spec`` names is not the file its trial wrote (see
-    :class:`lightlayers.deploy.trial.Trial`), or None. Checked when the study is configured, so
-    that a replaced teacher is refused before anything trains; whatever else keeps these trials
-    from teaching is said by the trial that loads them (:func:`load_teacher`)."""
-    from lightlayers.deploy.errors import DeployError
-    from lightlayers.deploy.trial import CheckpointMismatchError, find_trials
+    :class:`lightlayers.runfolder.trials.FinishedTrial`), or None. Checked when the study is
+    configured, so that a replaced teacher is refused before anything trains; whatever else
+    keeps these trials from teaching is said by the trial that loads them
+    (:func:`load_teacher`)."""
+    from lightlayers.runfolder.errors import CheckpointMismatchError, RunFolderError
+    from lightlayers.runfolder.trials import find_trials
 
     run_dir, models = parse_teacher(spec)
     try:
         wanted: list[str | None] = list(models) if models else [None]
         trials = [t for m in wanted for t in find_trials(run_dir, m)]
-    except DeployError:
+    except RunFolderError:
         return None
     for t in trials:
         try:
             t.checkpoint  # noqa: B018  (the property verifies the file)
         except CheckpointMismatchError as e:
             return str(e)
-        except DeployError:
+        except RunFolderError:
             continue
     return None
 
@@ -93,8 +94,8 @@ def load_teacher(spec: str, fingerprint: dict[str, Any], image_size: int,
     at ``image_size``, fed by a loader with options ``loader`` (mean, std, channels, crop).
     On grey data (``data_chans`` 1) the teacher may take 1 or 3 channels whatever the
     student takes: the grey channel is the same image either way."""
-    from lightlayers.deploy.errors import DeployError
-    from lightlayers.deploy.trial import find_trials
+    from lightlayers.runfolder.errors import RunFolderError
+    from lightlayers.runfolder.trials import find_trials
 
     run_dir, models = parse_teacher(spec)
     try:
@@ -107,7 +108,7 @@ def load_teacher(spec: str, fingerprint: dict[str, Any], image_size: int,
                     f"them, e.g. teacher: {run_dir}:{names[0]} (several: A+B)")
             models = names
         chosen = [t for m in models for t in find_trials(run_dir, m)]
-    except DeployError as e:
+    except RunFolderError as e:
         raise TeacherError(f"teacher {spec}: {e}") from e
     recorded = chosen[0].meta.get("data_fingerprint") or {}
     from lightlayers.fingerprint import same_data
@@ -120,7 +121,7 @@ def load_teacher(spec: str, fingerprint: dict[str, Any], image_size: int,
     for t in chosen:
         try:
             meta = t.checkpoint_metadata()
-        except DeployError as e:
+        except RunFolderError as e:
             raise TeacherError(f"teacher {spec}: {e}") from e
         size = int(meta.get("image_size") or t.extra.get("image_size") or 0)
         theirs = dict(t.extra.get("loader") or {})
@@ -136,7 +137,7 @@ def load_teacher(spec: str, fingerprint: dict[str, Any], image_size: int,
                 "trained at the same size with the same channels and normalisation")
         try:
             model = t.build_model()
-        except DeployError as e:
+        except RunFolderError as e:
             raise TeacherError(f"teacher {spec}: {e}") from e
         if model.model_info.num_classes != num_classes:
             raise TeacherError(f"teacher {t.label} has {model.model_info.num_classes} classes, "

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from lightlayers.checkpoint import checkpoint_name, checkpoint_sha256, save_checkpoint
 from lightlayers.config import Protocol, StudyConfig
 from lightlayers.data import Dataset, DeviceLoader
 from lightlayers.measure import count_macs, measure_inference
@@ -24,6 +23,7 @@ from lightlayers.models.interface import ClassifierBase
 from lightlayers.models.weights import ResolvedWeights, WeightsError
 from lightlayers.params import count_params
 from lightlayers.progress import ProgressReporter
+from lightlayers.runfolder.checkpoint import checkpoint_name, checkpoint_sha256, save_checkpoint
 from lightlayers.runtime import seed_everything
 from lightlayers.spec import TrialSpec
 from lightlayers.train import TensorLoader, TrialError, amp_in_use, autocast, evaluate, fit
@@ -276,7 +276,7 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
         "loader": lo, "teacher": None if teacher is None else teacher.record,
         # The training images: part of the trial's data identity.
         "train_set": subset.record(ds.classes),
-        # What every reader of the checkpoint checks the file against (deploy.trial.Trial).
+        # What every reader of the checkpoint checks the file against (runfolder.trials.FinishedTrial).
         "checkpoint_sha256": checkpoint_sha256(ckpt),
     }
     return TrialResult(

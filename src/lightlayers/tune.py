@@ -345,7 +345,7 @@ def run_tune(cfg: StudyConfig, opts: TuneOptions, progress: bool = True,
 
     from lightlayers.data import load_dataset
     from lightlayers.outputs import OutputFolder
-    from lightlayers.runfolder import local_inputs
+    from lightlayers.runfolder.settings import local_inputs
     from lightlayers.runtime import resolve_device, resolve_threads
     from lightlayers.trial import data_size_for, resolve_study_weights
 

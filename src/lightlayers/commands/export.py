@@ -87,7 +87,8 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     from lightlayers.deploy import DeployError
     from lightlayers.deploy import export as ex
     from lightlayers.deploy.errors import require
-    from lightlayers.deploy.trial import choose_trial
+    from lightlayers.deploy.trial import check_test_scores, trial_card
+    from lightlayers.runfolder.trials import choose_trial
 
     # Known before any work: what this export needs beyond the core install (Captum checks
     # the file's Grad-CAM maps).
@@ -101,7 +102,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
         f"epoch {chosen.get('epoch')}; best of {candidates} finished trial(s), test never "
         "looked at)")
     model = trial.build_model()
-    card = trial.card(model)
+    card = trial_card(trial, model)
     # The last map for TorchScript, whose tracer fixes the batch size of a traced backward
     # pass, and for int8, where the backward pass's transposed convolutions stay float and
     # would double the weights the file holds.
@@ -141,7 +142,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     record_rescore(trial, ds)  # one more look at the test split, under the trial's settings
     # Before any file is written: an fp32 file scoring otherwise than the trial recorded is
     # not that trial's model (int8 is expected to differ and is only shown).
-    not_compared = trial.check_test_scores(fp32, f"fp32 {args.format} export")
+    not_compared = check_test_scores(trial, fp32, f"fp32 {args.format} export")
     if not_compared:
         say(f"{trial.label}: {not_compared}")
     recorded = card.test_metrics
@@ -228,7 +229,7 @@ def _model_card(args: argparse.Namespace, trial: Any, card: Any, key: str, candi
                 blob: bytes, test_images: int, int8: dict[str, Any] | None) -> str:
     """The Markdown card of the file about to be written (lightlayers.deploy.card_md)."""
     from lightlayers.deploy.card_md import model_card_markdown
-    from lightlayers.deploy.trial import find_trials
+    from lightlayers.runfolder.trials import find_trials
 
     size = (trial.row.get("config") or {}).get("train_size")
     siblings = [t for t in find_trials(trial.run_dir, trial.model_name)
@@ -259,7 +260,7 @@ def is_export(path: Path) -> bool:
 
 def _adopt_exports(folder: Path) -> set[str] | None:
     """``RUN/exports`` written before folders carried a manifest: its exported models."""
-    from lightlayers.outputs import is_run_folder
+    from lightlayers.runfolder.layout import is_run_folder
 
     if not is_run_folder(folder.parent):
         return None

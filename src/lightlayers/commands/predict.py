@@ -79,11 +79,12 @@ def _main(args: argparse.Namespace) -> int:
         check_output_file(args.out, inputs, is_predictions, "--out")
     items = gather_inputs(args.inputs)
     if path.is_dir():
-        from lightlayers.deploy.trial import choose_trial
+        from lightlayers.deploy.trial import trial_card
+        from lightlayers.runfolder.trials import choose_trial
 
         trial, key, n = choose_trial(path, model, seed)
         net = trial.build_model()
-        card = trial.card(net)
+        card = trial_card(trial, net)
         deployable, example = ex.deployable_for(net, card)
         blob = ex.to_onnx(deployable, example, card)
         card = ex.card_of_bytes(blob)

@@ -108,8 +108,8 @@ def main(args: argparse.Namespace) -> int:
     from lightlayers.config import ConfigError, load_config, parse_overrides
     from lightlayers.data import DataError
     from lightlayers.report.load import ReportError
+    from lightlayers.runfolder.store import StoreError
     from lightlayers.schema import flag_values
-    from lightlayers.store import StoreError
     from lightlayers.study import run_study
 
     try:
@@ -178,7 +178,7 @@ def _yaml_sets(path: str | None, keys: tuple[str, ...]) -> bool:
 def result_object(outcome: Any, report: str | None, exit_code: int) -> dict[str, Any]:
     """What ``run --json`` prints: enough for a script to act without opening results.db."""
     from lightlayers.metrics.registry import trial_metrics
-    from lightlayers.store import ResultsStore
+    from lightlayers.runfolder.store import ResultsStore
 
     names = [m.name for m in trial_metrics()]
     with ResultsStore(outcome.out_dir / "results.db", create=False) as store:

@@ -55,8 +55,8 @@ def main(args: argparse.Namespace) -> int:
     from lightlayers.config import ConfigError, StudyConfig, load_config, parse_overrides
     from lightlayers.data import DataError
     from lightlayers.outputs import OutputError
+    from lightlayers.runfolder.store import StoreError
     from lightlayers.schema import build, flag_values
-    from lightlayers.store import StoreError
     from lightlayers.tune import TuneOptions, run_tune
     from lightlayers.tuned import summary_table, tune_summary
 

@@ -1,8 +1,9 @@
 """Shipping a trained model: export a trial of a run folder as one self-describing ONNX (or
 TorchScript) file, quantize it to int8, run it on new images, and show where it looked.
 
-- :mod:`~lightlayers.deploy.trial`: choose a trial of a run folder (on validation, never on
-  test) and rebuild its model from the checkpoint.
+- :mod:`~lightlayers.deploy.trial`: a trial of a run folder (chosen on validation by
+  :mod:`lightlayers.runfolder.trials`) as a deployable model: its card, and the check that an
+  export scores on test as the trial recorded.
 - :mod:`~lightlayers.deploy.card`: what an exported file says about itself (classes,
   preprocessing, data fingerprint, test metrics), stored in the file.
 - :mod:`~lightlayers.deploy.graph`: the exported module (probabilities and Grad-CAM maps).

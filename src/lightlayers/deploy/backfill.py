@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lightlayers.deploy.errors import DeployError
+from lightlayers.runfolder.errors import RunFolderError
 
 # The number whose absence marks a trial as not yet measured.
 MARKER = "ort_int8_latency_ms"
@@ -48,14 +49,14 @@ def measure_finished(run_dir: Path, store: Any, rows: list[dict[str, Any]],
 
     from lightlayers.data.subsets import FULL, draw_subset, parse_train_size, subset_dataset
     from lightlayers.deploy.bench import deployment_metrics
-    from lightlayers.deploy.trial import Trial
+    from lightlayers.runfolder.trials import FinishedTrial
 
     meta = store.meta()
     out = Backfill()
     threads = torch.get_num_threads()
     try:
         for row in rows:
-            trial = Trial(run_dir, row, [], meta)
+            trial = FinishedTrial(run_dir, row, [], meta)
             try:
                 model = trial.build_model()  # verifies the checkpoint's SHA-256 first
                 ds = dataset_of(row)
@@ -72,7 +73,7 @@ def measure_finished(run_dir: Path, store: Any, rows: list[dict[str, Any]],
                 numbers = deployment_metrics(model, ds.splits["train"], ds.splits["test"],
                                              dict(trial.extra.get("loader") or {}),
                                              budget_s=2.0)
-            except (DeployError, ImportError, ValueError) as e:
+            except (DeployError, RunFolderError, ImportError, ValueError) as e:
                 first = str(e).splitlines()[0] if str(e) else repr(e)
                 out.failed.append(f"{trial.label}: {first}")
             else:

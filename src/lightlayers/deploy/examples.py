@@ -70,17 +70,16 @@ def cam_examples(run_dir: str | Path, model: str | None = None, seed: int | None
     from lightlayers.deploy.cam import overlay
     from lightlayers.deploy.export import batches, deployable_for
     from lightlayers.deploy.predict import _crop
-    from lightlayers.deploy.trial import choose_trial
-    from lightlayers.store import ResultsStore
+    from lightlayers.deploy.trial import trial_card
+    from lightlayers.runfolder.trials import choose_trial
 
     trial, _, _ = choose_trial(run_dir, model, seed)
-    with ResultsStore(Path(trial.run_dir) / "results.db", create=False) as store:
-        recorded = store.predictions(int(trial.row["id"]))
+    recorded = trial.recorded_predictions()
     if recorded is None:
         raise DeployError(f"{run_dir}: {trial.label} recorded no test predictions; rerun it "
                           "with `lightlayers run` into a new folder")
     net = trial.build_model()
-    card = trial.card(net)
+    card = trial_card(trial, net)
     # The plain module: the figure draws its own choice of layer, by Captum where earlier.
     deployable, _ = deployable_for(net, card, finer_cam=False)
     if not deployable.with_cam:

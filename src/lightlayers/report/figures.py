@@ -424,12 +424,13 @@ def cam_figure(run: RunData, model: str, cam_min_side: int | None = None,
         from lightlayers.deploy.errors import DeployError
         from lightlayers.deploy.examples import cam_examples
         from lightlayers.deploy.examples import cam_figure as draw
+        from lightlayers.runfolder.errors import RunFolderError
     except ImportError as e:  # pragma: no cover - the deploy package is part of lightlayers
         return None, str(e)
     try:
         examples = cam_examples(run.run_dir, model, per_kind=3, cam_min_side=cam_min_side,
                                 datasets=datasets)
-    except DeployError as e:
+    except (DeployError, RunFolderError) as e:
         return None, str(e)
     except ImportError as e:  # Captum, with lightlayers[onnx]
         return None, f"{e}; install lightlayers[onnx]"

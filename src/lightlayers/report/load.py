@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lightlayers.data.subsets import main_size, train_size
-from lightlayers.store import ResultsStore, StoreError
+from lightlayers.runfolder.store import ResultsStore, StoreError
 
 
 class ReportError(Exception):

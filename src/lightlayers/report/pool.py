@@ -26,7 +26,7 @@ def _differences(a: dict[str, Any] | None, b: dict[str, Any] | None) -> list[str
 
 
 def _check_same_study(first: RunData, run: RunData) -> None:
-    from lightlayers.runfolder import settings_diff
+    from lightlayers.runfolder.settings import settings_diff
 
     where = f"{run.run_dir} and {first.run_dir}"
     fix = "pool only folders of one study that differ in their seeds"

@@ -112,7 +112,7 @@ def pooled_notes(run: RunData) -> list[str]:
 def pooled_results_csv(run: RunData) -> str:
     """A pooled report's ``results.csv``: one row per trial, the columns of a run folder's
     ``results.csv`` plus the folder each trial ran in."""
-    from lightlayers.runfolder import results_csv_text
+    from lightlayers.runfolder.results_csv import results_csv_text
 
     # A study with training sizes: every size's trials, not only the tables' size.
     done = run.curve or [t for g in run.groups for t in g.done]
@@ -258,7 +258,7 @@ def _adopt_run_report(folder: Path) -> set[str] | None:
     """``RUN/report`` written before report folders carried a manifest: the files a report
     writes are adopted by name (figures included: the run folder is this tool's); anything
     else in it stays untouched."""
-    from lightlayers.outputs import is_run_folder
+    from lightlayers.runfolder.layout import is_run_folder
 
     if folder.name != "report" or not is_run_folder(folder.parent):
         return None

@@ -244,7 +244,8 @@ def log_report(names: tuple[str, ...] | list[str], config: dict[str, Any], run_d
     it (an error is one warning, as during the study)."""
     if not names:
         return
-    from lightlayers.outputs import OutputError, OutputFolder, adopt_run_folder
+    from lightlayers.outputs import OutputError, OutputFolder
+    from lightlayers.runfolder.layout import adopt_run_folder
 
     try:
         folder = OutputFolder(run_dir, "run", adopt=adopt_run_folder, what="run folder")

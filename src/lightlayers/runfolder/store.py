@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from lightlayers.metrics.registry import epoch_metrics, trial_metrics
+from lightlayers.runfolder.errors import RunFolderError
 
 SCHEMA_VERSION = 2
 STATUSES = ("pending", "running", "done", "failed")
@@ -89,7 +90,7 @@ _SCHEMA = (
 )
 
 
-class StoreError(RuntimeError):
+class StoreError(RunFolderError, RuntimeError):
     """The results store is missing, unreadable or inconsistent; the message names the file."""
 
 

@@ -1,23 +1,22 @@
-"""The run folder's files besides the store: results.csv, the settings check (and the data a
-run folder may not sit inside).
+"""A run folder's results.csv: one row per trial, written from the store after each trial.
 
-Also read by whoever only reads run folders (the report writes a pooled results.csv and checks
-that pooled folders share their settings), so it imports nothing of the study runner.
+The report writes a pooled results.csv the same way, so this imports nothing of the runner.
 """
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lightlayers import csvsafe
-from lightlayers.config import StudyConfig
-from lightlayers.config import comparable_settings as _settings
 
 if TYPE_CHECKING:
-    from lightlayers.outputs import OutputFolder
-    from lightlayers.store import ResultsStore
+    from lightlayers.runfolder.store import ResultsStore
+
+
+class _Folder(Protocol):
+    def write(self, name: str, data: bytes | str) -> Path: ...
 
 
 def csv_columns() -> list[str]:
@@ -53,26 +52,8 @@ def results_csv_text(trials: Any, extra_columns: tuple[str, ...] = ()) -> str:
     return buf.getvalue()
 
 
-def write_results_csv(store: ResultsStore, folder: OutputFolder) -> None:
+def write_results_csv(store: ResultsStore, folder: _Folder) -> None:
     folder.write("results.csv", results_csv_text(store.trials()))
 
 
-def settings_diff(previous: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
-    """Settings that differ from a run folder's. A setting the folder predates counts as its
-    default value, so folders written before it was added still resume."""
-    if previous is None:
-        return []
-    defaults = _settings(StudyConfig())
-    return sorted(k for k in set(previous) | set(now)
-                  if previous.get(k, defaults.get(k)) != now.get(k, defaults.get(k)))
-
-
-def local_inputs(cfg: StudyConfig) -> list[Path]:
-    """The study's data, when it is a local path: a run (or tuning) folder inside it is
-    refused."""
-    p = Path(cfg.data).expanduser()
-    return [p] if p.exists() else []
-
-
-__all__ = ["csv_columns", "local_inputs", "results_csv_text", "settings_diff",
-           "write_results_csv"]
+__all__ = ["csv_columns", "results_csv_text", "write_results_csv"]

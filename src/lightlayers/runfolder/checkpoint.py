@@ -6,12 +6,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from torch import nn
-
 from lightlayers.outputs import write_atomic
-from lightlayers.store import StoreError
+from lightlayers.runfolder.store import StoreError
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from lightlayers.spec import TrialSpec
 
 
