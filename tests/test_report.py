@@ -263,6 +263,8 @@ def test_report_html_loads_in_headless_chromium(run, tmp_path):
     assert attrs["data-first-section"] == "summary"
     # A header wraps between its words only ("Seeds" never as "Seed" / "s").
     assert attrs["data-broken-headers"] == "", attrs["data-broken-headers"]
+    assert attrs["data-broken-numbers"] == "", attrs["data-broken-numbers"]
+    assert attrs["data-overflowing-tables"] == "", attrs["data-overflowing-tables"]
 
 
 def test_page_leads_with_a_summary_made_from_the_numbers(run):
@@ -408,3 +410,23 @@ def test_a_long_error_and_a_long_model_name_stay_within_1280_px(tmp_path):
     attrs = browser_check(result.html, tmp_path)
     assert int(attrs["data-scroll-width"]) <= int(attrs["data-window-width"]) == 1280
     assert attrs["data-first-section"] == "summary"
+
+
+def test_comparisons_of_three_scores_fit_1280_px_without_sideways_scrolling(tmp_path):
+    """Three models under both protocols, labelled as the report labels them ("linear-8x8
+    [improved]"), each pair compared on accuracy, AUC and balanced accuracy: every column of
+    the differences table is in view at 1280 px, and no number breaks inside itself."""
+    run_dir = build_store(tmp_path / "run", models=("linear-8x8", "linear-4x4", "linear-2x2"),
+                          seeds=(0, 1), epochs=2, protocols=("seed", "improved"))
+    result = write_report(run_dir, formats=("html",), console=False)
+    table = result.html.read_text().split("id='comparisons'")[1].split("</table>")[0]
+    for score in ("accuracy", "AUC", "balanced accuracy"):
+        assert f"Δ {score} (A − B)" in table
+    assert table.count("<tr>") == 1 + 2 * 3  # the header, three pairs under each protocol
+    assert "<th scope='row'>linear-8x8 [improved]</th>" in table
+    attrs = browser_check(result.html, tmp_path)
+    assert attrs["data-window-width"] == "1280"
+    assert attrs["data-overflowing-tables"] == "", attrs["data-overflowing-tables"]
+    assert attrs["data-broken-numbers"] == "", attrs["data-broken-numbers"]
+    assert attrs["data-broken-headers"] == "", attrs["data-broken-headers"]
+    assert int(attrs["data-scroll-width"]) <= 1280

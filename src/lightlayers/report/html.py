@@ -1,8 +1,9 @@
 """``report.html``: one self-contained page (figures embedded as base64 PNG, inline CSS, no
 network), reproducible byte for byte: no timestamps, sorted keys.
 
-A tiny inline script records on ``<body>`` how many images decoded and how many table rows
-exist, so a headless browser's dumped DOM says whether the page renders.
+A tiny inline script records on ``<body>`` how many images decoded, how many table rows
+exist and what of the layout a reader would miss (a table wider than its box, a header or a
+number broken inside itself), so a headless browser's dumped DOM says whether the page renders.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #999; padding-bottom: .2e
 table { border-collapse: collapse; margin: .5em 0 1em; font-size: .9em; }
 th, td { border: 1px solid #bbb; padding: .25em .5em; vertical-align: top; }
 th { background: #eee; } td.num { text-align: right; white-space: nowrap; }
+/* A difference over its interval: three scores side by side on one line each are wider than
+   the page. */
+td.diff .nowrap { display: block; }
 tbody th, td.name { white-space: nowrap; text-align: left; }
 tr.incomplete th { font-style: italic; }
 .notes { border-left: 4px solid #555; background: #f4f4f4; padding: .5em 1em; }
@@ -75,20 +79,41 @@ window.addEventListener("load", function () {
   document.body.setAttribute("data-window-width", String(window.innerWidth));
   var first = document.querySelector("body > h1 + *");
   document.body.setAttribute("data-first-section", first ? (first.id || first.tagName) : "");
-  // Table headers laid out on more lines than they have words: one broke inside a word.
-  var broken = Array.prototype.slice.call(document.querySelectorAll("thead th"))
-    .filter(function (th) {
-      var words = th.textContent.trim().split(/\s+/).length;
-      var range = document.createRange();
-      range.selectNodeContents(th);
-      var tops = {};
+  // The lines an element's text is laid out on, counted by the distinct tops of its text
+  // boxes (of text nodes only: a box around several lines would count as one more).
+  function lines(el) {
+    var tops = {};
+    var walk = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+    var range = document.createRange();
+    while (walk.nextNode()) {
+      range.selectNodeContents(walk.currentNode);
       Array.prototype.forEach.call(range.getClientRects(), function (r) {
         if (r.width > 0) { tops[Math.round(r.top)] = true; }
       });
-      return Object.keys(tops).length > words;
-    })
+    }
+    return Object.keys(tops).length;
+  }
+  // Table headers laid out on more lines than they have words: one broke inside a word.
+  var broken = Array.prototype.slice.call(document.querySelectorAll("thead th"))
+    .filter(function (th) { return lines(th) > th.textContent.trim().split(/\s+/).length; })
     .map(function (th) { return th.textContent.trim(); });
   document.body.setAttribute("data-broken-headers", broken.join("|"));
+  // A number cell on more lines than it has unbreakable pieces: a number broke inside itself.
+  var numbers = Array.prototype.slice.call(document.querySelectorAll("td.num"))
+    .filter(function (td) {
+      return lines(td) > Math.max(1, td.querySelectorAll(".nowrap").length);
+    })
+    .map(function (td) { return td.textContent.trim(); });
+  document.body.setAttribute("data-broken-numbers", numbers.join("|"));
+  // A table wider than its sideways-scrolling box hides its last columns until scrolled.
+  var overflowing = Array.prototype.slice.call(document.querySelectorAll(".scroll"))
+    .filter(function (box) { return box.scrollWidth > box.clientWidth; })
+    .map(function (box) {
+      var table = box.querySelector("table");
+      var heading = box.previousElementSibling;
+      return (table && table.id) || (heading ? heading.textContent.trim() : "table");
+    });
+  document.body.setAttribute("data-overflowing-tables", overflowing.join("|"));
 });
 """
 
@@ -357,7 +382,7 @@ def ensembles_html(items: Sequence[Ensemble]) -> str:
 
 
 def comparisons_html(comps: Sequence[Comparison], n_boot: int) -> str:
-    """One row per pair of models: the difference of each score with its 95% interval, in
+    """One row per pair of models: the difference of each score over its 95% interval, in
     bold where the interval excludes 0."""
     if not comps:
         return "<p>Fewer than two models with stored test predictions: nothing to compare.</p>"
@@ -383,8 +408,10 @@ def comparisons_html(comps: Sequence[Comparison], n_boot: int) -> str:
             if cm is None:
                 cells.append("<td class='num'>—</td><td class='num'>—</td>")
                 continue
-            text = _e(f"{cm.difference:+.4f} [{cm.low:+.4f}, {cm.high:+.4f}]")
-            cells.append(f"<td class='num'>{f'<strong>{text}</strong>' if cm.real else text}"
+            text = (f"<span class='nowrap'>{cm.difference:+.4f}</span> <span class='nowrap'>"
+                    f"[{cm.low:+.4f}, {cm.high:+.4f}]</span>")
+            cells.append(f"<td class='num diff'>"
+                         f"{f'<strong>{text}</strong>' if cm.real else text}"
                          f"</td><td class='num'>{cm.p_holm:.3f}</td>")
         body.append(f"<tr><th scope='row'>{_e(a)}</th><td class='name'>{_e(b)}</td>"
                     f"{''.join(cells)}</tr>")
