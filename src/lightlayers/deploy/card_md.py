@@ -72,10 +72,10 @@ def model_card_markdown(card: ModelCard, trial: Any, siblings: list[Any], *, fil
 
     ``trial``: the exported :class:`lightlayers.runfolder.trials.FinishedTrial`; ``siblings``:
     the run's finished trials of the same model and training size (itself included), whose
-    spread gives the 95% intervals. ``chosen_key``, ``candidates``: the validation score the export chose
-    it on, among how many trials. ``measured``: the file's own test scores when they are not
-    the trial's recorded ones (an int8 file); None for an fp32 file, which scored what the
-    trial recorded.
+    spread gives the 95% intervals. ``chosen_key``, ``candidates``: the validation score the
+    export chose it on, among how many trials. ``measured``: the file's own test scores when
+    they are not the trial's recorded ones (an int8 file); None for an fp32 file, which scored
+    what the trial recorded.
     """
     import yaml
 
