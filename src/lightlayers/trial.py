@@ -227,7 +227,8 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
     amp = result.amp  # what training used ("amp: auto" on the CPU decides by timing in fit)
     test = evaluate(trainee, test_ld, device, amp is not None)
     if protocol.tta and aug is not None and trainee is model:
-        test = _with_tta(test, model, ds, protocol.tta, bs, device, aug, lo, amp is not None)
+        test = _with_tta(test, model, ds.splits["test"], protocol.tta, bs, device, aug, lo,
+                         amp is not None)
         notes.append(f"test-time augmentation: test probabilities averaged over the image "
                      f"and {protocol.tta} augmented views")
     elif protocol.tta:
@@ -276,7 +277,8 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
         "loader": lo, "teacher": None if teacher is None else teacher.record,
         # The training images: part of the trial's data identity.
         "train_set": subset.record(ds.classes),
-        # What every reader of the checkpoint checks the file against (runfolder.trials.FinishedTrial).
+        # What every reader of the checkpoint checks the file against
+        # (runfolder.trials.FinishedTrial).
         "checkpoint_sha256": checkpoint_sha256(ckpt),
     }
     return TrialResult(
@@ -286,20 +288,20 @@ def run_trial(spec: TrialSpec, ds: Dataset, data_id: str, cfg: StudyConfig,
     )
 
 
-def _with_tta(plain: Any, model: nn.Module, ds: Dataset, views: int, batch: int,
+def _with_tta(plain: Any, model: nn.Module, split: Any, views: int, batch: int,
               device: torch.device, aug: Any, lo: dict[str, Any], amp: bool) -> Any:
-    """``plain`` (the test split's evaluation) with probabilities and loss averaged over the
-    image and ``views`` augmented copies, each view drawn by the training loader's own
-    augmentation with its own seed (the order of the images is kept)."""
+    """``plain`` (the evaluation of ``split``: the test split, or a tuning fold held out) with
+    probabilities and loss averaged over the image and ``views`` augmented copies, each view
+    drawn by the training loader's own augmentation with its own seed (the order of the images
+    is kept)."""
     import torch.nn.functional as F
 
     probs = [plain.probs]
     for view in range(views):
-        loader = DeviceLoader(ds.splits["test"], batch, device, seed=1_000 + view, augment=aug,
-                              **lo)
+        loader = DeviceLoader(split, batch, device, seed=1_000 + view, augment=aug, **lo)
         ev = evaluate(model, loader, device, amp)
         if not np.array_equal(ev.labels, plain.labels):
-            raise TrialError("test-time augmentation changed the order of the test images")
+            raise TrialError("test-time augmentation changed the order of the images")
         probs.append(ev.probs)
     mean = np.mean(probs, axis=0)
     loss = float(F.nll_loss(torch.from_numpy(np.log(np.clip(mean, 1e-12, 1.0))),

@@ -241,13 +241,25 @@ def _fit_fold(name: str, cfg: StudyConfig, protocol: Protocol, ds: Any, train: A
     """Train ``name`` on ``train`` and return the objective on ``held``: what a study's trial
     does up to its selected weights, without a test loader. ``fold_id`` names the fold's
     images, so a frozen backbone's features are computed once per fold, not once per trial."""
+    ev = _fold_eval(name, cfg, protocol, ds, train, held, device, seed, weights, objective,
+                    on_epoch, fold_id)
+    return objective_value(objective, ev.labels, ev.probs, ev.loss)
+
+
+def _fold_eval(name: str, cfg: StudyConfig, protocol: Protocol, ds: Any, train: Any, held: Any,
+               device: Any, seed: int, weights: Any, objective: str,
+               on_epoch: Callable[[int, float], None], fold_id: str) -> Any:
+    """:func:`_fit_fold`'s held-out evaluation itself (labels, probabilities, loss), averaged
+    over ``protocol.tta`` augmented views as a study's test split would be."""
     from lightlayers.data import DeviceLoader
+    from lightlayers.decisions import NotApplicable
     from lightlayers.models import create_model
     from lightlayers.runtime import seed_everything
     from lightlayers.train import TensorLoader, amp_in_use, evaluate, fit
     from lightlayers.trial import (
         _loader_options,
         _model_in_chans,
+        _with_tta,
         apply_protocol,
         input_sizes,
         model_kwargs,
@@ -271,6 +283,11 @@ def _fit_fold(name: str, cfg: StudyConfig, protocol: Protocol, ds: Any, train: A
     bs = protocol.batch_size
     train_ld: Any = DeviceLoader(train, bs, device, shuffle=True, seed=seed, augment=aug, **lo)
     held_ld: Any = DeviceLoader(held, bs, device, **lo)
+    if protocol.tta and aug is None:
+        raise NotApplicable("the tuned recipe does not augment, and its views are augmented")
+    if protocol.tta and model.frozen:
+        raise NotApplicable("a frozen backbone trains on cached features, which cannot be "
+                            "augmented")
     amp = amp_in_use(device, protocol)
     trainee = model
     if model.frozen and aug is None:
@@ -296,7 +313,9 @@ def _fit_fold(name: str, cfg: StudyConfig, protocol: Protocol, ds: Any, train: A
                  on_epoch=lambda row: on_epoch(row["epoch"], row["objective"]), score=score)
     # Scored in the precision training used ("amp: auto" on the CPU decides by timing in fit).
     ev = evaluate(trainee, held_ld, device, result.amp is not None)
-    return objective_value(objective, ev.labels, ev.probs, ev.loss)
+    if protocol.tta:
+        ev = _with_tta(ev, model, held, protocol.tta, bs, device, aug, lo, result.amp is not None)
+    return ev
 
 
 # --- the folder ---------------------------------------------------------------------------
@@ -338,9 +357,10 @@ class TuneOutcome:
 
 
 def run_tune(cfg: StudyConfig, opts: TuneOptions, progress: bool = True,
-             log: Callable[[str], None] | None = None) -> TuneOutcome:
+             log: Callable[[str], None] | None = None, decide: bool = False) -> TuneOutcome:
     """Tune every model of ``cfg`` into the folder ``cfg.out``; finished trials there are kept
-    and only the missing ones run."""
+    and only the missing ones run. ``decide``: then make each model's decisions on the same
+    folds (:mod:`lightlayers.decisions`), for the models not decided yet."""
     import torch
 
     from lightlayers.data import load_dataset
@@ -375,7 +395,7 @@ def run_tune(cfg: StudyConfig, opts: TuneOptions, progress: bool = True,
         try:
             return _tune(cfg, opts, protocol, space, optuna, storage, meta, device, out, say,
                          progress, load_dataset, data_size_for, resolve_study_weights,
-                         ray_trials)
+                         ray_trials, decide)
         finally:
             if ray_trials is not None:
                 ray_trials.close()
@@ -388,7 +408,8 @@ def run_tune(cfg: StudyConfig, opts: TuneOptions, progress: bool = True,
 def _tune(cfg: StudyConfig, opts: TuneOptions, protocol: Protocol, space: dict[str, Space],
           optuna: Any, storage: Any, meta: _Meta, device: Any, out: Path,
           say: Callable[[str], None], progress: bool, load_dataset: Any, data_size_for: Any,
-          resolve_study_weights: Any, ray_trials: _RayTrials | None) -> TuneOutcome:
+          resolve_study_weights: Any, ray_trials: _RayTrials | None,
+          decide: bool = False) -> TuneOutcome:
     from optuna.trial import TrialState
 
     settings = _bound_settings(cfg, opts)
@@ -479,7 +500,66 @@ def _tune(cfg: StudyConfig, opts: TuneOptions, protocol: Protocol, space: dict[s
             params = _suggest(trial, space)
             told(trial, params, _attempt(cfg, opts, protocol, ds, folds, model, params, trial,
                                          device, weights.get(model)))
+    if decide:
+        best = {m["model"]: m["best"] for m in tune_summary(out)["models"]}
+        for model in cfg.models:
+            ds = datasets[data_size_for(cfg, model)]
+            _decide(cfg, opts, ds, model, best.get(model), device, weights.get(model), meta,
+                    say)
     return TuneOutcome(out, tune_summary(out)["models"])
+
+
+def _decide(cfg: StudyConfig, opts: TuneOptions, ds: Any, model: str,
+            best: dict[str, Any] | None, device: Any, weights: Any, meta: _Meta,
+            say: Callable[[str], None]) -> None:
+    """``model``'s decisions on the search's folds and fold seeds, recorded in the folder
+    (once per best setting: a decided model is not decided again)."""
+    from lightlayers.config import merge_overrides
+    from lightlayers.decisions import NotApplicable, decide
+    from lightlayers.train import TrialError
+
+    if best is None:
+        say(f"{model}: no finished tuning trial, so nothing to decide")
+        return
+    decided = meta.get().get("decisions") or {}
+    if (decided.get(model) or {}).get("params") == best["params"]:
+        return
+    folds = make_folds(ds, opts.folds, cfg.split_seed)
+    base = dataclasses.replace(cfg, protocol_overrides=merge_overrides(
+        cfg.protocol_overrides, overrides_for(best["params"])))
+    epochs = base.resolved_protocol().epochs
+
+    def run(extra: dict[str, Any]) -> list[Any]:
+        if "epochs" in extra and cfg.epochs is not None:
+            raise NotApplicable("--epochs fixes the epochs of every trial")
+        tried = dataclasses.replace(base, protocol_overrides=merge_overrides(
+            base.protocol_overrides, extra))
+        try:
+            proto = tried.resolved_protocol()
+            return [_fold_eval(model, tried, proto, ds, train, held, device, opts.seed + k,
+                               weights, opts.objective, lambda _e, _v: None,
+                               _fold_id(ds, len(folds), k, train, held))
+                    for k, (train, held) in enumerate(folds)]
+        except ConfigError as e:
+            raise NotApplicable(str(e).splitlines()[0]) from e
+        except (TrialError, ValueError, RuntimeError) as e:
+            if not extra:  # the base itself: its settings trained in the search
+                raise
+            raise NotApplicable(f"training failed: {str(e).splitlines()[0]}") from e
+
+    def objective(ev: Any) -> float:
+        value = objective_value(opts.objective, ev.labels, ev.probs, ev.loss)
+        if not math.isfinite(value):
+            raise ValueError(f"the {opts.objective} of a fold cannot be computed (a fold "
+                             "holds one class only); use fewer --folds")
+        return value
+
+    say(f"{model}: deciding EMA, TTA, longer training and the threshold on "
+        f"{len(folds)} fold(s)")
+    decision = decide(run, objective, OBJECTIVES[opts.objective] == "maximize", epochs,
+                      ds.positive_class, ds.num_classes, say)
+    decision["params"] = best["params"]
+    meta.set(decisions={**decided, model: decision})
 
 
 def _attempt(cfg: StudyConfig, opts: TuneOptions, protocol: Protocol, ds: Any,

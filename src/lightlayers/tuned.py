@@ -93,7 +93,8 @@ def _num(v: Any) -> str:
 # --- reading a tuning folder --------------------------------------------------------------
 def tune_summary(folder: Path) -> dict[str, Any]:
     """What ``lightlayers tune --json`` prints: per model its trials (complete plus pruned),
-    the best trial's settings and objective, and the objective's spread over the folds."""
+    the best trial's settings and objective, the objective's spread over the folds, and the
+    decisions made on the folds for those settings (``tune --decide``; None before)."""
     from optuna.trial import TrialState
 
     meta = read_meta(folder)
@@ -110,13 +111,19 @@ def tune_summary(folder: Path) -> dict[str, Any]:
             complete = [t for t in trials if t.state == TrialState.COMPLETE]
             pruned = sum(t.state == TrialState.PRUNED for t in trials)
             best = None
+            decision = None
             if complete:
                 b = study.best_trial
                 values = b.user_attrs.get("fold_values") or [b.value]
                 best = {"params": dict(b.params), "value": b.value,
                         "fold_values": values, "spread": float(np.std(values))}
+                # Decisions hold for the settings they were made with.
+                made = (meta.get("decisions") or {}).get(model)
+                if made is not None and made.get("params") == best["params"]:
+                    decision = made
             models.append({"model": model, "trials": len(complete) + pruned,
-                           "complete": len(complete), "pruned": pruned, "best": best})
+                           "complete": len(complete), "pruned": pruned, "best": best,
+                           "decisions": decision})
     finally:
         storage.engine.dispose()
     s = meta.get("settings", {})
@@ -145,14 +152,24 @@ def summary_table(summary: dict[str, Any], width: int = 80) -> str:
             text = "  ".join(f"{k} {_num(v)}" for k, v in best["params"].items())
             lines += textwrap.wrap(text, width=width, initial_indent="    ",
                                    subsequent_indent="    ", break_long_words=True)
+        if m.get("decisions") is not None:
+            from lightlayers.decisions import decisions_text
+
+            lines += textwrap.wrap("decided on the folds: " + decisions_text(m["decisions"]),
+                                   width=width, initial_indent="    ",
+                                   subsequent_indent="      ", break_long_words=True)
     return "\n".join(textwrap.shorten(x, width, placeholder="...") if len(x) > width else x
                      for x in lines)
 
 
 # --- a run with tuned settings ------------------------------------------------------------
 def _best(folder: Path) -> dict[str, dict[str, Any]]:
+    """Each tuned model's best trial, with ``decided``: the settings its decisions add."""
+    from lightlayers.decisions import decided_settings
+
     summary = tune_summary(folder)
-    return {m["model"]: m["best"] for m in summary["models"] if m["best"] is not None}
+    return {m["model"]: {**m["best"], "decided": decided_settings(m.get("decisions"))}
+            for m in summary["models"] if m["best"] is not None}
 
 
 def tuned_source(cfg: StudyConfig) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -188,11 +205,11 @@ def apply_tuned(cfg: StudyConfig) -> StudyConfig:
     own = dict(cfg.model_protocols)
     for model, b in best.items():
         given = own.get(model, {})
-        clash = sorted(set(given) & set(b["params"]))
+        clash = sorted(set(given) & (set(b["params"]) | set(b["decided"])))
         if clash:
             raise ConfigError(f"model_protocols.{model}: {', '.join(clash)} also come(s) from "
                               f"the tuning folder {cfg.tuned}; set them in one place")
-        own[model] = {**given, **overrides_for(b["params"])}
+        own[model] = {**given, **overrides_for(b["params"]), **b["decided"]}
     from lightlayers.config import validate
 
     return validate(dataclasses.replace(cfg, model_protocols=own))
@@ -205,7 +222,8 @@ def tuned_record(cfg: StudyConfig, model: str) -> dict[str, Any] | None:
     source, best = tuned_source(cfg)
     b = best[model]
     return {**source, "params": b["params"], "value": b["value"],
-            "spread": b["spread"], "settings": overrides_for(b["params"])}
+            "spread": b["spread"], "decided": b["decided"],
+            "settings": {**overrides_for(b["params"]), **b["decided"]}}
 
 
 def check_tuned_data(cfg: StudyConfig, ds: Any) -> None:

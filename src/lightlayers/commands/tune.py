@@ -44,6 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("tuning")
     tune_names = add_flags(group, TuneOptions)
     p.set_defaults(_setting_names=names, _tune_names=tune_names)
+    p.add_argument("--decide", action="store_true",
+                   help="after the search, decide each model's EMA, test-time augmentation, "
+                        "longer training and threshold on the same folds (kept only where "
+                        "the folds say so; lightlayers run --tuned then uses them)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object at the end: the folder and, per model, its "
@@ -65,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
         tune_values = flag_values(args, args._tune_names)
         given = values or tune_values or args.overrides
         if args.config is not None and Path(args.config).is_dir():
-            if given:
+            if given or args.decide:
                 raise ConfigError(f"{args.config} is a folder: `lightlayers tune DIR` shows a "
                                   "tuning folder and takes no settings; pass a YAML file or "
                                   "flags to tune")
@@ -77,7 +81,8 @@ def main(args: argparse.Namespace) -> int:
                 # Neither the flag nor the YAML named one: not the run folder's default.
                 cfg = dataclasses.replace(cfg, out=DEFAULT_OUT)
             opts = build(TuneOptions, tune_values, "tune")
-            outcome = run_tune(cfg, opts, progress=not args.quiet and not args.json)
+            outcome = run_tune(cfg, opts, progress=not args.quiet and not args.json,
+                               decide=args.decide)
             summary = tune_summary(outcome.folder)
     except (ConfigError, DataError, StoreError, OutputError) as e:
         raise CliError(str(e)) from e
@@ -86,7 +91,9 @@ def main(args: argparse.Namespace) -> int:
                "models": [{"model": m["model"], "trials": m["trials"],
                            "complete": m["complete"], "pruned": m["pruned"],
                            "best": None if m["best"] is None else
-                           {"params": m["best"]["params"], "value": m["best"]["value"]}}
+                           {"params": m["best"]["params"], "value": m["best"]["value"]},
+                           "decided": None if m["decisions"] is None else
+                           m["decisions"]["settings"]}
                           for m in summary["models"]]}
         print(json.dumps(json_safe(out), indent=2, allow_nan=False))
     else:

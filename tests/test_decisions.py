@@ -1,0 +1,178 @@
+"""Decisions on the tuning's validation folds (lightlayers tune --decide): EMA, TTA, longer
+training and the threshold are kept only where the folds say so, and run --tuned uses them."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from data_fixtures import pneumonia_subset
+
+from lightlayers.cli import main
+from lightlayers.decisions import NotApplicable, decide
+
+pytest.importorskip("optuna")
+
+
+def cli(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+@dataclass
+class Ev:
+    labels: np.ndarray
+    probs: np.ndarray
+    loss: float = 0.0
+
+
+def _binary(pos_scores: np.ndarray, labels: np.ndarray) -> Ev:
+    return Ev(labels, np.stack([1 - pos_scores, pos_scores], 1))
+
+
+# --- the rules, on evaluations made by hand --------------------------------------------------
+def test_a_candidate_is_kept_only_when_the_folds_mean_beats_the_base() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 1] * 20)
+
+    def folds(shift: float) -> list[Ev]:
+        # Positives score `shift` higher than negatives, plus noise: the AUC grows with it.
+        return [_binary(np.clip(0.5 + (labels - 0.5) * shift + rng.normal(0, .2, 40), 0, 1),
+                        labels) for _ in range(3)]
+
+    asked: list[dict] = []
+
+    def run(extra: dict) -> list[Ev]:
+        asked.append(extra)
+        if "tta" in extra:
+            raise NotApplicable("no augmentation to draw views from")
+        return folds({(): 0.2, ("ema",): 0.6, ("epochs",): 0.0}[tuple(extra)])
+
+    def auc(ev: Ev) -> float:
+        from sklearn.metrics import roc_auc_score
+
+        return float(roc_auc_score(ev.labels, ev.probs[:, 1]))
+
+    d = decide(run, auc, maximize=True, epochs=20, positive_class=1, num_classes=2)
+    assert asked == [{}, {"ema": 0.999}, {"tta": 4}, {"epochs": 40}]
+    assert d["candidates"]["ema"]["kept"] and d["candidates"]["ema"]["mean"] > d["base"]["mean"]
+    assert not d["candidates"]["epochs"]["kept"]
+    assert d["candidates"]["tta"] == {"settings": {"tta": 4}, "kept": False,
+                                      "not_applicable": "no augmentation to draw views from"}
+    assert d["settings"].get("ema") == 0.999 and "epochs" not in d["settings"]
+    # Minimising (a loss): the same numbers keep the other candidate.
+    d = decide(run, lambda ev: -auc(ev), maximize=False, epochs=20, positive_class=1,
+               num_classes=2)
+    assert d["candidates"]["ema"]["kept"]
+
+
+def test_the_threshold_is_chosen_on_the_other_folds_and_judged_by_balanced_accuracy() -> None:
+    labels = np.array([0] * 30 + [1] * 30)
+    # Every positive scores 0.35-0.45, every negative 0.05-0.15: at 0.5 all are called
+    # negative (balanced accuracy 0.5); a threshold between the groups separates them.
+    scores = np.r_[np.linspace(.05, .15, 30), np.linspace(.35, .45, 30)]
+    base = [_binary(scores, labels) for _ in range(3)]
+    d = decide(lambda extra: base, lambda ev: 0.0, True, 20, 1, 2)
+    thr = d["threshold"]
+    assert thr["argmax"] == [0.5, 0.5, 0.5] and thr["val_youden"] == [1.0, 1.0, 1.0]
+    assert all(.15 < t < .35 for t in thr["thresholds"])
+    assert thr["chosen"] == "val_youden" and d["settings"]["threshold"] == "val_youden"
+    # Scores already split at 0.5: Youden's J buys nothing, argmax stays.
+    split = [_binary(np.r_[np.linspace(.1, .3, 30), np.linspace(.7, .9, 30)], labels)] * 3
+    d = decide(lambda extra: split, lambda ev: 0.0, True, 20, 1, 2)
+    assert d["threshold"]["chosen"] == "argmax" and "threshold" not in d["settings"]
+    # More than two classes: no threshold to choose.
+    d = decide(lambda extra: split, lambda ev: 0.0, True, 20, None, 10)
+    assert d["threshold"]["chosen"] == "argmax" and "not_applicable" in d["threshold"]
+
+
+# --- the real path: chest X-rays, tune --decide, run --tuned ---------------------------------
+@pytest.fixture(scope="module")
+def decided(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path, dict]:
+    root = tmp_path_factory.mktemp("decide")
+    data = pneumonia_subset(root / "pneumoniamnist_small.npz", train=160, val=40, test=40)
+    argv = ["tune", "--data", str(data), "--models", "paper-light-k1", "--protocol",
+            "improved", "--set", "epochs=2", "--folds", "2", "--budget", "2", "--threads", "1",
+            "--out", str(root / "T")]
+    code, out, err = cli([*argv, "--decide", "--json"])
+    assert code == 0, err
+    return argv, root / "T", json.loads(out)
+
+
+def _meta(folder: Path) -> dict:
+    con = sqlite3.connect(folder / "tune.db")
+    try:
+        return {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM "
+                                                          "lightlayers_tune")}
+    finally:
+        con.close()
+
+
+def test_decisions_are_made_on_the_folds_and_recorded_with_their_numbers(
+        decided: tuple[list[str], Path, dict]) -> None:
+    _, folder, result = decided
+    (m,) = result["models"]
+    d = _meta(folder)["decisions"]["paper-light-k1"]
+    assert d["params"] == m["best"]["params"] and m["decided"] == d["settings"]
+    # The base is the best trial trained again with the search's fold seeds: the same values.
+    from lightlayers.tuned import tune_summary
+
+    (summary,) = tune_summary(folder)["models"]
+    assert d["base"]["objective"] == pytest.approx(summary["best"]["fold_values"], abs=1e-6)
+    for name, c in d["candidates"].items():
+        if "not_applicable" in c:
+            continue
+        assert len(c["objective"]) == 2 and len(c["balanced_accuracy"]) == 2
+        assert c["kept"] == (c["mean"] > d["base"]["mean"]), name
+        assert (name in d["settings"]) == c["kept"], name
+    assert d["candidates"]["epochs"]["settings"] == {"epochs": 4}
+    thr = d["threshold"]
+    assert len(thr["argmax"]) == len(thr["val_youden"]) == 2
+    assert thr["chosen"] == ("val_youden" if np.mean(thr["val_youden"]) > np.mean(thr["argmax"])
+                             else "argmax")
+    # Nothing of the test split was used or recorded.
+    assert "test" not in json.dumps(d).lower()
+
+
+def test_decisions_are_made_once_and_shown_in_the_folder_table(
+        decided: tuple[list[str], Path, dict]) -> None:
+    argv, folder, _ = decided
+    before = _meta(folder)["decisions"]
+    code, _, err = cli([*argv, "--decide"])
+    assert code == 0, err
+    assert "deciding" not in err and _meta(folder)["decisions"] == before
+    code, out, err = cli(["tune", str(folder)])
+    assert code == 0, err
+    assert "decided on the folds: base " in out
+    assert max(map(len, out.splitlines())) <= 80
+
+
+def test_run_tuned_trains_with_the_decided_settings(decided: tuple[list[str], Path, dict],
+                                                    tmp_path: Path) -> None:
+    from lightlayers.runfolder.store import ResultsStore
+
+    argv, folder, result = decided
+    data = argv[argv.index("--data") + 1]
+    (m,) = result["models"]
+    code, _, err = cli(["run", "--data", data, "--tuned", str(folder), "--protocol", "improved",
+                        "--set", "epochs=2", "--seeds", "0", "--out", str(tmp_path / "R"),
+                        "--threads", "1",
+                        "--quiet", "--no-report"])
+    assert code == 0, err
+    with ResultsStore(tmp_path / "R" / "results.db", create=False) as store:
+        (t,) = store.trials()
+    assert t["config"]["tuned"]["decided"] == m["decided"]
+    proto = t["extra"]["protocol"]
+    decided_settings = m["decided"]
+    assert proto["threshold"] == decided_settings.get("threshold", "argmax")
+    assert proto["ema"] == decided_settings.get("ema")
+    assert proto["tta"] == decided_settings.get("tta", 0)
+    assert proto["epochs"] == decided_settings.get("epochs", 2)
