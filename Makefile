@@ -8,7 +8,7 @@ SHARED ?= ../shared/data
 DATA ?= pneumoniamnist
 RUN_ARGS ?=
 
-.PHONY: install test lint run bench clean results
+.PHONY: install test lint run bench clean results headline chromium
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ run: $(STAMP)
 RESULTS_ARGS ?=
 results: $(STAMP)
 	$(PY) scripts/results.py build $(RESULTS_ARGS)
+
+# The tuned headline: hours of CPU per image source, resumable (scripts/headline.sh).
+headline: $(STAMP)
+	scripts/headline.sh pmnist
+	scripts/headline.sh jpeg
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_cpu.py

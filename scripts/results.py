@@ -5,9 +5,11 @@ per-image test predictions of a run folder, exported for committing.
     python scripts/results.py build --check    # exit 1, naming the file, if one would change
     python scripts/results.py export RUN_DIR [RUN_DIR ...] --out results/NAME/predictions.csv.gz
     python scripts/results.py targets results/study-npz/improved   # or a run folder
+    python scripts/results.py collect NAME RUN_DIR TUNE_DIR   # a tuned study -> results/headline
 
-docs/results.md marks each generated table with ``<!-- results.py: NAME -->`` and
+docs/results.md and README.md mark each generated table with ``<!-- results.py: NAME -->`` and
 ``<!-- /results.py -->``; ``build`` replaces what lies between with the table NAME computes
+
 from results/ (per-trial rows, ``results.csv``; a report's ``ensembles.csv``,
 ``comparisons.csv`` and ``ablation.csv`` where the rows alone cannot give the numbers) and
 leaves every other line as it is. Where a folder holds ``predictions.csv.gz``, its seed
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import re
 import sys
@@ -27,7 +30,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC = Path("docs/results.md")
+# The documents whose generated tables `build` rewrites (README.md: the tuned headline).
+DOCS = (Path("docs/results.md"), Path("README.md"))
 START = re.compile(r"^<!-- results\.py: ([\w-]+) -->$")
 END = "<!-- /results.py -->"
 PREDICTIONS = "predictions.csv.gz"
@@ -398,6 +402,96 @@ def curves_block(folder: str) -> Callable[[Path], str]:
     return build
 
 
+# --- the tuned headline ---------------------------------------------------------------------
+HEADLINE = "results/headline"
+HEADLINE_SCORES = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
+                   ("sensitivity", "sensitivity"), ("specificity", "specificity"),
+                   ("auc", "AUC"), ("ece", "ECE"))
+
+
+def mean_std_ci(trials: Sequence[dict], key: str) -> str:
+    """``mean ± std [95% interval]`` over the seeds (Student-t, as the report's)."""
+    from lightlayers.report.stats import summarize
+
+    s = summarize([t.get(key) for t in trials])
+    if s.mean is None:
+        return "—"
+    if s.std is None or s.ci_low is None or s.ci_high is None:
+        return f"{s.mean:.3f}"
+    return f"{s.mean:.3f} ± {s.std:.3f} [{s.ci_low:.3f}, {s.ci_high:.3f}]"
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise BuildError(f"{path} does not exist; rerun `python scripts/results.py collect` "
+                         "for its folder")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise BuildError(f"{path} is not JSON ({e}); rerun `python scripts/results.py "
+                         "collect` for its folder") from None
+
+
+def _kept(decided: dict | None) -> str:
+    if decided is None:
+        return "none made"
+    names = {"ema": "EMA", "tta": "TTA", "epochs": "epochs", "threshold": "threshold"}
+    kept = [f"{names.get(k, k)} {v}" for k, v in sorted(decided.items())]
+    return ", ".join(kept) if kept else "nothing kept"
+
+
+def headline_block(name: str) -> Callable[[Path], str]:
+    """One image source of the tuned headline: per model, the six scores over its seeds, how
+    the settings were chosen, which models differ (Holm), the ledger count and the targets."""
+    def build(root: Path) -> str:
+        from lightlayers.report.compare import distinguishable_sentence, pairwise
+        from lightlayers.report.targets import candidates, evaluate, targets_markdown
+
+        folder = f"{HEADLINE}/{name}"
+        if not (root / folder / "results.csv").is_file():
+            return (f"Not measured yet: `{folder}` holds no results (`make headline` tunes, "
+                    "trains and collects them).")
+        run = load(root, folder)
+        tuning = read_json(root / folder / "tuning.json")
+        ledger = read_json(root / folder / "ledger.json")
+        rows, seeds = [], set()
+        for g in run.groups:
+            seeds.add(len(g.done))
+            params = g.done[0]["params_total"] if g.done else None
+            rows.append([g.model, "—" if params is None else f"{int(params):,}",
+                         *(mean_std_ci(g.done, k) for k, _ in HEADLINE_SCORES)])
+        out = table(("model", "parameters", *(label for _, label in HEADLINE_SCORES)),
+                    ("---", "---:", *["---:"] * len(HEADLINE_SCORES)), rows)
+        decided = {m["model"]: m.get("decided") for m in tuning["models"]}
+        n_test = len(next(iter(run.predictions.values()))["labels"]) if run.predictions \
+            else None
+        objective = {"auc": "AUC", "balanced_accuracy": "balanced accuracy"}.get(
+            tuning["objective"], tuning["objective"])
+        lines = [
+            "",
+            "",
+            f"Mean ± std [95% interval] over {'/'.join(map(str, sorted(seeds)))} seeds per "
+            f"model, each scored once on the {n_test or 'test'} test images. Settings: each "
+            f"model tuned with the same budget ({tuning['budget']} trials, "
+            f"{tuning['folds']} patient-grouped validation folds of the training images, "
+            f"objective validation {objective}); then, on the same folds, EMA, "
+            "test-time augmentation, twice the epochs and the threshold kept only where the "
+            "folds' mean says so: "
+            + "; ".join(f"{m}: {_kept(d)}" for m, d in decided.items()) + ".",
+        ]
+        if run.predictions:
+            comps, _, _ = pairwise(run)
+            lines += ["", distinguishable_sentence(comps)]
+        lines += ["", f"When these were recorded, this test split had been scored under "
+                      f"{ledger['settings']:,} distinct settings ({ledger['scores']:,} scores, "
+                      "test-split ledger): the more settings compared on one test split, the "
+                      "more optimistic the best of them.",
+                  "", targets_markdown(evaluate(candidates(run))).rstrip("\n")]
+        return out + "\n".join(lines)
+
+    return build
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "predictions": predictions_block,
     "targets": targets_block,
@@ -410,6 +504,8 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "preprocessing": preprocessing_block,
     "curves-pmnist": curves_block("results/curves/pmnist"),
     "curves-jpeg": curves_block("results/curves/jpeg"),
+    "headline-pmnist": headline_block("pmnist"),
+    "headline-jpeg": headline_block("jpeg"),
 }
 
 
@@ -448,22 +544,24 @@ def first_difference(a: str, b: str) -> int:
 
 
 def build(root: Path, check: bool) -> int:
-    path = root / DOC
-    if not path.is_file():
-        raise BuildError(f"{path} does not exist; run from the repository or give --root")
-    old = path.read_text()
-    new = rebuild(old, root, str(DOC))
-    if new == old:
-        print(f"results: {DOC} is what results/ gives")
-        return 0
-    if check:
-        print(f"results: {DOC} differs from what the committed files in results/ give (first "
-              f"at line {first_difference(old, new)}); run `make results` and commit both",
-              file=sys.stderr)
-        return 1
-    path.write_text(new)
-    print(f"results: rewrote {DOC}")
-    return 0
+    status = 0
+    for doc in DOCS:
+        path = root / doc
+        if not path.is_file():
+            raise BuildError(f"{path} does not exist; run from the repository or give --root")
+        old = path.read_text()
+        new = rebuild(old, root, str(doc))
+        if new == old:
+            print(f"results: {doc} is what results/ gives")
+        elif check:
+            print(f"results: {doc} differs from what the committed files in results/ give "
+                  f"(first at line {first_difference(old, new)}); run `make results` and "
+                  "commit both", file=sys.stderr)
+            status = 1
+        else:
+            path.write_text(new)
+            print(f"results: rewrote {doc}")
+    return status
 
 
 # --- export and targets -----------------------------------------------------------------------
@@ -478,6 +576,45 @@ def export(run_dirs: Sequence[str], out: Path) -> int:
     out.write_bytes(data)
     trials = len(run.curve) or sum(len(g.done) for g in run.groups)
     print(f"results: {trials} trials' test predictions -> {out} ({len(data):,} bytes)")
+    return 0
+
+
+def collect(name: str, run_dir: Path, tune_dir: Path, root: Path) -> int:
+    """A finished tuned study into ``results/headline/NAME``: its results.csv, its per-image
+    test predictions, its tuning folder's summary (best settings, decisions and the numbers
+    behind them) and the test-split ledger's count, without any local path."""
+    from lightlayers.ledger import split_uses, test_fingerprint
+    from lightlayers.runfolder.store import ResultsStore
+    from lightlayers.tuned import tune_summary
+
+    if not re.fullmatch(r"[\w-]+", name):
+        raise BuildError(f"collect: {name!r} is not a plain folder name; use letters, digits, "
+                         "- or _")
+    out = root / HEADLINE / name
+    with ResultsStore(run_dir / "results.db", create=False, readonly=True) as store:
+        meta = store.meta()
+        counts = store.counts()
+    if counts["done"] == 0 or any(n for status, n in counts.items() if status != "done"):
+        raise BuildError(f"collect: {run_dir} has unfinished or failed trials ({counts}); "
+                         "finish the study (rerun the same `lightlayers run`) first")
+    test = test_fingerprint(meta.get("data_fingerprint") or {})
+    uses = split_uses(test) if test else []
+    if not uses:
+        raise BuildError(f"collect: the test-split ledger holds no score of {run_dir}'s test "
+                         "split; collect on the machine that ran the study")
+    summary = tune_summary(tune_dir)
+    summary["folder"] = Path(summary["folder"]).name
+    for m in summary["models"]:
+        m["decided"] = None if m.get("decisions") is None else m["decisions"]["settings"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.csv").write_text((run_dir / "results.csv").read_text())
+    export([str(run_dir)], out / PREDICTIONS)
+    (out / "tuning.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    u = uses[0]
+    (out / "ledger.json").write_text(json.dumps(
+        {"test": u.test, "settings": u.settings, "scores": u.scores, "first": u.first,
+         "last": u.last}, indent=1, sort_keys=True) + "\n")
+    print(f"results: collected {run_dir} and {tune_dir} into {out}")
     return 0
 
 
@@ -501,7 +638,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="rebuild the generated tables of docs/results.md")
+    b = sub.add_parser("build", help="rebuild the generated tables of docs/results.md and "
+                                     "README.md")
     b.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 naming the file if a rebuilt one differs")
     b.add_argument("--root", type=Path, default=ROOT,
@@ -512,12 +650,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     e.add_argument("--out", type=Path, required=True, help="the .csv.gz written")
     t = sub.add_parser("targets", help="the targets, met or missed, of a run or results folder")
     t.add_argument("path", type=Path)
+    c = sub.add_parser("collect", help=f"a finished tuned study into {HEADLINE}/NAME")
+    c.add_argument("name", help="the folder's name: pmnist or jpeg")
+    c.add_argument("run_dir", type=Path, help="the run folder of `lightlayers run --tuned`")
+    c.add_argument("tune_dir", type=Path, help="the tuning folder it used")
+    c.add_argument("--root", type=Path, default=ROOT,
+                   help="the folder holding results/ (default: this repository)")
     args = p.parse_args(argv)
     try:
         if args.command == "build":
             return build(args.root, args.check)
         if args.command == "export":
             return export(args.runs, args.out)
+        if args.command == "collect":
+            return collect(args.name, args.run_dir, args.tune_dir, args.root)
         return targets(args.path)
     except (BuildError, ReportError) as err:
         print(f"results: {err}", file=sys.stderr)

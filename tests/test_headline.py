@@ -1,0 +1,143 @@
+"""The tuned headline's pipeline on real chest X-rays: tune --decide, run --tuned, collect into
+results/headline/NAME, and the README's table rebuilt from the collected files alone."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import importlib.util
+import io
+import json
+import math
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+from data_fixtures import pneumonia_subset
+
+from lightlayers.cli import main
+
+pytest.importorskip("optuna")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(argv: list[str]) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    assert code == 0, err.getvalue()
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("results_script", ROOT / "scripts/results.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    tmp = tmp_path_factory.mktemp("headline")
+    data = pneumonia_subset(tmp / "pneumoniamnist_small.npz", train=160, val=40, test=40)
+    common = ["--data", str(data), "--models", "paper-light-k1,study-light-k1", "--protocol",
+              "improved", "--set", "epochs=2", "--threads", "1", "--quiet"]
+    cli(["tune", *common, "--folds", "2", "--budget", "2", "--decide", "--out",
+         str(tmp / "T")])
+    cli(["run", *common, "--tuned", str(tmp / "T"), "--seeds", "0,1,2", "--out",
+         str(tmp / "R"), "--no-report"])
+    root = tmp / "repo"
+    assert _module().collect("pmnist", tmp / "R", tmp / "T", root) == 0
+    return tmp, root, root / "results" / "headline" / "pmnist"
+
+
+def _t_interval(xs: list[float]) -> tuple[float, float, float, float]:
+    from scipy.stats import t
+
+    n = len(xs)
+    mean = sum(xs) / n
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    half = float(t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+    return mean, std, mean - half, mean + half
+
+
+def test_collect_writes_the_run_its_predictions_tuning_and_ledger_count(
+        collected: tuple[Path, Path, Path]) -> None:
+    from lightlayers.ledger import split_uses, test_fingerprint
+    from lightlayers.runfolder.store import ResultsStore
+
+    tmp, _, folder = collected
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "ledger.json", "predictions.csv.gz", "results.csv", "tuning.json"]
+    assert (folder / "results.csv").read_text() == (tmp / "R" / "results.csv").read_text()
+    tuning = json.loads((folder / "tuning.json").read_text())
+    assert tuning["folder"] == "T" and str(tmp) not in (folder / "tuning.json").read_text()
+    assert (tuning["budget"], tuning["folds"], tuning["objective"]) == (2, 2, "auc")
+    for m in tuning["models"]:
+        assert m["decided"] == m["decisions"]["settings"]
+        assert len(m["decisions"]["base"]["objective"]) == 2
+    with ResultsStore(tmp / "R" / "results.db", create=False) as store:
+        test = test_fingerprint(store.meta()["data_fingerprint"])
+    (use,) = split_uses(test)
+    ledger = json.loads((folder / "ledger.json").read_text())
+    assert (ledger["settings"], ledger["scores"], ledger["test"]) == (use.settings, use.scores,
+                                                                      test)
+    assert use.settings >= 6  # this run's 2 models x 3 seeds at least
+
+
+def test_the_headline_table_is_rebuilt_from_the_collected_files(
+        collected: tuple[Path, Path, Path]) -> None:
+    _, root, folder = collected
+    text = _module().headline_block("pmnist")(root)
+    with open(folder / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for model in ("paper-light-k1", "study-light-k1"):
+        mine = [r for r in rows if r["model"] == model]
+        assert len(mine) == 3
+        line = next(x for x in text.splitlines() if x.startswith(f"| {model} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[1] == f"{int(mine[0]['params_total']):,}"
+        for cell, key in zip(cells[2:], ("accuracy", "balanced_accuracy", "sensitivity",
+                                         "specificity", "auc", "ece"), strict=True):
+            mean, std, lo, hi = _t_interval([float(r[key]) for r in mine])
+            assert cell == f"{mean:.3f} ± {std:.3f} [{lo:.3f}, {hi:.3f}]", key
+    tuning = json.loads((folder / "tuning.json").read_text())
+    ledger = json.loads((folder / "ledger.json").read_text())
+    assert "over 3 seeds per model, each scored once on the 40 test images" in text
+    assert "the same budget (2 trials, 2 patient-grouped validation folds" in text
+    assert "objective validation AUC" in text
+    assert "|\n\nMean ± std [95% interval]" in text  # a paragraph, not a row of the table
+    for m in tuning["models"]:
+        kept = m["decided"]
+        said = re.search(rf"{m['model']}: (.*?)(?:; |\.$)", text, re.M)
+        assert said, m["model"]
+        assert said.group(1) == ("nothing kept" if not kept else ", ".join(
+            f"{ {'ema': 'EMA', 'tta': 'TTA'}.get(k, k)} {v}" for k, v in sorted(kept.items())))
+    assert f"scored under {ledger['settings']:,} distinct settings" in text
+    assert "after Holm's correction" in text
+    assert "| target | verdict | measured |" in text
+
+
+def test_a_source_not_measured_yet_says_so(tmp_path: Path) -> None:
+    text = _module().headline_block("jpeg")(tmp_path)
+    assert text.startswith("Not measured yet: `results/headline/jpeg` holds no results")
+
+
+def test_collect_refuses_an_unfinished_study(collected: tuple[Path, Path, Path],
+                                             tmp_path: Path) -> None:
+    import shutil
+
+    tmp, _, _ = collected
+    run = tmp_path / "R"
+    shutil.copytree(tmp / "R", run)
+    con = sqlite3.connect(run / "results.db")
+    with con:
+        con.execute("UPDATE trials SET status = 'failed' WHERE id = (SELECT MIN(id) FROM "
+                    "trials)")
+    con.close()
+    mod = _module()
+    with pytest.raises(mod.BuildError, match=r"has unfinished or failed trials .*'failed': 1"):
+        mod.collect("pmnist", run, tmp / "T", tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
