@@ -117,6 +117,7 @@ def test_the_headline_table_is_rebuilt_from_the_collected_files(
             f"{ {'ema': 'EMA', 'tta': 'TTA'}.get(k, k)} {v}" for k, v in sorted(kept.items())))
     assert f"scored under {ledger['settings']:,} distinct settings" in text
     assert "after Holm's correction" in text
+    assert re.search(r"accuracy: (.* \(of the one pair\)|not the one pair)", text)
     assert "| target | verdict | measured |" in text
 
 

@@ -17,6 +17,7 @@ from lightlayers.report.compare import (
     bootstrap_p,
     distinguishable_sentence,
     holm,
+    holm_family_text,
     with_holm,
 )
 
@@ -56,8 +57,9 @@ def test_bootstrap_p_counts_the_replicates_on_the_far_side() -> None:
     assert np.isnan(bootstrap_p(np.array([np.nan])))
 
 
-def _comp(a: str, b: str, metric: str, diff: float, p: float) -> Comparison:
-    return Comparison("improved", a, b, metric, 0.9, 0.9 - diff, diff, diff - 0.01, diff + 0.01,
+def _comp(a: str, b: str, metric: str, diff: float, p: float,
+          protocol: str = "improved") -> Comparison:
+    return Comparison(protocol, a, b, metric, 0.9, 0.9 - diff, diff, diff - 0.01, diff + 0.01,
                       624, 5, 5, p)
 
 
@@ -74,8 +76,10 @@ def test_families_are_per_score_and_the_sentence_names_the_winners() -> None:
     assert [c.distinguishable for c in tied] == [False, False]
     text = distinguishable_sentence(comps)
     assert "accuracy: k5 > k1, k5 > conv, conv > k1 (of 3 pairs)" in text
-    assert "AUC: k5 > k1 (of 1 pairs)" in text
+    assert "AUC: k5 > k1 (of the one pair)" in text
     assert "none of the 2 pairs" in distinguishable_sentence(tied)
+    alone = with_holm([_comp("a", "b", "auc", 0.1, 0.2)])
+    assert distinguishable_sentence(alone).endswith("AUC: not the one pair.")
 
 
 def test_report_files_carry_the_holm_adjusted_p(tmp_path: Path) -> None:
@@ -96,4 +100,50 @@ def test_report_files_carry_the_holm_adjusted_p(tmp_path: Path) -> None:
                  == ("linear-8x8", "linear-2x2", "accuracy"))
     assert first["distinguishable_holm"] == "1"
     html = result.html.read_text() if result.html else ""
-    assert "p, Holm-adjusted" in html and "after Holm&#x27;s correction" in html
+    assert "<th scope='col'>p (Holm)</th>" in html and "after Holm&#x27;s correction" in html
+    assert "adjusted by Holm's method across the 3 pairs of each score." in html
+
+
+def test_the_page_names_the_family_of_each_adjustment_under_two_protocols(
+        tmp_path: Path) -> None:
+    """Three models under each of two protocols: six pairs in the table, but each p-value is
+    adjusted among the three pairs of its own protocol and score, and the page says so."""
+    run_dir = build_store(tmp_path / "run", models=("linear-8x8", "linear-4x4", "linear-2x2"),
+                          seeds=(0, 1), epochs=2, protocols=("seed", "improved"))
+    result = write_report(run_dir, formats=("csv", "html"), console=False)
+    rows = list(csv.DictReader(io.StringIO((run_dir / "report" / "comparisons.csv")
+                                           .read_text())))
+    families: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        families.setdefault((r["protocol"], r["metric"]), []).append(float(r["p_bootstrap"]))
+    assert sorted(families) == [("improved", "accuracy"), ("improved", "auc"),
+                                ("seed", "accuracy"), ("seed", "auc")]
+    for (protocol, metric), raw in families.items():
+        assert len(raw) == 3
+        got = [float(r["p_holm"]) for r in rows
+               if (r["protocol"], r["metric"]) == (protocol, metric)]
+        assert got == pytest.approx(holm(raw))  # m = 3, not the 6 pairs of the table
+    html = result.html.read_text() if result.html else ""
+    text = html.split("id='comparisons'")[1].split("</p>")[0]
+    assert ("p (Holm): the bootstrap p-value of no difference, adjusted by Holm's method "
+            "across the 3 pairs of each score and protocol.") in text
+    assert "6 pairs" not in text
+
+
+def test_families_of_different_sizes_are_each_given_their_count() -> None:
+    names = {"accuracy": "accuracy", "auc": "AUC"}
+    seed = [_comp(a, b, m, 0.01, 0.2, "seed") for a, b in (("x", "y"), ("x", "z"), ("y", "z"))
+            for m in ("accuracy", "auc")]
+    improved = [_comp("x", "y", m, 0.01, 0.2) for m in ("accuracy", "auc")]
+    assert holm_family_text(with_holm(seed), names) == "the 3 pairs of each score"
+    assert holm_family_text(with_holm(seed + improved), names) == (
+        "the pairs of each score and protocol (3 pairs under seed, 1 pair under improved)")
+    # AUC left out of one pair (no p-value): holm does not count it, nor does the text.
+    no_auc = [*seed[:5], _comp("y", "z", "auc", 0.01, float("nan"), "seed")]
+    assert holm_family_text(with_holm(no_auc), names) == (
+        "the pairs of each score (3 pairs for accuracy, 2 pairs for AUC)")
+    assert holm_family_text(with_holm(no_auc + improved), names) == (
+        "the pairs of each score and protocol (3 pairs for accuracy under seed, 2 pairs for "
+        "AUC under seed, 1 pair under improved)")
+    assert holm_family_text([_comp("x", "y", "auc", 0.0, float("nan"))]) == (
+        "no pair has a p-value to adjust")

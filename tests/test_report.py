@@ -423,10 +423,41 @@ def test_comparisons_of_three_scores_fit_1280_px_without_sideways_scrolling(tmp_
     for score in ("accuracy", "AUC", "balanced accuracy"):
         assert f"Δ {score} (A − B)" in table
     assert table.count("<tr>") == 1 + 2 * 3  # the header, three pairs under each protocol
-    assert "<th scope='row'>linear-8x8 [improved]</th>" in table
+    assert ("<th scope='row' class='label'><span class='nowrap'>linear-8x8</span> "
+            "<span class='nowrap'>[improved]</span></th>") in table
     attrs = browser_check(result.html, tmp_path)
     assert attrs["data-window-width"] == "1280"
     assert attrs["data-overflowing-tables"] == "", attrs["data-overflowing-tables"]
     assert attrs["data-broken-numbers"] == "", attrs["data-broken-numbers"]
     assert attrs["data-broken-headers"] == "", attrs["data-broken-headers"]
     assert int(attrs["data-scroll-width"]) <= 1280
+
+
+def test_long_model_labels_fit_the_results_tables_at_1280_px(tmp_path):
+    """The longest registered model names, under two protocols and with random backbone
+    weights ("transfer-mobilenet_v3_large [improved] (weights: none)"): every table's columns
+    are in view at 1280 px, the labels wrapping between name and qualifiers, never inside a
+    number, a header or a qualifier. The trials are the fixture's linear classifiers; only
+    their names and recorded weights are those of transfer models."""
+    import json
+    import sqlite3
+
+    models = ("transfer-mobilenet_v3_large", "transfer-efficientnet_b0", "study-residual-conv")
+    run_dir = build_store(tmp_path / "run", models=models, seeds=(0, 1), epochs=2,
+                          protocols=("seed", "improved"))
+    with sqlite3.connect(run_dir / "results.db") as c:
+        c.execute("UPDATE trials SET extra=? WHERE model LIKE 'transfer-%'",
+                  (json.dumps({"device": "cpu", "weights": "none"}),))
+    result = write_report(run_dir, formats=("html",), console=False)
+    assert "transfer-mobilenet_v3_large [improved] (weights: none)" in [
+        r.label for r in result.rows]
+    attrs = browser_check(result.html, tmp_path)
+    assert attrs["data-window-width"] == "1280"
+    assert attrs["data-overflowing-tables"] == "", attrs["data-overflowing-tables"]
+    assert attrs["data-broken-numbers"] == "", attrs["data-broken-numbers"]
+    assert attrs["data-broken-headers"] == "", attrs["data-broken-headers"]
+    assert int(attrs["data-scroll-width"]) <= 1280
+    results = result.html.read_text().split("id='results'")[1].split("</table>")[0]
+    assert ("<th scope='row' class='label'><span class='nowrap'>transfer-mobilenet_v3_large"
+            "</span> <span class='nowrap'>[improved]</span> <span class='nowrap'>(weights: "
+            "none)</span></th>") in results

@@ -108,6 +108,11 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return out
 
 
+def family(c: Comparison) -> tuple[str, str]:
+    """The family a pair's p-value is adjusted in: its protocol and score."""
+    return c.protocol, c.metric
+
+
 def with_holm(comps: Sequence[Comparison]) -> list[Comparison]:
     """``comps`` with ``p_holm`` computed over each family: the pairs of one protocol and one
     score among ``comps``. Call it on the pairs that are shown (after any filtering): the
@@ -115,11 +120,51 @@ def with_holm(comps: Sequence[Comparison]) -> list[Comparison]:
     out = list(comps)
     families: dict[tuple[str, str], list[int]] = {}
     for i, c in enumerate(out):
-        families.setdefault((c.protocol, c.metric), []).append(i)
+        families.setdefault(family(c), []).append(i)
     for idx in families.values():
         for i, p in zip(idx, holm([out[i].p_value for i in idx]), strict=True):
             out[i] = replace(out[i], p_holm=p)
     return out
+
+
+def family_sizes(comps: Sequence[Comparison]) -> dict[tuple[str, str], int]:
+    """Per family of :func:`with_holm`, the ``m`` of its Holm adjustment: its pairs that have
+    a p-value (:func:`holm` leaves NaN out)."""
+    sizes: dict[tuple[str, str], int] = {}
+    for c in comps:
+        sizes[family(c)] = sizes.get(family(c), 0) + int(bool(np.isfinite(c.p_value)))
+    return sizes
+
+
+def _pairs(n: int) -> str:
+    return f"{n} pair" + ("" if n == 1 else "s")
+
+
+def holm_family_text(comps: Sequence[Comparison], names: dict[str, str] | None = None) -> str:
+    """What each Holm adjustment among ``comps`` was made across, in words, from the families
+    :func:`with_holm` used, e.g. "the 3 pairs of each score and protocol". Families of
+    different sizes are each given their own count, never one count for all."""
+    names = names or {}
+    sizes = {k: m for k, m in family_sizes(comps).items() if m > 0}
+    if not sizes:
+        return "no pair has a p-value to adjust"
+    protocols = list(dict.fromkeys(p for p, _ in sizes))
+    several = len(protocols) > 1
+    each = "each score and protocol" if several else "each score"
+    counts = set(sizes.values())
+    if len(counts) == 1:
+        m = counts.pop()
+        return f"the {_pairs(m)} of {each}"
+    parts = []
+    for protocol in protocols:
+        own = {metric: m for (p, metric), m in sizes.items() if p == protocol}
+        where = f" under {protocol}" if several else ""
+        if several and len(set(own.values())) == 1:
+            parts.append(f"{_pairs(next(iter(own.values())))}{where}")
+        else:
+            parts += [f"{_pairs(m)} for {names.get(metric, metric)}{where}"
+                      for metric, m in own.items()]
+    return f"the pairs of {each} ({', '.join(parts)})"
 
 
 def bootstrap_p(d: np.ndarray) -> float:
@@ -301,7 +346,7 @@ def distinguishable_sentence(comps: Sequence[Comparison], names: dict[str, str] 
     parts = []
     families: dict[tuple[str, str], list[Comparison]] = {}
     for c in comps:
-        families.setdefault((c.protocol, c.metric), []).append(c)
+        families.setdefault(family(c), []).append(c)
     several = len({p for p, _ in families}) > 1
     for (protocol, metric), cs in families.items():
         what = names.get(metric, metric) + (f" ({protocol})" if several else "")
@@ -310,9 +355,11 @@ def distinguishable_sentence(comps: Sequence[Comparison], names: dict[str, str] 
         if not any(np.isfinite(c.p_holm) for c in cs):
             parts.append(f"{what}: no p-values recorded")
         elif won:
-            parts.append(f"{what}: {', '.join(won)} (of {len(cs)} pairs)")
+            of = "of the one pair" if len(cs) == 1 else f"of {len(cs)} pairs"
+            parts.append(f"{what}: {', '.join(won)} ({of})")
         else:
-            parts.append(f"{what}: none of the {len(cs)} pairs")
+            parts.append(f"{what}: " + ("not the one pair" if len(cs) == 1
+                                        else f"none of the {len(cs)} pairs"))
     if not parts:
         return ""
     return ("Distinguishable at the 95% level after Holm's correction across the pairs shown: "

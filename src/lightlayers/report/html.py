@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Sequence
 from html import escape
 from typing import Any
 
 from lightlayers.metrics.registry import all_metrics, get_metric
-from lightlayers.report.compare import Comparison, distinguishable_sentence
+from lightlayers.report.compare import Comparison, distinguishable_sentence, holm_family_text
 from lightlayers.report.ensemble import Ensemble
 from lightlayers.report.figures import FigureSpec, majority_scores
 from lightlayers.report.load import RunData, sized_model
@@ -44,12 +45,19 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; 
        padding: 0 1em; line-height: 1.4; }
 h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #999; padding-bottom: .2em; }
 table { border-collapse: collapse; margin: .5em 0 1em; font-size: .9em; }
-th, td { border: 1px solid #bbb; padding: .25em .5em; vertical-align: top; }
+/* Side padding of .35em: the model's name, six scores as "0.8964 ± 0.0047", seeds and
+   collapsed runs fit 1200 px even for "transfer-mobilenet_v3_large" (not at .5em). */
+th, td { border: 1px solid #bbb; padding: .25em .35em; vertical-align: top; }
 th { background: #eee; } td.num { text-align: right; white-space: nowrap; }
 /* A difference over its interval: three scores side by side on one line each are wider than
    the page. */
 td.diff .nowrap { display: block; }
 tbody th, td.name { white-space: nowrap; text-align: left; }
+/* A model's label wraps between its name and its qualifiers ("[improved]", "(weights: none)")
+   when its table would be wider than the page, and nowhere else: not at the hyphen of
+   "transfer-resnet18", not inside a qualifier. */
+tbody th.label, td.label { white-space: normal; overflow-wrap: normal; }
+.nowrap { white-space: nowrap; }
 tr.incomplete th { font-style: italic; }
 .notes { border-left: 4px solid #555; background: #f4f4f4; padding: .5em 1em; }
 figure { display: inline-block; margin: .5em; vertical-align: top; max-width: 100%; }
@@ -93,9 +101,34 @@ window.addEventListener("load", function () {
     }
     return Object.keys(tops).length;
   }
-  // Table headers laid out on more lines than they have words: one broke inside a word.
+  // Whether a line of the element's text starts right after a character that is not a
+  // space: a break inside a word ("Seed" / "s"), at its hyphen too ("Holm-" / "adjusted"),
+  // which counting lines against words misses when the header has a space elsewhere.
+  function brokenInsideWord(el) {
+    var walk = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+    var range = document.createRange();
+    var prev = null;  // the last character laid out: its bottom, and whether a space follows
+    while (walk.nextNode()) {
+      var node = walk.currentNode, text = node.textContent;
+      for (var i = 0; i < text.length; i++) {
+        var space = /\s/.test(text[i]);
+        range.setStart(node, i);
+        range.setEnd(node, i + 1);
+        var box = Array.prototype.filter.call(range.getClientRects(),
+                                              function (r) { return r.width > 0; })[0];
+        if (space || !box) {
+          if (space && prev) { prev.space = true; }
+          continue;
+        }
+        // Below the last character rather than beside it: a new line.
+        if (prev && !prev.space && box.top >= prev.bottom - 1) { return true; }
+        prev = { bottom: box.bottom, space: false };
+      }
+    }
+    return false;
+  }
   var broken = Array.prototype.slice.call(document.querySelectorAll("thead th"))
-    .filter(function (th) { return lines(th) > th.textContent.trim().split(/\s+/).length; })
+    .filter(brokenInsideWord)
     .map(function (th) { return th.textContent.trim(); });
   document.body.setAttribute("data-broken-headers", broken.join("|"));
   // A number cell on more lines than it has unbreakable pieces: a number broke inside itself.
@@ -120,6 +153,13 @@ window.addEventListener("load", function () {
 
 def _e(value: Any) -> str:
     return escape("" if value is None else str(value))
+
+
+def label_html(label: str) -> str:
+    """A model's label as the pieces it may wrap between: its name, then each bracketed
+    qualifier (" [improved]", " (weights: none)", a trailing "*" kept with its piece)."""
+    pieces = re.findall(r"(?:\[[^\]]*\]|\([^)]*\)|\S)+", label)
+    return " ".join(f"<span class='nowrap'>{_e(p)}</span>" for p in pieces)
 
 
 def _kv_table(items: Sequence[tuple[str, Any]]) -> str:
@@ -183,7 +223,7 @@ def results_table(rows: Sequence[Row], after_first: str = "") -> str:
         for r in rows:
             cells = r.cells(cols=[])
             cls = " class='incomplete'" if r.group.incomplete else ""
-            tds = f"<th scope='row'>{_e(cells[0])}</th>" + "".join(
+            tds = f"<th scope='row' class='label'>{label_html(cells[0])}</th>" + "".join(
                 f"<td class='num'>{_e(format_cell(_stat(r, m.name), m))}</td>"
                 for m in metrics)
             if i == 0:
@@ -368,7 +408,8 @@ def ensembles_html(items: Sequence[Ensemble]) -> str:
         return "—" if v is None else f"{v:.4f}"
 
     body = "".join(
-        f"<tr><th scope='row'>{_e(e.group.label)}</th><td class='num'>{len(e.seeds)}</td>"
+        f"<tr><th scope='row' class='label'>{label_html(e.group.label)}</th>"
+        f"<td class='num'>{len(e.seeds)}</td>"
         f"<td class='num'>{e.params_total:,}</td><td class='num'>"
         f"{num(e.metrics.get('accuracy'))} ({e.member_accuracy:.4f})</td>"
         + "".join(f"<td class='num'>{num(e.metrics.get(k))}</td>"
@@ -392,7 +433,7 @@ def comparisons_html(comps: Sequence[Comparison], n_boot: int) -> str:
     for c in comps:
         pairs.setdefault((c.model_a, c.model_b), {})[c.metric] = c
     head = "".join(f"<th scope='col'>Δ {_e(names.get(m, m))} (A − B) [95% interval]</th>"
-                   f"<th scope='col'>p, Holm-adjusted</th>" for m in metrics)
+                   f"<th scope='col'>p (Holm)</th>" for m in metrics)
     body = []
     first = metrics[0]
 
@@ -413,7 +454,8 @@ def comparisons_html(comps: Sequence[Comparison], n_boot: int) -> str:
             cells.append(f"<td class='num diff'>"
                          f"{f'<strong>{text}</strong>' if cm.real else text}"
                          f"</td><td class='num'>{cm.p_holm:.3f}</td>")
-        body.append(f"<tr><th scope='row'>{_e(a)}</th><td class='name'>{_e(b)}</td>"
+        body.append(f"<tr><th scope='row' class='label'>{label_html(a)}</th>"
+                    f"<td class='name label'>{label_html(b)}</td>"
                     f"{''.join(cells)}</tr>")
     return (f"<div class='scroll'><table id='comparisons'><thead><tr><th scope='col'>Model A"
             f"</th><th scope='col'>Model B</th>{head}</tr></thead><tbody>{''.join(body)}"
@@ -422,8 +464,9 @@ def comparisons_html(comps: Sequence[Comparison], n_boot: int) -> str:
             "replacement), sorted by the size of the first difference. "
             "<strong>Bold</strong>: the interval excludes 0, so the difference "
             "is unlikely to be noise of the test sample or of the seeds, for that pair alone. "
-            f"p, Holm-adjusted: the bootstrap p-value adjusted across the {len(pairs)} pairs "
-            f"of each score. {_e(distinguishable_sentence(comps))} All numbers in "
+            "p (Holm): the bootstrap p-value of no difference, adjusted by Holm's method "
+            f"across {_e(holm_family_text(comps, names))}. "
+            f"{_e(distinguishable_sentence(comps))} All numbers in "
             "<a href='comparisons.csv'>comparisons.csv</a>.</p>")
 
 
