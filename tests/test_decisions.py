@@ -176,3 +176,9 @@ def test_run_tuned_trains_with_the_decided_settings(decided: tuple[list[str], Pa
     assert proto["ema"] == decided_settings.get("ema")
     assert proto["tta"] == decided_settings.get("tta", 0)
     assert proto["epochs"] == decided_settings.get("epochs", 2)
+    from lightlayers.report.table import settings_sentence
+
+    with ResultsStore(tmp_path / "R" / "results.db", create=False) as store:
+        said = settings_sentence(store.meta())
+    assert said == (f"settings: tuned (budget 2, 2 folds, auc; EMA, TTA, epochs and threshold "
+                    f"decided on the same folds) from {folder}")

@@ -277,7 +277,9 @@ def _tuned_source(tuned: dict[str, Any]) -> dict[str, Any]:
         return {"kind": "fixed"}
     first = next(iter(tuned.values()))
     return {"kind": "tuned", **{k: first[k] for k in ("folder", "data_fingerprint", "budget",
-                                                      "folds", "objective")}}
+                                                      "folds", "objective")},
+            # Each model's decisions on the folds (tune --decide), or none made for any.
+            "decisions_made": all(t.get("decisions_made") for t in tuned.values())}
 
 
 def _done_line(spec: TrialSpec, m: dict[str, Any]) -> str:

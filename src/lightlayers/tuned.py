@@ -168,7 +168,8 @@ def _best(folder: Path) -> dict[str, dict[str, Any]]:
     from lightlayers.decisions import decided_settings
 
     summary = tune_summary(folder)
-    return {m["model"]: {**m["best"], "decided": decided_settings(m.get("decisions"))}
+    return {m["model"]: {**m["best"], "decided": decided_settings(m.get("decisions")),
+                         "decisions_made": m.get("decisions") is not None}
             for m in summary["models"] if m["best"] is not None}
 
 
@@ -223,6 +224,7 @@ def tuned_record(cfg: StudyConfig, model: str) -> dict[str, Any] | None:
     b = best[model]
     return {**source, "params": b["params"], "value": b["value"],
             "spread": b["spread"], "decided": b["decided"],
+            "decisions_made": b["decisions_made"],
             "settings": {**overrides_for(b["params"]), **b["decided"]}}
 
 

@@ -152,8 +152,10 @@ def settings_sentence(meta: dict[str, Any]) -> str:
     src = meta.get("settings_source") or {}
     if src.get("kind") != "tuned":
         return "settings: fixed recipe"
+    decided = ("; EMA, TTA, epochs and threshold decided on the same folds"
+               if src.get("decisions_made") else "")
     return (f"settings: tuned (budget {src.get('budget')}, {src.get('folds')} folds, "
-            f"{src.get('objective')}) from {src.get('folder')}")
+            f"{src.get('objective')}{decided}) from {src.get('folder')}")
 
 
 def partial_notes(run: RunData) -> list[str]:
