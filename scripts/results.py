@@ -302,8 +302,20 @@ ABLATION_SCORES = ("accuracy", "auc", "sensitivity", "specificity")
 
 
 def ablation_block(root: Path) -> str:
+    return ablation_table(read_csv(root / "results/ablation.csv"))
+
+
+def ablation_folds_block(root: Path) -> str:
+    path = root / "results/ablation-folds.csv"
+    if not path.is_file():
+        return ("Not measured yet: `results/ablation-folds.csv` does not exist (`python "
+                "scripts/ablation.py --folds 3` writes it).")
+    return ablation_table(read_csv(path))
+
+
+def ablation_table(csv_rows: list[dict[str, str]]) -> str:
     rows = []
-    for r in read_csv(root / "results/ablation.csv"):
+    for r in csv_rows:
         cells = [r["variant"]]
         for k in ABLATION_SCORES:
             text = f"{float(r[f'{k}_mean']):.3f} ± {float(r[f'{k}_std']):.3f}"
@@ -501,6 +513,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "pairs-npz": pairs_block("results/study-npz/improved"),
     "protocols-jpeg": protocols_block(("results/seed", "results/improved")),
     "ablation": ablation_block,
+    "ablation-folds": ablation_folds_block,
     "preprocessing": preprocessing_block,
     "curves-pmnist": curves_block("results/curves/pmnist"),
     "curves-jpeg": curves_block("results/curves/jpeg"),

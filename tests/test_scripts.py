@@ -134,3 +134,40 @@ def test_compare_runs_refuses_runs_tested_on_other_images(ablation):
     assert [g.label for g in merged.groups] == ["study-light-k2", "study-light-k2 again"]
     ids = [t["id"] for g in merged.groups for t in g.done]
     assert len(set(ids)) == len(ids) and all(i in merged.predictions for i in ids)
+
+
+def test_ablation_on_validation_folds_never_scores_test_and_resumes(tmp_path):
+    """--folds: each variant trained on every fold (real chest X-rays), the threshold variant
+    from the full recipe's own probabilities, and a rerun reuses the variants' fold scores."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from data_fixtures import pneumonia_subset
+
+    data = pneumonia_subset(tmp_path / "pneumoniamnist_small.npz", train=160, val=40, test=40)
+    args = ("--data", str(data), "--model", "paper-light-k1", "--epochs", "2", "--folds", "2",
+            "--only", "no-class-weighting,threshold-from-val-youden-not-0-5",
+            "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"))
+    proc = _script("ablation.py", *args)
+    assert proc.returncode == 0, proc.stderr
+    with open(tmp_path / "results" / "ablation-folds.csv", newline="") as f:
+        rows = {r["variant"]: r for r in csv.DictReader(f)}
+    assert list(rows) == ["improved", "no class weighting",
+                          "threshold from val (Youden), not 0.5"]
+    assert {r["folds"] for r in rows.values()} == {"2"}
+    kept = tmp_path / "runs-folds"
+    scores = {p.stem: json.loads(p.read_text()) for p in kept.glob("*.json")}
+    base, cut = scores["improved"], scores["threshold-from-val-youden-not-0-5"]
+    # The same probabilities: AUC unchanged, the threshold chosen on the other fold.
+    assert [s["auc"] for s in cut] == [s["auc"] for s in base]
+    assert all(0 < s["threshold"] < 1 for s in cut)
+    md = (tmp_path / "results" / "ablation-folds.md").read_text()
+    assert "2 patient-grouped validation folds of the training images, the test split unused" \
+        in md
+    # A rerun trains only the full recipe again: the variants' fold scores are kept.
+    before = {p.name: p.stat().st_mtime_ns for p in kept.glob("*.json")}
+    proc = _script("ablation.py", *args)
+    assert proc.returncode == 0, proc.stderr
+    assert "== no class weighting: kept from" in proc.stdout
+    after = {p.name: p.stat().st_mtime_ns for p in kept.glob("*.json")}
+    assert {k for k in before if before[k] != after[k]} == {"improved.json"}

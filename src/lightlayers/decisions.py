@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["CANDIDATES", "Evaluated", "NotApplicable", "decide", "decided_settings",
-           "decisions_text"]
+__all__ = ["CANDIDATES", "Evaluated", "NotApplicable", "cross_fold_threshold", "decide",
+           "decided_settings", "decisions_text"]
 
 # Each candidate: what it adds to the tuned settings (``epochs`` as a factor of the protocol's).
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -49,7 +49,7 @@ def _balanced_accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
     return float(balanced_accuracy_score(labels, predicted))
 
 
-def _threshold(base: Sequence[Evaluated], positive: int) -> dict[str, Any]:
+def cross_fold_threshold(base: Sequence[Evaluated], positive: int) -> dict[str, Any]:
     """Per fold, balanced accuracy at argmax (0.5) and at the Youden threshold chosen on the
     other folds' held-out images."""
     from lightlayers.metrics.classification import choose_threshold
@@ -102,7 +102,7 @@ def decide(run: Callable[[dict[str, Any]], list[Evaluated]],
             out["settings"].update(settings)
         say(f"  {name}: {got['mean']:.4f} ({'kept' if better else 'not kept'})")
     if positive_class is not None and num_classes == 2 and len(base_evs) > 1:
-        thr = _threshold(base_evs, positive_class)
+        thr = cross_fold_threshold(base_evs, positive_class)
         out["threshold"] = thr
         if thr["chosen"] == "val_youden":
             out["settings"]["threshold"] = "val_youden"

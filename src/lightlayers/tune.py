@@ -41,8 +41,8 @@ from lightlayers.tuned import (
     tune_summary,
 )
 
-__all__ = ["OBJECTIVES", "TuneOptions", "run_tune", "search_space", "summary_table",
-           "tune_summary"]
+__all__ = ["OBJECTIVES", "TuneOptions", "fold_evaluations", "make_folds", "run_tune",
+           "search_space", "summary_table", "tune_summary"]
 
 # SQLite's side files: claimed as the folder's own so a link planted there is refused.
 _DB_FILES = (DB, f"{DB}-journal", f"{DB}-wal", f"{DB}-shm")
@@ -509,6 +509,27 @@ def _tune(cfg: StudyConfig, opts: TuneOptions, protocol: Protocol, space: dict[s
     return TuneOutcome(out, tune_summary(out)["models"])
 
 
+def fold_evaluations(cfg: StudyConfig, model: str, ds: Any, folds: list[tuple[Any, Any]],
+                     device: Any, seed: int = 0, weights: Any = None,
+                     extra: dict[str, Any] | None = None) -> list[Any]:
+    """Each fold's held-out evaluation (labels, probabilities, loss) after training ``model``
+    with ``cfg``'s protocol plus the protocol settings ``extra``, fold k seeded ``seed + k``:
+    what a tuning trial trains, without its pruning. ``folds``: :func:`make_folds`. A setting
+    the model or recipe cannot take raises :class:`lightlayers.decisions.NotApplicable`."""
+    from lightlayers.config import merge_overrides
+    from lightlayers.decisions import NotApplicable
+
+    tried = dataclasses.replace(cfg, protocol_overrides=merge_overrides(
+        cfg.protocol_overrides, extra or {}))
+    try:
+        proto = tried.resolved_protocol()
+    except ConfigError as e:
+        raise NotApplicable(str(e).splitlines()[0]) from e
+    return [_fold_eval(model, tried, proto, ds, train, held, device, seed + k, weights, "auc",
+                       lambda _e, _v: None, _fold_id(ds, len(folds), k, train, held))
+            for k, (train, held) in enumerate(folds)]
+
+
 def _decide(cfg: StudyConfig, opts: TuneOptions, ds: Any, model: str,
             best: dict[str, Any] | None, device: Any, weights: Any, meta: _Meta,
             say: Callable[[str], None]) -> None:
@@ -532,16 +553,8 @@ def _decide(cfg: StudyConfig, opts: TuneOptions, ds: Any, model: str,
     def run(extra: dict[str, Any]) -> list[Any]:
         if "epochs" in extra and cfg.epochs is not None:
             raise NotApplicable("--epochs fixes the epochs of every trial")
-        tried = dataclasses.replace(base, protocol_overrides=merge_overrides(
-            base.protocol_overrides, extra))
         try:
-            proto = tried.resolved_protocol()
-            return [_fold_eval(model, tried, proto, ds, train, held, device, opts.seed + k,
-                               weights, opts.objective, lambda _e, _v: None,
-                               _fold_id(ds, len(folds), k, train, held))
-                    for k, (train, held) in enumerate(folds)]
-        except ConfigError as e:
-            raise NotApplicable(str(e).splitlines()[0]) from e
+            return fold_evaluations(base, model, ds, folds, device, opts.seed, weights, extra)
         except (TrialError, ValueError, RuntimeError) as e:
             if not extra:  # the base itself: its settings trained in the search
                 raise
