@@ -142,3 +142,20 @@ def test_collect_refuses_an_unfinished_study(collected: tuple[Path, Path, Path],
     with pytest.raises(mod.BuildError, match=r"has unfinished or failed trials .*'failed': 1"):
         mod.collect("pmnist", run, tmp / "T", tmp_path / "repo")
     assert not (tmp_path / "repo").exists()
+
+
+def test_the_anchors_quote_the_headline_like_for_like(collected: tuple[Path, Path, Path]) -> None:
+    _, root, folder = collected
+    mod = _module()
+    rows = mod.headline_anchor_rows(root)
+    with open(folder / "results.csv", newline="") as f:
+        results = list(csv.DictReader(f))
+    assert [r[1] for r in rows] == ["paper-light-k1", "study-light-k1"]
+    for r in rows:
+        accs = [float(x["accuracy"]) for x in results if x["model"] == r[1]]
+        mean, std, _, _ = _t_interval(accs)
+        assert r[0] == "this repository (`results/headline/pmnist`)"
+        assert r[2] == "28 px, PneumoniaMNIST's images" and r[4] == "3 seeds, mean ± std"
+        assert r[5] == f"{mean:.3f} ± {std:.3f}"
+        assert "tuned per model (2 trials, 2 folds)" in r[3]
+    assert mod.headline_anchor_rows(root.parent / "nothing") == []
