@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import importlib.util
 import io
 import json
 import math
@@ -31,11 +30,9 @@ def cli(argv: list[str]) -> None:
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("results_script", ROOT / "scripts/results.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from test_results_rebuild import _module as results_script
+
+    return results_script()
 
 
 @pytest.fixture(scope="module")
