@@ -7,7 +7,8 @@ to results/ablation.csv and results/ablation.md. Those are test scores.
 
 With ``--folds K`` the variants are scored on K patient-grouped validation folds of the training
 images instead, trained as `lightlayers tune` trains (fold k seeded k), and the test split is
-never loaded into a loader: results/ablation-folds.csv and .md, mean ± std over the folds. The
+never loaded into a loader: results/ablation-folds.csv and .md, mean ± std over the folds, and
+the per-fold rows behind them in results/ablation-folds-rows.csv. The
 threshold variant needs no training: on each fold, the Youden threshold chosen on the other
 folds' held-out images is applied to the full recipe's probabilities. Each variant's fold
 scores are kept in runs/ablation-folds/<variant>.json, so an interrupted ablation resumes.
@@ -153,6 +154,19 @@ def summarize_folds(scores: list[dict[str, float]]) -> dict[str, object]:
     return row
 
 
+def write_fold_rows(scores: dict[str, list[dict[str, float]]], path: Path) -> None:
+    """One row per variant and fold: the rows behind ablation-folds.csv's means."""
+    metrics = [m for m, _ in scored()]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["variant", "fold", "collapsed", *metrics],
+                           lineterminator="\n")
+        w.writeheader()
+        for name, folds in scores.items():
+            for k, x in enumerate(folds):
+                w.writerow({"variant": name, "fold": k, "collapsed": int(bool(x["collapsed"])),
+                            **{m: x.get(m) for m in metrics}})
+
+
 def summarize_variant(out: Path) -> dict[str, object]:
     from lightlayers.report.stats import summarize
     from lightlayers.runfolder.store import ResultsStore
@@ -222,8 +236,10 @@ def main() -> None:
         if args.folds < 2:
             raise SystemExit("ablation: --folds needs 2 or more folds (the threshold variant "
                              "is chosen on the other folds)")
-        rows = {name: summarize_folds(s) for name, s in fold_scores(args).items()}
+        scores = fold_scores(args)
+        rows = {name: summarize_folds(s) for name, s in scores.items()}
         write_tables(rows, Path(args.results), args, stem="ablation-folds")
+        write_fold_rows(scores, Path(args.results) / "ablation-folds-rows.csv")
         return
     wanted = set(args.only.split(",")) if args.only else None
     rows = {}

@@ -330,11 +330,30 @@ def ablation_block(root: Path) -> str:
 
 
 def ablation_folds_block(root: Path) -> str:
-    path = root / "results/ablation-folds.csv"
+    """The ablation on validation folds, from its per-fold rows (means and stds rounded once)."""
+    path = root / "results/ablation-folds-rows.csv"
     if not path.is_file():
-        return ("Not measured yet: `results/ablation-folds.csv` does not exist (`python "
+        return ("Not measured yet: `results/ablation-folds-rows.csv` does not exist (`python "
                 "scripts/ablation.py --folds 3` writes it).")
-    return ablation_table(read_csv(path))
+    by: dict[str, list[dict]] = {}
+    for r in read_csv(path):
+        by.setdefault(r["variant"], []).append({k: float(v) for k, v in r.items()
+                                                if k != "variant" and v != ""})
+    if "improved" not in by:
+        raise BuildError(f"{path} holds no rows of the full recipe (improved); rerun "
+                         "`python scripts/ablation.py --folds 3`")
+    rows = []
+    for name, folds in by.items():
+        summary_row = {"variant": name, "collapsed": str(int(sum(f["collapsed"] for f in folds)))}
+        for k in ABLATION_SCORES:
+            mean, std = summary([f.get(k) for f in folds])
+            base, _ = summary([f.get(k) for f in by["improved"]])
+            delta = math.nan if mean is None or base is None else mean - base
+            summary_row |= {f"{k}_mean": str(math.nan if mean is None else mean),
+                            f"{k}_std": str(math.nan if std is None else std),
+                            f"{k}_delta": str(delta)}
+        rows.append(summary_row)
+    return ablation_table(rows)
 
 
 def ablation_table(csv_rows: list[dict[str, str]]) -> str:

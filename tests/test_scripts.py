@@ -162,8 +162,25 @@ def test_ablation_on_validation_folds_never_scores_test_and_resumes(tmp_path):
     assert [s["auc"] for s in cut] == [s["auc"] for s in base]
     assert all(0 < s["threshold"] < 1 for s in cut)
     md = (tmp_path / "results" / "ablation-folds.md").read_text()
+    with open(tmp_path / "results" / "ablation-folds-rows.csv", newline="") as f:
+        per_fold = list(csv.DictReader(f))
+    assert [(r["variant"], r["fold"]) for r in per_fold] == [
+        (v, k) for v in rows for k in ("0", "1")]
+    for name, row in rows.items():
+        mine = [float(r["auc"]) for r in per_fold if r["variant"] == name]
+        assert float(row["auc_mean"]) == pytest.approx(sum(mine) / 2)
     assert "2 patient-grouped validation folds of the training images, the test split unused" \
         in md
+    # docs/results.md's table, rebuilt from the per-fold rows alone.
+    from test_results_rebuild import _module
+
+    table = _module().ablation_folds_block(tmp_path)
+    line = next(x for x in table.splitlines() if x.startswith("| no class weighting |"))
+    mine = [float(r["accuracy"]) for r in per_fold if r["variant"] == "no class weighting"]
+    base_acc = [float(r["accuracy"]) for r in per_fold if r["variant"] == "improved"]
+    mean = sum(mine) / 2
+    std = abs(mine[0] - mine[1]) / 2 ** 0.5
+    assert f"| {mean:.3f} ± {std:.3f} ({mean - sum(base_acc) / 2:+.3f}) |" in line
     # A rerun trains only the full recipe again: the variants' fold scores are kept.
     before = {p.name: p.stat().st_mtime_ns for p in kept.glob("*.json")}
     proc = _script("ablation.py", *args)
