@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from lightlayers.deploy.errors import DeployError
+    from lightlayers.runfolder.errors import RunFolderError
     from lightlayers.runfolder.store import ResultsStore
     from lightlayers.runfolder.trials import find_trials
 
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{t.label}: validation {len(val_y)} images, "
                   f"{val_y.mean():.1%} positive; test {test_y.mean():.1%} positive",
                   file=sys.stderr)
-    except DeployError as e:
+    except (DeployError, RunFolderError) as e:
         print(f"threshold_policies: error: {e}", file=sys.stderr)
         return 2
 
