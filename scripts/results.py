@@ -402,12 +402,17 @@ def predictions_block(root: Path) -> str:
     lack = [f for f in folders if f not in have]
     lines = [f"- with `{PREDICTIONS}`: " + (", ".join(f"`{f}`" for f in have) or "none"),
              "- without (per-trial rows only): " + (", ".join(f"`{f}`" for f in lack) or "none")]
-    summaries = sorted(p.relative_to(root).as_posix()
-                       for p in [*(root / "results").glob("ablation*.csv"),
-                                 *(root / "results").glob("ablation*/*.csv")])
+    found = sorted(p.relative_to(root).as_posix()
+                   for p in [*(root / "results").glob("ablation*.csv"),
+                             *(root / "results").glob("ablation*/*.csv")])
+    folds = [f for f in found if f.startswith("results/ablation-folds")]
+    summaries = [f for f in found if f not in folds]
     if summaries:
         lines.append("- per-variant summaries only, no per-trial rows: "
                      + ", ".join(f"`{f}`" for f in summaries))
+    if folds:
+        lines.append("- scored on validation folds, not on test (per-fold rows and their "
+                     "summary): " + ", ".join(f"`{f}`" for f in folds))
     return "\n".join(lines)
 
 
