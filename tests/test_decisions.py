@@ -152,6 +152,9 @@ def test_decisions_are_made_once_and_shown_in_the_folder_table(
     code, out, err = cli(["tune", str(folder)])
     assert code == 0, err
     assert "decided on the folds: base " in out
+    code, _, err = cli(["tune", str(folder), "--decide"])
+    assert code == 2 and "rerun it (the same YAML file or flags, and --out) with --decide" in err
+    assert len(err.strip().splitlines()) == 1
     assert max(map(len, out.splitlines())) <= 80
 
 

@@ -69,7 +69,11 @@ def main(args: argparse.Namespace) -> int:
         tune_values = flag_values(args, args._tune_names)
         given = values or tune_values or args.overrides
         if args.config is not None and Path(args.config).is_dir():
-            if given or args.decide:
+            if args.decide:
+                raise ConfigError(f"{args.config} is a folder: decisions are made by the "
+                                  "tuning's own command; rerun it (the same YAML file or "
+                                  "flags, and --out) with --decide")
+            if given:
                 raise ConfigError(f"{args.config} is a folder: `lightlayers tune DIR` shows a "
                                   "tuning folder and takes no settings; pass a YAML file or "
                                   "flags to tune")
