@@ -185,3 +185,40 @@ def test_run_tuned_trains_with_the_decided_settings(decided: tuple[list[str], Pa
         said = settings_sentence(store.meta())
     assert said == (f"settings: tuned (budget 2, 2 folds, auc; EMA, TTA, epochs and threshold "
                     f"decided on the same folds) from {folder}")
+
+
+def test_a_base_that_no_longer_trains_is_one_line(decided: tuple[list[str], Path, dict],
+                                                  tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decisions on a copy of the folder whose model is not decided yet: when its best
+    settings fail to train again (a non-finite loss, say), the command ends in one line and
+    records no decision."""
+    import shutil
+
+    import lightlayers.tune as tune
+    from lightlayers.train import TrialError
+
+    argv, folder, _ = decided
+    copy = tmp_path / "T"
+    shutil.copytree(folder, copy)
+    con = sqlite3.connect(copy / "tune.db")
+    with con:
+        con.execute("DELETE FROM lightlayers_tune WHERE key = 'decisions'")
+    con.close()
+    real = tune.fold_evaluations
+
+    def failing(cfg, model, ds, folds, device, seed=0, weights=None, extra=None):  # type: ignore[no-untyped-def]
+        if not extra:
+            raise TrialError("the training loss is nan at epoch 1")
+        return real(cfg, model, ds, folds, device, seed, weights, extra)
+
+    monkeypatch.setattr(tune, "fold_evaluations", failing)
+    out = argv[argv.index("--out") + 1]
+    code, _, err = cli([*[x if x != out else str(copy) for x in argv], "--decide"])
+    assert code == 2, err
+    errors = [x for x in err.splitlines() if "error" in x]
+    assert errors == [
+        "lightlayers tune: error: paper-light-k1: its best tuned settings failed to train again "
+        "on the folds (the training loss is nan at epoch 1); nothing was decided for it"]
+    assert "Traceback" not in err
+    assert "decisions" not in _meta(copy)

@@ -556,9 +556,11 @@ def _decide(cfg: StudyConfig, opts: TuneOptions, ds: Any, model: str,
         try:
             return fold_evaluations(base, model, ds, folds, device, opts.seed, weights, extra)
         except (TrialError, ValueError, RuntimeError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
             if not extra:  # the base itself: its settings trained in the search
-                raise
-            raise NotApplicable(f"training failed: {str(e).splitlines()[0]}") from e
+                raise ConfigError(f"{model}: its best tuned settings failed to train again on "
+                                  f"the folds ({first}); nothing was decided for it") from e
+            raise NotApplicable(f"training failed: {first}") from e
 
     def objective(ev: Any) -> float:
         value = objective_value(opts.objective, ev.labels, ev.probs, ev.loss)
