@@ -535,8 +535,8 @@ def headline_block(name: str) -> Callable[[Path], str]:
             f"model tuned with the same budget ({tuning['budget']} trials, "
             f"{tuning['folds']} patient-grouped validation folds of the training images, "
             f"objective validation {objective}); then, on the same folds, EMA, "
-            "test-time augmentation, twice the epochs and the threshold kept only where the "
-            "folds' mean says so: "
+            "test-time augmentation, twice the epochs and the threshold kept only where they "
+            "beat the tuned settings on every fold: "
             + "; ".join(f"{m}: {_kept(d)}" for m, d in decided.items()) + ".",
         ]
         if run.predictions:

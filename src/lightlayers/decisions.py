@@ -4,11 +4,12 @@ longer training, and the decision threshold.
 
 After a model's search, its best settings are trained again on each fold (the base), and once
 more per candidate with one ingredient added (``CANDIDATES``), with the search's own fold seeds.
-A candidate is kept when its objective, averaged over the folds, beats the base's; the kept
-ones join the model's settings for ``lightlayers run --tuned`` (each was judged alone, not in
-combination). The threshold is judged on the base's held-out probabilities: on each fold, the
-threshold Youden's J picks on the other folds' held-out images against 0.5, by balanced
-accuracy; ``val_youden`` is kept when it is higher on average. The numbers behind every choice
+A candidate is kept when its objective beats the base's on every fold (and so on average):
+folds that disagree say nothing, and a candidate is not kept on noise. The kept ones join the
+model's settings for ``lightlayers run --tuned`` (each was judged alone, not in combination).
+The threshold is judged on the base's held-out probabilities: on each fold, the threshold
+Youden's J picks on the other folds' held-out images against 0.5, by balanced accuracy;
+``val_youden`` is kept when it is higher on every fold. The numbers behind every choice
 are recorded beside it, balanced accuracy included, so that an operating-point shift (what TTA
 can be) is seen for what it is.
 """
@@ -65,7 +66,7 @@ def cross_fold_threshold(base: Sequence[Evaluated], positive: int) -> dict[str, 
         thresholds.append(t)
         at_half.append(_balanced_accuracy(ev.labels, ev.probs.argmax(1)))
         at_youden.append(_balanced_accuracy(ev.labels, cut))
-    keep = float(np.mean(at_youden)) > float(np.mean(at_half))
+    keep = all(y > h for y, h in zip(at_youden, at_half, strict=True))
     return {"argmax": at_half, "val_youden": at_youden, "thresholds": thresholds,
             "chosen": "val_youden" if keep else "argmax"}
 
@@ -96,7 +97,8 @@ def decide(run: Callable[[dict[str, Any]], list[Evaluated]],
                                        "not_applicable": str(e)}
             say(f"  {name}: not applicable ({e})")
             continue
-        better = got["mean"] > base["mean"] if maximize else got["mean"] < base["mean"]
+        pairs = zip(got["objective"], base["objective"], strict=True)
+        better = all(g > b if maximize else g < b for g, b in pairs)
         out["candidates"][name] = {"settings": settings, "kept": bool(better), **got}
         if better:
             out["settings"].update(settings)

@@ -46,8 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(_setting_names=names, _tune_names=tune_names)
     p.add_argument("--decide", action="store_true",
                    help="after the search, decide each model's EMA, test-time augmentation, "
-                        "longer training and threshold on the same folds (kept only where "
-                        "the folds say so; lightlayers run --tuned then uses them)")
+                        "longer training and threshold on the same folds (each kept only where "
+                        "it beats the tuned settings on every fold; lightlayers run --tuned "
+                        "then uses them)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object at the end: the folder and, per model, its "
