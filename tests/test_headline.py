@@ -156,3 +156,41 @@ def test_the_anchors_quote_the_headline_like_for_like(collected: tuple[Path, Pat
         assert r[5] == f"{mean:.3f} ± {std:.3f}"
         assert "tuned per model (2 trials, 2 folds)" in r[3]
     assert mod.headline_anchor_rows(root.parent / "nothing") == []
+
+
+def test_the_headline_script_runs_the_whole_pipeline(tmp_path: Path) -> None:
+    """scripts/headline.sh (make headline) on a few real X-rays, small settings: tune with
+    decisions, run --tuned, collect, rebuild; the README copy gets the table, the repository's
+    own files are not touched."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    data.mkdir()
+    pneumonia_subset(data / "pneumoniamnist_28_reconstructed.npz", train=160, val=40, test=40)
+    root = tmp_path / "root"
+    shutil.copytree(ROOT / "results", root / "results")
+    (root / "docs").mkdir()
+    shutil.copy2(ROOT / "docs" / "results.md", root / "docs" / "results.md")
+    shutil.copy2(ROOT / "README.md", root / "README.md")
+    before = {p: (ROOT / p).read_bytes() for p in ("README.md", "docs/results.md")}
+    committed = {p: p.stat().st_mtime_ns for p in (ROOT / "results").rglob("*")}
+    env = {**os.environ, "DATA": str(data), "STATE": str(tmp_path / "state"), "ROOT": str(root),
+           "LL": str(Path(sys.executable).parent / "lightlayers"), "PY": sys.executable,
+           "MODELS": "paper-light-k1,study-light-k1", "BUDGET": "1", "FOLDS": "2",
+           "SEEDS": "0,1", "EXTRA": "--set epochs=2 --quiet"}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "headline.sh"), "pmnist"], env=env,
+                          capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    readme = (root / "README.md").read_text()
+    block = readme.split("<!-- results.py: headline-pmnist -->")[1].split("<!-- /")[0]
+    assert "| paper-light-k1 | 2,577 |" in block and "| study-light-k1 |" in block
+    assert "over 2 seeds per model" in block and "Not measured yet" not in block
+    assert "Not measured yet: `results/headline/jpeg`" in readme
+    assert "this repository (`results/headline/pmnist`)" in (root / "docs/results.md").read_text()
+    assert sorted(p.name for p in (root / "results/headline/pmnist").iterdir()) == [
+        "ledger.json", "predictions.csv.gz", "results.csv", "tuning.json"]
+    assert {p: (ROOT / p).read_bytes() for p in before} == before
+    assert {p: p.stat().st_mtime_ns for p in (ROOT / "results").rglob("*")} == committed
