@@ -28,6 +28,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 # The documents whose generated tables `build` rewrites (README.md: the tuned headline).
@@ -552,6 +553,85 @@ def headline_block(name: str) -> Callable[[Path], str]:
     return build
 
 
+def _fold_cell(values: Sequence[float], balanced: Sequence[float], base: Sequence[float],
+               maximize: bool, kept: bool) -> str:
+    wins = sum(v > b if maximize else v < b for v, b in zip(values, base, strict=True))
+    cell = (f"{sum(values) / len(values):.3f} / {sum(balanced) / len(balanced):.3f} "
+            f"({wins}/{len(values)})")
+    return f"**{cell} kept**" if kept else cell
+
+
+def decisions_block(name: str) -> Callable[[Path], str]:
+    """The numbers behind the tuned headline's decisions on the validation folds, per model:
+    the tuned settings, each candidate added alone, and the threshold, so that TTA is always
+    seen beside what a threshold shift does to balanced accuracy."""
+    def build(root: Path) -> str:
+        from lightlayers.decisions import CANDIDATES
+
+        folder = f"{HEADLINE}/{name}"
+        if not (root / folder / "tuning.json").is_file():
+            return (f"Not measured yet: `{folder}` holds no tuning summary (`make headline` "
+                    "tunes, decides and collects it).")
+        tuning = read_json(root / folder / "tuning.json")
+        objective = {"auc": "AUC", "balanced_accuracy": "balanced accuracy"}.get(
+            tuning["objective"], tuning["objective"])
+        maximize = tuning["objective"] != "loss"
+        names = [c for m in tuning["models"] if m.get("decisions")
+                 for c in m["decisions"]["candidates"]]
+        # In the order they are tried (tuning.json's keys are sorted).
+        candidates = sorted(dict.fromkeys(names), key=lambda c: (
+            list(CANDIDATES).index(c) if c in CANDIDATES else len(CANDIDATES), c))
+        # The header names each candidate's value; a model whose value differs says its own.
+        shown: dict[str, Any] = {}
+        for m in tuning["models"]:
+            for c, got in ((m.get("decisions") or {}).get("candidates") or {}).items():
+                shown.setdefault(c, got["settings"].get(c))
+        labels = {"ema": "+ EMA {}", "tta": "+ TTA, {} views", "epochs": "{} epochs"}
+        rows = []
+        for m in tuning["models"]:
+            d = m.get("decisions")
+            if not d:
+                rows.append([m["model"], "not decided", *["—"] * (len(candidates) + 1)])
+                continue
+            base = d["base"]["objective"]
+            balanced = d["base"]["balanced_accuracy"]
+            row = [m["model"], f"{sum(base) / len(base):.3f} / "
+                               f"{sum(balanced) / len(balanced):.3f}"]
+            for c in candidates:
+                got = d["candidates"].get(c)
+                if got is None or "not_applicable" in got:
+                    row.append("n/a")
+                    continue
+                value = got["settings"].get(c)
+                cell = _fold_cell(got["objective"], got["balanced_accuracy"], base, maximize,
+                                  got["kept"])
+                row.append(cell if value == shown[c] else f"{value}: {cell}")
+            thr = d.get("threshold") or {}
+            if "not_applicable" in thr or not thr:
+                row.append("n/a")
+            else:
+                half, youden = thr["argmax"], thr["val_youden"]
+                wins = sum(y > h for y, h in zip(youden, half, strict=True))
+                cell = (f"{sum(half) / len(half):.3f} -> {sum(youden) / len(youden):.3f} "
+                        f"({wins}/{len(half)})")
+                row.append(f"**{cell} kept**" if thr["chosen"] == "val_youden" else cell)
+            rows.append(row)
+        header = ("model", "tuned",
+                  *(labels.get(c, f"+ {c} {{}}").format(shown[c]) for c in candidates),
+                  "threshold 0.5 -> Youden")
+        out = table(header, ("---", *["---:"] * (len(header) - 1)), rows)
+        return out + (
+            f"\n\nEach cell: validation {objective} / balanced accuracy at 0.5, means over "
+            f"the {tuning['folds']} folds, and (in brackets) on how many folds the "
+            f"{objective} beat the tuned settings'; a candidate (added alone: EMA decay, TTA "
+            "views, epochs) is kept, in bold, only when it wins on every fold. Threshold: "
+            "balanced accuracy at 0.5 -> at the Youden threshold chosen on the other folds' "
+            "held-out images, and on how many folds it was higher. TTA and the threshold both "
+            "move the operating point; balanced accuracy shows what either buys beyond it.")
+
+    return build
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "predictions": predictions_block,
     "targets": targets_block,
@@ -567,6 +647,8 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "curves-jpeg": curves_block("results/curves/jpeg"),
     "headline-pmnist": headline_block("pmnist"),
     "headline-jpeg": headline_block("jpeg"),
+    "decisions-pmnist": decisions_block("pmnist"),
+    "decisions-jpeg": decisions_block("jpeg"),
 }
 
 

@@ -118,9 +118,45 @@ def test_the_headline_table_is_rebuilt_from_the_collected_files(
     assert "| target | verdict | measured |" in text
 
 
+def test_the_decisions_table_shows_every_fold_number_behind_each_choice(
+        collected: tuple[Path, Path, Path]) -> None:
+    _, root, folder = collected
+    text = _module().decisions_block("pmnist")(root)
+    tuning = json.loads((folder / "tuning.json").read_text())
+    lines = text.splitlines()
+    assert lines[0] == ("| model | tuned | + EMA 0.999 | + TTA, 4 views | 4 epochs "
+                        "| threshold 0.5 -> Youden |")
+
+    def mean(xs: list[float]) -> float:
+        return sum(xs) / len(xs)
+
+    for m in tuning["models"]:
+        d = m["decisions"]
+        line = next(x for x in lines if x.startswith(f"| {m['model']} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        base = d["base"]["objective"]
+        assert cells[1] == f"{mean(base):.3f} / {mean(d['base']['balanced_accuracy']):.3f}"
+        for cell, name in zip(cells[2:5], ("ema", "tta", "epochs"), strict=True):
+            c = d["candidates"][name]
+            wins = sum(v > b for v, b in zip(c["objective"], base, strict=True))
+            want = (f"{mean(c['objective']):.3f} / {mean(c['balanced_accuracy']):.3f} "
+                    f"({wins}/{len(base)})")
+            assert cell == (f"**{want} kept**" if c["kept"] else want), name
+            assert c["kept"] == (wins == len(base))
+        thr = d["threshold"]
+        wins = sum(y > h for y, h in zip(thr["val_youden"], thr["argmax"], strict=True))
+        want = (f"{mean(thr['argmax']):.3f} -> {mean(thr['val_youden']):.3f} "
+                f"({wins}/{len(base)})")
+        assert cells[5] == (f"**{want} kept**" if thr["chosen"] == "val_youden" else want)
+    assert "means over the 2 folds" in text
+    assert "balanced accuracy shows what either buys" in text
+
+
 def test_a_source_not_measured_yet_says_so(tmp_path: Path) -> None:
     text = _module().headline_block("jpeg")(tmp_path)
     assert text.startswith("Not measured yet: `results/headline/jpeg` holds no results")
+    text = _module().decisions_block("jpeg")(tmp_path)
+    assert text.startswith("Not measured yet: `results/headline/jpeg` holds no tuning summary")
 
 
 def test_collect_refuses_an_unfinished_study(collected: tuple[Path, Path, Path],
