@@ -192,6 +192,13 @@ def test_the_anchors_quote_the_headline_like_for_like(collected: tuple[Path, Pat
         assert r[5] == f"{mean:.3f} ± {std:.3f}"
         assert "tuned per model (2 trials, 2 folds)" in r[3]
     assert mod.headline_anchor_rows(root.parent / "nothing") == []
+    readme = mod.headline_anchors_block(root).splitlines()
+    assert any("| Google AutoML Vision | 28 px |" in x and "| 0.946 | 0.991 |" in x
+               for x in readme)
+    assert any("| Kermany et al. 2018 |" in x for x in readme)
+    ours = [x for x in readme if x.startswith("| this repository")]
+    assert [x.split(" | ")[1] for x in ours] == ["paper-light-k1", "study-light-k1"]
+    assert all("(`results/headline/pmnist`)" in x for x in ours)  # no fixed-recipe rows
 
 
 def test_the_headline_script_runs_the_whole_pipeline(tmp_path: Path) -> None:
