@@ -563,11 +563,21 @@ def headline_block(name: str) -> Callable[[Path], str]:
 
 
 def _fold_cell(values: Sequence[float], balanced: Sequence[float], base: Sequence[float],
-               maximize: bool, kept: bool) -> str:
+               maximize: bool, kept: bool, where: str) -> str:
     wins = sum(v > b if maximize else v < b for v, b in zip(values, base, strict=True))
+    _check_kept(kept, wins, len(values), where)
     cell = (f"{sum(values) / len(values):.3f} / {sum(balanced) / len(balanced):.3f} "
             f"({wins}/{len(values)})")
     return f"**{cell} kept**" if kept else cell
+
+
+def _check_kept(kept: bool, wins: int, folds: int, where: str) -> None:
+    # Decisions recorded under another rule (a mean that one fold can tip) are not shown as
+    # if made under this one.
+    if kept != (wins == folds):
+        raise BuildError(f"{where}: {'kept' if kept else 'not kept'} though it won on {wins} "
+                         f"of {folds} folds; decide the tuning again (`lightlayers tune ... "
+                         "--decide`) and collect it")
 
 
 def decisions_block(name: str) -> Callable[[Path], str]:
@@ -613,7 +623,7 @@ def decisions_block(name: str) -> Callable[[Path], str]:
                     continue
                 value = got["settings"].get(c)
                 cell = _fold_cell(got["objective"], got["balanced_accuracy"], base, maximize,
-                                  got["kept"])
+                                  got["kept"], f"{folder}/tuning.json, {m['model']}, {c}")
                 row.append(cell if value == shown[c] else f"{value}: {cell}")
             thr = d.get("threshold") or {}
             if "not_applicable" in thr or not thr:
@@ -621,6 +631,8 @@ def decisions_block(name: str) -> Callable[[Path], str]:
             else:
                 half, youden = thr["argmax"], thr["val_youden"]
                 wins = sum(y > h for y, h in zip(youden, half, strict=True))
+                _check_kept(thr["chosen"] == "val_youden", wins, len(half),
+                            f"{folder}/tuning.json, {m['model']}, threshold")
                 cell = (f"{sum(half) / len(half):.3f} -> {sum(youden) / len(youden):.3f} "
                         f"({wins}/{len(half)})")
                 row.append(f"**{cell} kept**" if thr["chosen"] == "val_youden" else cell)

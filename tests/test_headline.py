@@ -152,6 +152,25 @@ def test_the_decisions_table_shows_every_fold_number_behind_each_choice(
     assert "balanced accuracy shows what either buys" in text
 
 
+def test_a_decision_recorded_under_another_rule_is_refused(
+        collected: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    _, root, _ = collected
+    mod = _module()
+    copy = tmp_path / "repo"
+    shutil.copytree(root, copy)
+    path = copy / "results" / "headline" / "pmnist" / "tuning.json"
+    tuning = json.loads(path.read_text())
+    m = tuning["models"][0]
+    ema = m["decisions"]["candidates"]["ema"]
+    ema["kept"] = not ema["kept"]
+    path.write_text(json.dumps(tuning))
+    with pytest.raises(mod.BuildError, match=rf"tuning.json, {m['model']}, ema: "
+                                             r"(kept|not kept) though it won on \d of 2 folds"):
+        mod.decisions_block("pmnist")(copy)
+
+
 def test_a_source_not_measured_yet_says_so(tmp_path: Path) -> None:
     text = _module().headline_block("jpeg")(tmp_path)
     assert text.startswith("Not measured yet: `results/headline/jpeg` holds no results")
