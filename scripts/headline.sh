@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The tuned headline of README.md and docs/results.md, for one image source (pmnist: the
 # PneumoniaMNIST images; jpeg: the study's JPEGs at 28 px):
-#   1. every model tuned with the same budget (20 trials, 3 patient-grouped folds of the
+#   1. every model tuned with the same budget (20 trials, 3 folds of the
 #      training images, objective validation AUC), then EMA, TTA, twice the epochs and the
 #      threshold decided on the same folds (lightlayers tune --decide);
 #   2. each model trained over 10 seeds with what was tuned and kept, scored once on test;

@@ -192,6 +192,11 @@ OURS = (
 # The tuned headline's sources, as the anchors name them.
 HEADLINE_SOURCES = (("pmnist", "28 px, PneumoniaMNIST's images"),
                     ("jpeg", "28 px, the study's JPEGs stretched"))
+# How each source's folds keep related images together (make_folds: by patient where the file
+# names say who, and identical images always in one fold).
+HEADLINE_FOLDS = {"pmnist": "validation folds of the training images (this file names no "
+                            "patients: identical images kept in one fold)",
+                  "jpeg": "patient-grouped validation folds of the training images"}
 
 
 def headline_anchor_rows(root: Path) -> list[list[str]]:
@@ -543,7 +548,7 @@ def headline_block(name: str) -> Callable[[Path], str]:
             f"Mean ± std [95% interval] over {'/'.join(map(str, sorted(seeds)))} seeds per "
             f"model, each scored once on the {n_test or 'test'} test images. Settings: each "
             f"model tuned with the same budget ({tuning['budget']} trials, "
-            f"{tuning['folds']} patient-grouped validation folds of the training images, "
+            f"{tuning['folds']} {HEADLINE_FOLDS.get(name, 'validation folds')}, "
             f"objective validation {objective}); then, on the same folds, EMA, "
             "test-time augmentation, twice the epochs and the threshold kept only where they "
             "beat the tuned settings on every fold: "

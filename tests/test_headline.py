@@ -103,7 +103,8 @@ def test_the_headline_table_is_rebuilt_from_the_collected_files(
     tuning = json.loads((folder / "tuning.json").read_text())
     ledger = json.loads((folder / "ledger.json").read_text())
     assert "over 3 seeds per model, each scored once on the 40 test images" in text
-    assert "the same budget (2 trials, 2 patient-grouped validation folds" in text
+    assert ("the same budget (2 trials, 2 validation folds of the training images (this file "
+            "names no patients: identical images kept in one fold)") in text
     assert "objective validation AUC" in text
     assert "|\n\nMean ± std [95% interval]" in text  # a paragraph, not a row of the table
     for m in tuning["models"]:
